@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   -> creates .venv, installs hpsearch, runs the demo study end to end
+#   make test   -> same set-up, then the test suite
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+# The CPU build of torch; never let pip pick a multi-GB CUDA build on a CPU-only machine.
+TORCH_SPEC  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench-smoke clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/hpsearch run examples/digits.yaml --storage sqlite:///demo.db
+	$(VENV)/bin/hpsearch best digits-demo --storage sqlite:///demo.db
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench-smoke: setup
+	$(PY) -m bench --smoke --out artifacts/bench-smoke
+
+clean:
+	rm -rf $(VENV) demo.db* artifacts

@@ -1,0 +1,298 @@
+"""The Python API behind every CLI command: ``run``, ``resume`` and the read-only views.
+
+>>> from search import run_study
+>>> result = run_study("examples/digits.yaml", storage="sqlite:///hpsearch.db")  # doctest: +SKIP
+>>> result.best.params  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+
+import storage as st
+from trials import load_dataset
+
+__version__ = "0.1.0"
+from ._backend import Backend, WorkerFn, train_job
+from ._orchestrator import Callbacks, Orchestrator
+from ._spec import SpecError, StudySpec, load_spec, parse_spec
+from ._strategies import make_pruner, make_sampler
+
+__all__ = [
+    "StudyResult",
+    "UsageError",
+    "make_backend",
+    "resume_study",
+    "run_study",
+    "spec_diff",
+]
+
+T = TypeVar("T")
+SPEC_ATTR = "hpsearch_spec"
+# keys that may change between invocations of one study: how much and where, not what
+_MUTABLE_PREFIXES = ("n_trials", "resources.")
+
+
+class UsageError(Exception):
+    """A request that cannot be carried out as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    number: int
+    value: float
+    params: dict[str, Any]
+    fold_scores: list[float]
+    value_std: float | None
+    test_score: float | None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What a run or resume ended with."""
+
+    study: str
+    storage: str
+    done: int
+    budget: int
+    best: BestTrial | None
+    test_result: dict[str, Any] | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Readable lines ``key: old -> new`` for every leaf that differs."""
+    a, b = _flatten(old), _flatten(new)
+    lines = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            lines.append(f"{k}: {json.dumps(a.get(k, '<absent>'))} -> {json.dumps(b.get(k, '<absent>'))}")
+    return lines
+
+
+def make_backend(spec: StudySpec, address: str | None = None) -> Backend:
+    """The Ray backend configured from ``spec.resources`` and ``spec.retries``."""
+    from ._ray import RayBackend
+
+    r = spec.resources
+    return RayBackend(
+        address,
+        cpus_per_trial=r.cpus_per_trial,
+        gpus_per_trial=r.gpus_per_trial,
+        max_concurrent=r.max_concurrent,
+        worker_crash_retries=spec.retries.worker_crash_retries,
+        parallel_folds=r.parallel_folds,
+        n_folds=spec.cv.folds,
+    )
+
+
+def _check_cluster_storage(url: str, address: str | None, allow_sqlite: bool) -> None:
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and url.startswith("sqlite") and not allow_sqlite:
+        raise UsageError(
+            f"storage {st.redact(url)} is a SQLite file but trials run on the Ray cluster {address!r}: "
+            "use PostgreSQL (--storage postgresql://user@host:5432/db) so the dashboard, reports and a "
+            "resume from another machine see the study, or pass --allow-sqlite if this machine stays the "
+            "only one that reads it (only the orchestrator writes the database; workers never do)"
+        )
+
+
+@contextmanager
+def _leased(engine: Any, name: str) -> Iterator[st.Lease]:
+    lease = st.Lease(engine, name)
+    lease.acquire()
+    lease.start_heartbeat()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _open_study(
+    storage: optuna.storages.BaseStorage, spec: StudySpec, *, must_exist: bool
+) -> tuple[optuna.Study, list[str]]:
+    """Create the study, or load it and check its stored spec against ``spec``."""
+    messages: list[str] = []
+    try:
+        study_id = storage.get_study_id_from_name(spec.name)
+    except KeyError:
+        study_id = None
+    if study_id is None:
+        if must_exist:
+            raise UsageError(f"no study named {spec.name!r}")
+        study = optuna.create_study(
+            storage=storage, study_name=spec.name, direction=spec.study_direction,
+            sampler=make_sampler(spec), pruner=make_pruner(spec),
+        )
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr("hpsearch_version", __version__)
+        return study, messages
+    n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
+    study = optuna.load_study(
+        study_name=spec.name, storage=storage,
+        sampler=make_sampler(spec, n_existing_trials=n_existing), pruner=make_pruner(spec),
+    )
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise UsageError(
+            f"study {spec.name!r} exists but was not created by hpsearch (no stored spec); "
+            "choose another name with --study NAME"
+        )
+    diff = spec_diff(stored, spec.to_dict())
+    fixed = [d for d in diff if not d.startswith(_MUTABLE_PREFIXES)]
+    if fixed:
+        raise UsageError(
+            f"study {spec.name!r} already exists with a different spec; refusing to mix results. Changed:\n  "
+            + "\n  ".join(fixed)
+            + "\nRun it under a new name (--study NEW_NAME), or undo the change to resume it."
+        )
+    if diff:
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        messages.append("updated " + ", ".join(d.split(":")[0] for d in diff))
+    return study, messages
+
+
+def _summarize(study: optuna.Study, spec: StudySpec, url: str, messages: list[str]) -> StudyResult:
+    from ._orchestrator import count_done
+
+    trials = study.get_trials(deepcopy=False)
+    test = study.user_attrs.get("test_result")
+    best = None
+    try:
+        bt = study.best_trial
+    except ValueError:
+        bt = None
+    if bt is not None:
+        best = BestTrial(
+            number=bt.number, value=float(bt.value), params=dict(bt.params),  # type: ignore[arg-type]
+            fold_scores=list(bt.user_attrs.get("fold_scores", [])),
+            value_std=bt.user_attrs.get("value_std"),
+            test_score=test.get("test_score") if test and test.get("trial") == bt.number else None,
+        )
+    return StudyResult(spec.name, st.redact(url), count_done(trials), spec.budget, best, test, messages)
+
+
+def _execute(
+    spec: StudySpec,
+    *,
+    storage: str | None,
+    address: str | None,
+    backend: Backend | None,
+    callbacks: Callbacks | None,
+    worker_fn: WorkerFn,
+    must_exist: bool,
+    allow_sqlite: bool,
+    refit: bool,
+) -> StudyResult:
+    url = st.resolve_url(storage)
+    if backend is None:
+        _check_cluster_storage(url, address, allow_sqlite)
+    rdb = st.create_storage(url)
+    study, messages = st.retrying(lambda: _open_study(rdb, spec, must_exist=must_exist), url=url)
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    with _leased(rdb.engine, spec.name) as lease:
+
+        def db(fn: Callable[[], T]) -> T:
+            lease.check()  # never write a study another orchestrator has taken over
+            return st.retrying(fn, url=url, study_name=spec.name)
+
+        backend = backend or make_backend(spec, address)
+        backend.open(data, spec.settings, worker_fn)
+        try:
+            orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db)
+            orch.run()
+            if refit:
+                orch.refit_best()
+        finally:
+            backend.close()
+    return _summarize(study, spec, url, messages)
+
+
+def run_study(
+    spec: StudySpec | str | Path | dict[str, Any],
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    study_name: str | None = None,
+    strategy: str | None = None,
+    n_trials: int | None = None,
+    backend: Backend | None = None,
+    callbacks: Callbacks | None = None,
+    worker_fn: WorkerFn = train_job,
+    allow_sqlite: bool = False,
+    refit: bool = True,
+) -> StudyResult:
+    """Run a study to its budget; an existing study of the same name and spec is resumed.
+
+    Parameters
+    ----------
+    spec:
+        A :class:`StudySpec`, a path to a YAML study file, or a mapping of its keys.
+    storage:
+        Database URL; else ``HPSEARCH_STORAGE``; else ``sqlite:///hpsearch.db``.
+    address:
+        Ray cluster address; else ``RAY_ADDRESS``; else a local Ray started for this run.
+    study_name, strategy, n_trials:
+        Override the file's ``name``, ``strategy`` and ``n_trials``.
+    backend:
+        Where trials run; default :class:`~search.RayBackend` from ``spec.resources``.
+    """
+    overrides = {"name": study_name, "strategy": strategy, "n_trials": n_trials}
+    if isinstance(spec, StudySpec):
+        spec = parse_spec(spec.to_dict(), **overrides) if any(overrides.values()) else spec
+    elif isinstance(spec, dict):
+        spec = parse_spec(spec, **overrides)
+    else:
+        spec = load_spec(spec, **overrides)
+    return _execute(spec, storage=storage, address=address, backend=backend, callbacks=callbacks,
+                    worker_fn=worker_fn, must_exist=False, allow_sqlite=allow_sqlite, refit=refit)
+
+
+def stored_spec(name: str, storage: str | None = None) -> StudySpec:
+    """The spec stored with study ``name``."""
+    url = st.resolve_url(storage)
+    attrs = st.study_attrs(st.create_engine(url), name)
+    raw = attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise UsageError(f"study {name!r} has no stored hpsearch spec; it was not created by hpsearch")
+    try:
+        return parse_spec(raw, source=f"stored spec of study {name!r}")
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def resume_study(
+    name: str,
+    *,
+    storage: str | None = None,
+    address: str | None = None,
+    n_trials: int | None = None,
+    backend: Backend | None = None,
+    callbacks: Callbacks | None = None,
+    worker_fn: WorkerFn = train_job,
+    allow_sqlite: bool = False,
+    refit: bool = True,
+) -> StudyResult:
+    """Continue study ``name`` from what the database holds (its stored spec); ``n_trials`` raises the budget."""
+    spec = stored_spec(name, storage)
+    if n_trials is not None:
+        spec = parse_spec(spec.to_dict(), n_trials=n_trials)
+    return _execute(spec, storage=storage, address=address, backend=backend, callbacks=callbacks,
+                    worker_fn=worker_fn, must_exist=True, allow_sqlite=allow_sqlite, refit=refit)

@@ -1,0 +1,324 @@
+"""The ask/tell loop: the only code that writes the study.
+
+It asks Optuna for trials, hands them to a :class:`~search.Backend`, stores per-epoch values, lets
+the pruner decide, and tells Optuna the outcome. State lives in the Optuna study alone; the few
+counters kept here are derived from it at start and updated as this process writes it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from trials import TestResult, TrialResult, trial_seed
+
+from ._backend import Backend, Failed, Finished, Report, TrialJob
+from ._spec import StudySpec
+from ._strategies import distributions
+
+__all__ = ["Callbacks", "Interrupted", "Orchestrator", "count_done"]
+
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """The run was interrupted (Ctrl-C); in-flight trials were recorded for re-running."""
+
+
+class Callbacks:
+    """Hooks the orchestrator calls; all no-ops. Subclass and override what you need."""
+
+    def on_start(self, study: optuna.Study, done: int, budget: int, where: str) -> None:
+        """Called once the backend is ready, with the trials already done."""
+
+    def on_trial_start(self, number: int, params: dict[str, Any]) -> None:
+        """A trial was dispatched."""
+
+    def on_trial_end(self, trial: FrozenTrial, done: int, budget: int) -> None:
+        """A trial was told (COMPLETE, PRUNED or FAIL)."""
+
+    def on_refit_start(self, number: int) -> None:
+        """The best configuration is being refit for its held-out test score."""
+
+    def on_message(self, text: str) -> None:
+        """Something the user should know (recovered trials, retries)."""
+
+
+def _is_final(t: FrozenTrial) -> bool:
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and not t.user_attrs.get("will_retry", False)
+
+
+def count_done(trials: list[FrozenTrial]) -> int:
+    """Trials that consumed budget: COMPLETE, PRUNED, and FAIL not followed by a retry."""
+    return sum(_is_final(t) for t in trials)
+
+
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    job: TrialJob
+    last_step: int = 0
+    pruned: bool = False
+
+
+class Orchestrator:
+    """Drives one study to its budget on a backend.
+
+    Parameters
+    ----------
+    study:
+        The Optuna study (RDB storage), created with the spec's sampler, pruner and direction.
+    spec:
+        The validated study spec.
+    backend:
+        An opened backend.
+    db:
+        Wrapper for storage calls (retry with backoff); identity by default.
+    """
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        backend: Backend,
+        *,
+        callbacks: Callbacks | None = None,
+        db: Callable[[Callable[[], T]], T] | None = None,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self.study = study
+        self.spec = spec
+        self.backend = backend
+        self.callbacks = callbacks or Callbacks()
+        self._db: Callable[[Callable[[], Any]], Any] = db or (lambda fn: fn())
+        self.poll_interval = poll_interval
+        self._dists = distributions(spec)
+        self._running: dict[str, _Running] = {}
+        self._done = 0
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run trials until the budget is used up. Raises :class:`Interrupted` on Ctrl-C."""
+        budget = self.spec.budget
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+        self._recover(trials)
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+        self._done = count_done(trials)
+        self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
+        try:
+            while True:
+                while len(self._running) < self.backend.capacity and self._done + len(self._running) < budget:
+                    self._dispatch()
+                if not self._running:
+                    break
+                for ev in self.backend.poll(self.poll_interval):
+                    self._handle(ev)
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise Interrupted(
+                f"interrupted; {self._done}/{budget} trials done. "
+                f"Continue with `hpsearch resume {self.spec.name!r}`"
+            ) from None
+
+    def _dispatch(self) -> None:
+        trial = self._db(lambda: self.study.ask(self._dists))
+        attrs = trial.user_attrs
+        seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
+        if "seed" not in attrs:
+            self._db(lambda: trial.set_user_attr("seed", seed))
+        r = self.spec.resources
+        job = TrialJob(
+            key=f"{trial.number}.{attrs.get('attempt', 0)}",
+            number=trial.number,
+            params=dict(trial.params),
+            seed=seed,
+            attempt=int(attrs.get("attempt", 0)),
+            gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
+        )
+        self._running[job.key] = _Running(trial, job)
+        self.backend.submit(job)
+        self.callbacks.on_trial_start(trial.number, job.params)
+
+    # -- events ------------------------------------------------------------------------------------
+    def _handle(self, ev: Report | Finished | Failed) -> None:
+        run = self._running.get(ev.key)
+        if run is None:  # a late event of a trial already told (e.g. stopped)
+            return
+        if isinstance(ev, Report):
+            self._on_report(run, ev)
+        elif isinstance(ev, Finished):
+            assert isinstance(ev.result, TrialResult)
+            self._on_finished(run, ev)
+        else:
+            self._on_failed(run, ev)
+
+    def _on_report(self, run: _Running, ev: Report) -> None:
+        step = ev.report.epoch
+        if step <= run.last_step:  # a re-executed task (worker crash) repeats epochs: keep the first
+            return
+        run.last_step = step
+        value = ev.report.value(self.spec.metric)
+        if not math.isfinite(value):
+            return
+        self._db(lambda: run.trial.report(value, step))
+        if self.spec.pruner.type != "none" and not run.pruned and self._db(run.trial.should_prune):
+            run.pruned = True
+            self.backend.stop(run.job.key)
+
+    def _on_finished(self, run: _Running, ev: Finished) -> None:
+        res = ev.result
+        assert isinstance(res, TrialResult)
+        metric = self.spec.metric
+        scores = [float(s) for s in res.scores(metric)]
+        attrs: dict[str, Any] = {
+            "fold_scores": scores,
+            "value_std": float(statistics.pstdev(scores)) if scores else 0.0,
+            "fold_epochs": [int(f.best_epoch) for f in res.folds],
+            "epochs": int(res.epochs_run),
+            "duration_s": round(float(res.duration_s), 4),
+            "node": ev.node,
+            "node_id": ev.node_id,
+            "worker_start": ev.started_at,
+            "worker_end": ev.finished_at,
+            "device": res.device,
+            "train_path": res.train_path,
+            "curves": {k: [[round(float(x), 6) for x in c] for c in v] for k, v in res.curves.items()},
+        }
+        value = float(sum(scores) / len(scores)) if scores else math.nan
+        if run.pruned or res.stopped_by_report:
+            self._finish(run, TrialState.PRUNED, None, attrs)
+        elif not math.isfinite(value):
+            attrs["fail_reason"] = f"{metric} is {value} (training diverged); lower the learning rate range"
+            self._finish(run, TrialState.FAIL, None, attrs)
+        else:
+            self._finish(run, TrialState.COMPLETE, value, attrs)
+
+    def _on_failed(self, run: _Running, ev: Failed) -> None:
+        if ev.kind == "cancelled":
+            self._running.pop(ev.key, None)
+            return
+        retry = ev.kind != "oom" and run.job.attempt < self.spec.retries.max_retries
+        attrs: dict[str, Any] = {"fail_reason": ev.reason}
+        if retry:
+            self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again")
+        self._finish(run, TrialState.FAIL, None, attrs, retry=retry)
+
+    def _finish(
+        self,
+        run: _Running,
+        state: TrialState,
+        value: float | None,
+        attrs: dict[str, Any],
+        *,
+        retry: bool = False,
+    ) -> None:
+        trial = run.trial
+        if retry:
+            attrs["will_retry"] = True
+            self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt)
+        for k, v in attrs.items():
+            self._db(lambda k=k, v=v: trial.set_user_attr(k, v))
+        self._tell(trial.number, state, value)
+        self._running.pop(run.job.key, None)
+        if not retry:
+            self._done += 1
+        frozen = self._db(lambda: self.study._storage.get_trial(trial._trial_id))
+        self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
+
+    def _tell(self, number: int, state: TrialState, value: float | None) -> None:
+        def tell() -> None:
+            try:
+                self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # a retried tell whose first attempt was committed
+            except ValueError as e:
+                if "already finished" not in str(e) and "is already" not in str(e):
+                    raise
+
+        self._db(tell)
+
+    def _enqueue_retry(self, number: int, params: dict[str, Any], seed: int, attempt: int) -> None:
+        self._db(
+            lambda: self.study.enqueue_trial(
+                params,
+                user_attrs={"retry_of": number, "attempt": attempt + 1, "seed": seed},
+                skip_if_exists=False,
+            )
+        )
+
+    # -- recovery ----------------------------------------------------------------------------------
+    def _recover(self, trials: list[FrozenTrial]) -> None:
+        """Fail trials a dead orchestrator left RUNNING and make sure each gets exactly one re-run.
+
+        Called with the lease held, so every RUNNING trial belongs to a process that is gone.
+        """
+        retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+        for t in trials:
+            needs_retry = t.number not in retried
+            if t.state == TrialState.RUNNING:
+                reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
+                if needs_retry:
+                    self._enqueue_retry(t.number, t.params, int(t.user_attrs.get("seed", 0)),
+                                        int(t.user_attrs.get("attempt", 0)))
+                trial = optuna.Trial(self.study, t._trial_id)
+                self._db(lambda trial=trial, reason=reason: trial.set_user_attr("fail_reason", reason))
+                self._db(lambda trial=trial: trial.set_user_attr("will_retry", True))
+                self._tell(t.number, TrialState.FAIL, None)
+                self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
+            elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry:
+                # failed and marked for retry, but the process died before enqueueing the re-run
+                self._enqueue_retry(t.number, t.params, int(t.user_attrs.get("seed", 0)),
+                                    int(t.user_attrs.get("attempt", 0)))
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: cancel in-flight trials and record them so a resume re-runs them."""
+        self.backend.cancel_all()
+        for run in list(self._running.values()):
+            reason = "interrupted (Ctrl-C) while running; re-run on resume"
+            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True)
+
+    # -- final refit -------------------------------------------------------------------------------
+    def refit_best(self) -> dict[str, Any] | None:
+        """Refit the best configuration on all non-test data and score it once on the test split.
+
+        Stored as the study attribute ``test_result``; skipped if already stored for this trial.
+        """
+        try:
+            best = self._db(lambda: self.study.best_trial)
+        except ValueError:
+            return None  # no COMPLETE trial
+        stored = self._db(lambda: self.study.user_attrs).get("test_result")
+        if stored and stored.get("trial") == best.number:
+            return stored
+        self.callbacks.on_refit_start(best.number)
+        job = TrialJob(key=f"refit.{best.number}", number=best.number, params=dict(best.params),
+                       seed=int(best.user_attrs.get("seed", trial_seed(self.spec.seed, best.number))),
+                       kind="refit")
+        self.backend.submit(job)
+        while True:
+            for ev in self.backend.poll(self.poll_interval):
+                if ev.key != job.key or isinstance(ev, Report):
+                    continue
+                if isinstance(ev, Failed):
+                    raise RuntimeError(f"refit of trial {best.number} failed: {ev.reason}")
+                res = ev.result
+                assert isinstance(res, TestResult)
+                score = res.test_accuracy if self.spec.metric == "val_accuracy" else res.test_loss
+                out = {
+                    "trial": best.number,
+                    "test_accuracy": float(res.test_accuracy),
+                    "test_loss": float(res.test_loss),
+                    "test_score": float(score),
+                    "metric": self.spec.metric.replace("val_", "test_"),
+                    "epochs": int(res.best_epoch),
+                }
+                self._db(lambda: self.study.set_user_attr("test_result", out))
+                return out

@@ -1,0 +1,62 @@
+"""A progress bar for the CLI: trials done of the budget and the best value so far."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ._orchestrator import Callbacks
+
+__all__ = ["ProgressCallbacks"]
+
+
+class ProgressCallbacks(Callbacks):
+    """Draws a progress bar on stderr; a context manager so the bar always closes."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._console = Console(stderr=True)
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._best: float | None = None
+        self._maximize = True
+
+    def __enter__(self) -> ProgressCallbacks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def on_start(self, study: optuna.Study, done: int, budget: int, where: str) -> None:
+        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        self._console.print(f"study [bold]{study.study_name}[/]: {done}/{budget} done; trials run on {where}")
+        if not self.enabled:
+            return
+        self._progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[best]}"), console=self._console, transient=False,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("trials", total=budget, completed=done, best="")
+
+    def on_trial_end(self, trial: FrozenTrial, done: int, budget: int) -> None:
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            v = trial.value
+            if self._best is None or (v > self._best if self._maximize else v < self._best):
+                self._best = v
+        if trial.state == TrialState.FAIL:
+            self.on_message(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '?')}")
+        if self._progress is not None:
+            best = f"best {self._best:.4g}" if self._best is not None else ""
+            self._progress.update(self._task, completed=done, best=best)
+
+    def on_refit_start(self, number: int) -> None:
+        self.on_message(f"refitting trial {number} on all non-test data for the held-out test score")
+
+    def on_message(self, text: str) -> None:
+        self._console.print(text, highlight=False)

@@ -1,0 +1,359 @@
+"""Ray backend: each job is a Ray task; metrics and stop requests travel through one small actor.
+
+Workers need no database credentials: a task returns its result through Ray, and per-epoch reports
+go to a ``_Control`` actor on the driver's node, whose reply tells the worker whether to stop.
+The dataset is put in the object store once and passed by reference to every task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from trials import Dataset, EpochReport, FoldResult, TrialResult, TrialSettings
+
+from ._backend import Backend, Event, Failed, Finished, Outcome, Report, TrialJob, WorkerFn, execute, train_job
+
+__all__ = ["RayBackend", "ResourceError"]
+
+_log = logging.getLogger(__name__)
+
+
+class ResourceError(RuntimeError):
+    """The Ray cluster can never satisfy what a trial asks for."""
+
+
+def _remote_execute(
+    ctx: tuple[WorkerFn, TrialSettings], data: Dataset, job: TrialJob, control: Any
+) -> Outcome:
+    import ray
+
+    fn, settings = ctx
+
+    def report(r: EpochReport) -> bool:
+        return bool(ray.get(control.report.remote(job.key, r)))
+
+    return execute(fn, data, settings, job, report, ray.get_runtime_context().get_node_id())
+
+
+class _Control:
+    """Actor: collects epoch reports, answers each with the job's stop flag."""
+
+    def __init__(self) -> None:
+        self._reports: list[tuple[str, EpochReport]] = []
+        self._stop: set[str] = set()
+
+    def report(self, key: str, report: EpochReport) -> bool:
+        self._reports.append((key, report))
+        return key in self._stop
+
+    def drain(self) -> list[tuple[str, EpochReport]]:
+        out, self._reports = self._reports, []
+        return out
+
+    def stop(self, keys: list[str]) -> None:
+        self._stop.update(keys)
+
+    def forget(self, keys: list[str]) -> None:
+        self._stop.difference_update(keys)
+
+
+@dataclass
+class _FoldGroup:
+    """A trial whose folds run as separate tasks (``parallel_folds``), merged back into one."""
+
+    parts: list[str]
+    reports: dict[str, list[EpochReport]] = field(default_factory=dict)
+    results: dict[str, TrialResult] = field(default_factory=dict)
+    emitted: int = 0
+
+    def add_report(self, part: str, r: EpochReport) -> list[EpochReport]:
+        self.reports.setdefault(part, []).append(r)
+        return self._ready()
+
+    def add_result(self, part: str, result: TrialResult) -> list[EpochReport]:
+        self.results[part] = result
+        return self._ready()
+
+    def _ready(self) -> list[EpochReport]:
+        out = []
+        while True:
+            epoch = self.emitted + 1
+            members = []
+            for p in self.parts:
+                rs = self.reports.get(p, [])
+                if len(rs) >= epoch:
+                    members.extend(rs[epoch - 1].members)
+                elif p in self.results and rs:  # this fold has ended: its last state, stopped
+                    members.extend(replace(m, stopped=True) for m in rs[-1].members)
+                else:
+                    return out
+            if all(p in self.results and len(self.reports.get(p, [])) < epoch for p in self.parts):
+                return out
+            out.append(EpochReport(epoch=epoch, members=tuple(members)))
+            self.emitted = epoch
+
+    def merged(self) -> TrialResult | None:
+        if len(self.results) < len(self.parts):
+            return None
+        rs = [self.results[p] for p in self.parts]
+        folds: list[FoldResult] = [f for r in rs for f in r.folds]
+        curves = {m: [c for r in rs for c in r.curves.get(m, [])] for m in rs[0].curves}
+        return TrialResult(
+            folds=tuple(folds),
+            curves=curves,
+            epochs_run=max(r.epochs_run for r in rs),
+            duration_s=max(r.duration_s for r in rs),
+            device=rs[0].device,
+            train_path=rs[0].train_path,
+            stopped_by_report=any(r.stopped_by_report for r in rs),
+        )
+
+
+class RayBackend(Backend):
+    """Runs each job as a Ray task with the study's per-trial resources.
+
+    Parameters
+    ----------
+    address:
+        Ray cluster address (``auto``, ``ray://host:10001``, ``host:6379``); ``None`` uses
+        ``RAY_ADDRESS`` if set, else starts a local Ray in this process (no dashboard, quiet logs,
+        bounded object store) and shuts it down on :meth:`close`.
+    cpus_per_trial, gpus_per_trial:
+        Ray resources of one trial (fractions allowed: ``gpus_per_trial=0.25`` packs 4 per GPU).
+    max_concurrent:
+        Trials at once; ``None`` fits as many as the cluster's resources allow.
+    worker_crash_retries:
+        Ray re-executions of a task whose worker process or node died (same trial, same number).
+    parallel_folds, n_folds:
+        Run the folds of one trial as separate tasks (so one trial may use several GPUs).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        cpus_per_trial: float = 1.0,
+        gpus_per_trial: float = 0.0,
+        max_concurrent: int | None = None,
+        worker_crash_retries: int = 3,
+        parallel_folds: bool = False,
+        n_folds: int = 1,
+        num_cpus: int | None = None,
+        object_store_mb: int = 256,
+    ) -> None:
+        self.address = address
+        self.cpus_per_trial = cpus_per_trial
+        self.gpus_per_trial = gpus_per_trial
+        self.max_concurrent = max_concurrent
+        self.worker_crash_retries = worker_crash_retries
+        self.parallel_folds = parallel_folds
+        self.n_folds = n_folds
+        self.num_cpus = num_cpus
+        self.object_store_mb = object_store_mb
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open(self, data: Dataset, settings: TrialSettings, fn: WorkerFn = train_job) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._started = False
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(
+                include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+            )
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    object_store_memory=self.object_store_mb * 1024 * 1024,
+                    **kwargs,
+                )
+            self._started = True
+        self._check_resources()
+        node = ray.get_runtime_context().get_node_id()
+        self._control = (
+            ray.remote(num_cpus=0)(_Control)
+            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+            .remote()
+        )
+        self._task = ray.remote(_remote_execute).options(
+            num_cpus=self.cpus_per_trial / (self.n_folds if self.parallel_folds else 1) or None,
+            num_gpus=self.gpus_per_trial / (self.n_folds if self.parallel_folds else 1) or None,
+            max_retries=self.worker_crash_retries,
+            retry_exceptions=False,
+        )
+        self._refit_task = ray.remote(_remote_execute).options(
+            num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial or None, max_retries=self.worker_crash_retries
+        )
+        self._data_ref = ray.put(data)
+        self._ctx_ref = ray.put((fn, settings))
+        self._pending: dict[Any, str] = {}  # ObjectRef -> part key
+        self._owner: dict[str, str] = {}  # part key -> job key
+        self._groups: dict[str, _FoldGroup] = {}
+
+    def close(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        self.cancel_all()
+        try:
+            ray.kill(self._control)
+        except Exception:  # already gone with its node
+            pass
+        if self._started:
+            ray.shutdown()
+
+    # -- resources -------------------------------------------------------------------------------
+    def _node_resources(self) -> list[dict[str, float]]:
+        import ray
+
+        return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+    def _check_resources(self) -> None:
+        nodes = self._node_resources()
+        total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
+        per_task_cpu = self.cpus_per_trial / (self.n_folds if self.parallel_folds else 1)
+        per_task_gpu = self.gpus_per_trial / (self.n_folds if self.parallel_folds else 1)
+        have = f"the Ray cluster has {total['CPU']:g} CPUs and {total['GPU']:g} GPUs in {len(nodes)} node(s)"
+        if per_task_gpu > 0 and not any(n.get("GPU", 0) >= per_task_gpu for n in nodes):
+            raise ResourceError(
+                f"resources.gpus_per_trial: {self.gpus_per_trial:g} GPU per trial requested, but {have}; "
+                "set resources.gpus_per_trial: 0 to train on CPUs, or connect to a cluster with GPUs "
+                "(--address)"
+            )
+        if not any(n.get("CPU", 0) >= per_task_cpu for n in nodes):
+            raise ResourceError(
+                f"resources.cpus_per_trial: {self.cpus_per_trial:g} CPUs per trial requested, but no node has "
+                f"that many ({have}); lower resources.cpus_per_trial"
+            )
+        fits = sum(
+            min(
+                math.floor(n.get("CPU", 0) / per_task_cpu + 1e-9),
+                math.floor(n.get("GPU", 0) / per_task_gpu + 1e-9) if per_task_gpu else 10**9,
+            )
+            for n in nodes
+        )
+        if self.parallel_folds:
+            fits //= self.n_folds
+        self._fits = max(1, fits)
+
+    @property
+    def capacity(self) -> int:
+        return self.max_concurrent or self._fits
+
+    def describe(self) -> str:
+        import ray
+
+        res = ray.cluster_resources()
+        where = self.address or os.environ.get("RAY_ADDRESS") or "local Ray"
+        return (
+            f"{where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; "
+            f"{self.capacity} trials at once"
+        )
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit(self, job: TrialJob) -> None:
+        if job.kind == "trial" and self.parallel_folds and self.n_folds > 1:
+            parts = []
+            for i in range(self.n_folds):
+                part = replace(job, key=f"{job.key}/fold{i}", folds=(i,))
+                self._launch(self._task, part, job.key)
+                parts.append(part.key)
+            self._groups[job.key] = _FoldGroup(parts)
+            return
+        self._launch(self._refit_task if job.kind == "refit" else self._task, job, job.key)
+
+    def _launch(self, task: Any, job: TrialJob, owner: str) -> None:
+        ref = task.remote(self._ctx_ref, self._data_ref, job, self._control)
+        self._pending[ref] = job.key
+        self._owner[job.key] = owner
+
+    def poll(self, timeout: float) -> list[Event]:
+        import ray
+
+        ready: list[Any] = []
+        if self._pending:
+            refs = list(self._pending)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        events: list[Event] = []
+        for part, r in ray.get(self._control.drain.remote()):
+            events.extend(self._on_report(part, r))
+        done = []
+        for ref in ready:
+            part = self._pending.pop(ref)
+            done.append(part)
+            events.extend(self._on_outcome(part, self._get(ref, part)))
+        if done:
+            self._control.forget.remote(done)
+        return events
+
+    def _get(self, ref: Any, part: str) -> Finished | Failed | None:
+        import ray
+        from ray import exceptions as rex
+
+        try:
+            return ray.get(ref).event()
+        except rex.TaskCancelledError:
+            return None
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError) as e:
+            return Failed(part, f"worker died {self.worker_crash_retries + 1} times: {type(e).__name__}", "crash")
+        except rex.RayError as e:
+            return Failed(part, f"{type(e).__name__}: {str(e)[:500]}", "crash")
+
+    def _on_report(self, part: str, r: EpochReport) -> list[Event]:
+        key = self._owner.get(part)
+        if key is None:
+            return []
+        group = self._groups.get(key)
+        if group is None:
+            return [Report(key, r)]
+        return [Report(key, m) for m in group.add_report(part, r)]
+
+    def _on_outcome(self, part: str, ev: Finished | Failed | None) -> list[Event]:
+        key = self._owner.pop(part, None)
+        if ev is None or key is None:
+            return []
+        group = self._groups.get(key)
+        if group is None:
+            return [ev]
+        if isinstance(ev, Failed):  # one fold failed: the trial failed; stop its other folds
+            self._cancel([k for k in group.parts if k != part])
+            del self._groups[key]
+            return [Failed(key, ev.reason, ev.kind, ev.detail)]
+        assert isinstance(ev.result, TrialResult)
+        out: list[Event] = [Report(key, m) for m in group.add_result(part, ev.result)]
+        merged = group.merged()
+        if merged is not None:
+            del self._groups[key]
+            out.append(Finished(key, merged, ev.node, ev.node_id))
+        return out
+
+    def stop(self, key: str) -> None:
+        group = self._groups.get(key)
+        self._control.stop.remote(group.parts if group else [key])
+
+    def _cancel(self, parts: list[str]) -> None:
+        import ray
+
+        for ref, part in list(self._pending.items()):
+            if part in parts:
+                ray.cancel(ref, force=True)
+                del self._pending[ref]
+                self._owner.pop(part, None)
+
+    def cancel_all(self) -> list[str]:
+        keys = sorted(set(self._owner.values()))
+        self._cancel(list(self._pending.values()))
+        self._groups.clear()
+        return keys
+

@@ -1,0 +1,343 @@
+"""The study file: a typed, validated description of one study.
+
+Every section is a pydantic model with ``extra="forbid"``, so a typo'd key is an error. Validation
+happens here, in one place, before anything runs; :func:`load_spec` turns pydantic's errors into
+lines of the form ``space.lr.low: must be > 0 for log scale``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trials import CVSpec, DataSpec, ModelSpec, TrainingSpec, TrialSettings, check_param_names
+
+__all__ = [
+    "CategoricalParam",
+    "FloatParam",
+    "IntParam",
+    "PrunerSpec",
+    "ResourcesSpec",
+    "RetrySpec",
+    "SpecError",
+    "StudySpec",
+    "TPESpec",
+    "load_spec",
+    "parse_spec",
+]
+
+SCHEMA_VERSION = 1
+_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+_SUBKEY_RE = re.compile(r"^[a-z_]+: ")
+
+
+class SpecError(ValueError):
+    """A study file is invalid. ``str(err)`` lists one ``key.path: problem`` line per error."""
+
+    def __init__(self, errors: list[str], source: str | None = None) -> None:
+        self.errors = errors
+        self.source = source
+        head = f"invalid study file {source}" if source else "invalid study spec"
+        super().__init__(head + ":\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Scalar = str | int | float | bool
+
+
+class FloatParam(_Model):
+    """A float parameter: ``low``/``high`` (random, TPE) and/or ``values`` (grid)."""
+
+    type: Literal["float"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    values: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self, integer=False)
+        return self
+
+
+class IntParam(_Model):
+    """An integer parameter: ``low``/``high`` (inclusive) and/or ``values`` (grid)."""
+
+    type: Literal["int"]
+    low: int | None = None
+    high: int | None = None
+    log: bool = False
+    step: int = 1
+    values: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self, integer=True)
+        return self
+
+
+class CategoricalParam(_Model):
+    """A categorical parameter: one of ``choices`` (strings, numbers or booleans)."""
+
+    type: Literal["categorical"]
+    choices: tuple[Scalar, ...]
+
+    @field_validator("choices")
+    @classmethod
+    def _non_empty(cls, v: tuple[Scalar, ...]) -> tuple[Scalar, ...]:
+        if not v:
+            raise ValueError("must list at least one choice")
+        if len(set(map(repr, v))) != len(v):
+            raise ValueError(f"has duplicates: {list(v)}")
+        return v
+
+
+def _check_range(p: FloatParam | IntParam, *, integer: bool) -> None:
+    if p.values is not None:
+        if not p.values:
+            raise ValueError("values: must list at least one value")
+        if p.log and any(v <= 0 for v in p.values):
+            raise ValueError("values: must all be > 0 for log scale")
+        if p.low is None and p.high is None:
+            return
+    if p.low is None or p.high is None:
+        raise ValueError("needs both low and high (or, for strategy grid, a values list)")
+    if not (math.isfinite(p.low) and math.isfinite(p.high)):
+        raise ValueError("low and high must be finite numbers")
+    if p.low > p.high:
+        raise ValueError(f"low ({p.low}) must be <= high ({p.high})")
+    if p.log:
+        if p.low <= 0:
+            raise ValueError(f"low: must be > 0 for log scale (got {p.low}); use log: false or a positive low")
+        has_step = p.step is not None and not (integer and p.step == 1)
+        if has_step:
+            raise ValueError("step cannot be combined with log: true")
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def _infer_param_type(raw: Any) -> Any:
+    """Fill in ``type`` where it is unambiguous: ``choices`` -> categorical; ``values`` of ints/floats."""
+    if not isinstance(raw, Mapping) or "type" in raw:
+        return raw
+    raw = dict(raw)
+    if "choices" in raw:
+        raw["type"] = "categorical"
+    elif isinstance(raw.get("values"), list) and raw["values"]:
+        vals = raw["values"]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            raw["type"] = "int"
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            raw["type"] = "float"
+        else:
+            raw = {"type": "categorical", "choices": vals, **{k: v for k, v in raw.items() if k != "values"}}
+    return raw
+
+
+class PrunerSpec(_Model):
+    """Stop bad trials early, from the per-epoch mean over folds (Optuna pruners)."""
+
+    type: Literal["none", "median", "successive_halving", "hyperband"] = "none"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(3, ge=0)
+    min_resource: int = Field(1, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+
+
+class TPESpec(_Model):
+    """Options of the TPE sampler (used by ``strategy: tpe``)."""
+
+    n_startup_trials: int = Field(10, ge=0)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class ResourcesSpec(_Model):
+    """What one trial needs on a Ray worker and how many run at once."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    parallel_folds: bool = False
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and not float(v).is_integer():
+            raise ValueError(f"must be a fraction <= 1 or a whole number of GPUs (got {v})")
+        return v
+
+
+class RetrySpec(_Model):
+    """How often a trial is run again after a failure."""
+
+    max_retries: int = Field(1, ge=0, description="re-runs of a trial whose code raised (OOM excluded)")
+    worker_crash_retries: int = Field(3, ge=0, description="Ray re-executions when a worker process dies")
+
+
+class StudySpec(_Model):
+    """A whole study file. See the README's study-file reference for every key."""
+
+    version: Literal[1] = SCHEMA_VERSION
+    name: str
+    strategy: Literal["grid", "random", "tpe"] = "tpe"
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+    n_trials: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+    space: dict[str, Param]
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    cv: CVSpec = CVSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    tpe: TPESpec = TPESpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    retries: RetrySpec = RetrySpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip() or not _NAME_RE.match(v):
+            raise ValueError("must be 1-200 printable characters (spaces, quotes and unicode are fine)")
+        return v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            if not v:
+                raise ValueError("is empty; add at least one parameter, e.g. lr: {type: float, low: 1e-4, "
+                                 "high: 0.1, log: true}")
+            return {k: _infer_param_type(p) for k, p in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        errors: list[str] = []
+        for name in self.space:
+            try:
+                check_param_names([name], self.settings)
+            except ValueError as e:
+                errors.append(f"space.{name}: {e}")
+        want = "maximize" if self.metric == "val_accuracy" else "minimize"
+        if self.direction is not None and self.direction != want:
+            errors.append(f"direction: {self.direction} does not fit metric {self.metric}, which is "
+                          f"{want}d; remove direction or set it to {want}")
+        if self.strategy == "grid":
+            for name, p in self.space.items():
+                if not isinstance(p, CategoricalParam) and p.values is None:
+                    errors.append(f"space.{name}.values: strategy grid needs a list of values for every "
+                                  f"parameter, e.g. values: [{p.low}, {p.high}]")
+            if not errors and self.n_trials is not None and self.n_trials > self.grid_size:
+                errors.append(f"n_trials: {self.n_trials} exceeds the grid's {self.grid_size} points; "
+                              "omit n_trials for grid (it defaults to the grid size)")
+        else:
+            for name, p in self.space.items():
+                if not isinstance(p, CategoricalParam) and (p.low is None or p.high is None):
+                    errors.append(f"space.{name}: strategy {self.strategy} needs low and high "
+                                  "(values lists are for strategy grid)")
+            if self.n_trials is None:
+                errors.append(f"n_trials: required for strategy {self.strategy}")
+        if self.resources.parallel_folds and self.cv.folds == 1:
+            errors.append("resources.parallel_folds: needs cv.folds >= 2")
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    # -- derived views -------------------------------------------------------------------------
+    @property
+    def settings(self) -> TrialSettings:
+        return TrialSettings(model=self.model, training=self.training, cv=self.cv)
+
+    @property
+    def study_direction(self) -> str:
+        return self.direction or ("maximize" if self.metric == "val_accuracy" else "minimize")
+
+    @property
+    def grid(self) -> dict[str, list[Scalar]]:
+        return {n: list(p.choices if isinstance(p, CategoricalParam) else p.values or ())
+                for n, p in self.space.items()}
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid.values())
+
+    @property
+    def budget(self) -> int:
+        """Total trials of the study (the grid size for grid unless ``n_trials`` is smaller)."""
+        if self.strategy == "grid":
+            return min(self.n_trials or self.grid_size, self.grid_size)
+        assert self.n_trials is not None  # guaranteed by validation
+        return self.n_trials
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, as stored with the study."""
+        return self.model_dump(mode="json")
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    out: list[str] = []
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"] if x not in ("float", "int", "categorical", "function-after")]
+        msg = e["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            msg = msg.removeprefix(prefix)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?); remove it or check the README's study-file reference"
+        elif e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
+            msg = "type: must be float, int or categorical"
+            if e["type"] == "union_tag_invalid":
+                msg += f" (got {e.get('input', {}).get('type')!r})" if isinstance(e.get("input"), dict) else ""
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        key = ".".join(loc)
+        for line in msg.split("\n"):
+            if not key:  # cross-field checks name their own key path
+                out.append(line)
+            elif _SUBKEY_RE.match(line):  # "low: must be > 0" under space.lr -> space.lr.low: ...
+                out.append(f"{key}.{line}")
+            else:
+                out.append(f"{key}: {line}")
+    return out
+
+
+def parse_spec(raw: Mapping[str, Any], *, source: str | None = None, **overrides: Any) -> StudySpec:
+    """Validate a study given as a mapping; ``overrides`` (not None) replace top-level keys."""
+    if not isinstance(raw, Mapping):
+        raise SpecError([f"the top level must be a mapping of keys, got {type(raw).__name__}"], source)
+    data = dict(raw)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err), source) from None
+
+
+def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
+    """Read and validate a YAML study file. Raises :class:`SpecError` with one line per problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{path}: no such file; create one with `hpsearch init {path}`"]) from None
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read ({e.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], str(path)) from None
+    if raw is None:
+        raise SpecError(["the file is empty; start from `hpsearch init`"], str(path))
+    return parse_spec(raw, source=str(path), **overrides)

@@ -1,0 +1,71 @@
+"""hpsearch storage: engines, Optuna ``RDBStorage``, URL handling, retry, lease, fast queries.
+
+Importing this package has no side effects (no connection, no file, no logging set-up).
+"""
+
+from __future__ import annotations
+
+from storage._engine import create_engine, create_storage, engine_kwargs, translate_error
+from storage._errors import (
+    LeaseHeld,
+    LeaseLost,
+    StorageError,
+    StorageUnavailable,
+    StudyNotFound,
+)
+from storage._lease import (
+    DEFAULT_STALE_AFTER_S,
+    LEASE_TABLE,
+    HeartbeatThread,
+    Lease,
+    LeaseInfo,
+    ensure_lease_table,
+    read_lease,
+)
+from storage._queries import (
+    ROW_ATTRS,
+    StudySummary,
+    TrialRow,
+    best_trial_row,
+    list_studies,
+    study_attrs,
+    study_names,
+    trial_rows,
+)
+from storage._retry import is_transient, retryable, retrying
+from storage._url import DEFAULT_URL, ENV_VAR, redact, resolve_url, scrub
+
+__all__ = [
+    "DEFAULT_STALE_AFTER_S",
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "LEASE_TABLE",
+    "ROW_ATTRS",
+    "HeartbeatThread",
+    "Lease",
+    "LeaseHeld",
+    "LeaseInfo",
+    "LeaseLost",
+    "StorageError",
+    "StorageUnavailable",
+    "StudyNotFound",
+    "StudySummary",
+    "TrialRow",
+    "best_trial_row",
+    "create_engine",
+    "create_storage",
+    "engine_kwargs",
+    "ensure_lease_table",
+    "is_transient",
+    "list_studies",
+    "read_lease",
+    "redact",
+    "resolve_url",
+    "retryable",
+    "retrying",
+    "scrub",
+    "study_attrs",
+    "study_names",
+    "translate_error",
+    "trial_rows",
+]

@@ -1,0 +1,57 @@
+"""Cheap worker functions with the shape of ``search.train_job``, for fast orchestrator tests."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+from search import TrialJob
+from trials import Dataset, EpochReport, FoldResult, MemberReport, TestResult, TrialResult, TrialSettings
+
+
+def score_of(params: dict) -> float:
+    """Accuracy-like score, best at lr=0.01; bad configs are clearly bad from the first epoch."""
+    lr = float(params.get("lr", 0.01))
+    return max(0.05, 1.0 - (math.log10(lr) + 2.0) ** 2 / 4.0)
+
+
+def quadratic(
+    data: Dataset, settings: TrialSettings, job: TrialJob, report: Callable[[EpochReport], bool]
+) -> TrialResult | TestResult:
+    """Epoch e reports score * e / E for every fold; sleeps ``FAKE_EPOCH_S`` per epoch."""
+    epochs = settings.training.max_epochs
+    k = settings.cv.folds
+    delay = float(os.environ.get("FAKE_EPOCH_S", "0"))
+    s = score_of(job.params)
+    if job.kind == "refit":
+        return TestResult(test_accuracy=s, test_loss=1 - s, best_epoch=epochs, epochs_run=epochs, duration_s=0.0)
+    t0 = time.monotonic()
+    stopped = False
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        acc = s * epoch / epochs
+        members = tuple(MemberReport(i, 1 - acc, 1 - acc, acc, False) for i in range(k))
+        if delay:
+            time.sleep(delay)
+        if report(EpochReport(epoch, members)):
+            stopped = True
+            break
+    acc = s * epoch / epochs
+    folds = tuple(FoldResult(i, epoch, epoch, 1 - acc, acc) for i in range(k))
+    curves = {m: [[s * e / epochs for e in range(1, epoch + 1)]] * k for m in ("val_accuracy",)}
+    return TrialResult(folds=folds, curves=curves, epochs_run=epoch, duration_s=time.monotonic() - t0,
+                       device="cpu", train_path="fake", stopped_by_report=stopped)
+
+
+def flaky(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Raises on the first attempt of every trial, works on the retry."""
+    if job.attempt == 0 and job.kind == "trial":
+        raise RuntimeError(f"flaky failure of trial {job.number}")
+    return quadratic(data, settings, job, report)
+
+
+def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Always raises: a deterministic failure."""
+    raise ValueError("this configuration always fails")

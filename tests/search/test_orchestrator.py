@@ -1,0 +1,142 @@
+"""The ask/tell loop on the in-process backend: budgets, grid, pruning, retries, recovery, resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import storage as st
+from search import LocalBackend, UsageError, resume_study, run_study
+
+from . import fakes
+from .conftest import GRID
+
+
+def load(url: str, name: str = "t") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=st.create_storage(url))
+
+
+def states(study: optuna.Study) -> Counter[str]:
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe"])
+def test_runs_exactly_the_budget(make_spec, sqlite_url, strategy) -> None:
+    res = run_study(make_spec(strategy=strategy, n_trials=7), storage=sqlite_url,
+                    backend=LocalBackend(2), worker_fn=fakes.quadratic)
+    study = load(sqlite_url)
+    assert states(study) == {"COMPLETE": 7}
+    assert res.done == 7 and res.best is not None
+    best = study.best_trial
+    assert best.user_attrs["fold_scores"] == [pytest.approx(best.value)] * 2
+    assert len(best.intermediate_values) == 5  # one value per epoch
+    assert study.user_attrs["test_result"]["trial"] == best.number
+    assert res.best.test_score == pytest.approx(fakes.score_of(best.params))
+
+
+def test_grid_visits_every_point_once_and_stops(make_spec, sqlite_url) -> None:
+    run_study(make_spec(strategy="grid", n_trials=None, space=GRID), storage=sqlite_url,
+              backend=LocalBackend(2), worker_fn=fakes.quadratic)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    points = Counter((t.params["lr"], t.params["batch_size"]) for t in trials)
+    assert len(trials) == 6 and set(points.values()) == {1}
+    assert set(points) == {(lr, b) for lr in (0.001, 0.01, 0.1) for b in (32, 64)}
+
+
+def test_median_pruner_prunes_bad_configs_early(make_spec, sqlite_url, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_EPOCH_S", "0.01")
+    space = {"lr": {"type": "categorical", "choices": [0.01, 1e-4]}}
+    spec = make_spec(n_trials=12, seed=4, space=space, training={"max_epochs": 20},
+                     pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    run_study(spec, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "the bad configuration (lr=1e-4) should be pruned"
+    assert all(t.params["lr"] == 1e-4 for t in pruned)
+    assert all(t.user_attrs["epochs"] < 20 for t in pruned)
+    assert all(t.params["lr"] == 0.01 for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_failed_trial_is_retried_with_same_params_and_seed(make_spec, sqlite_url) -> None:
+    run_study(make_spec(n_trials=3), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.flaky)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(failed) == 3 and len(done) == 3
+    for f in failed:
+        assert f.user_attrs["will_retry"] is True and "flaky failure" in f.user_attrs["fail_reason"]
+        (retry,) = [t for t in done if t.user_attrs.get("retry_of") == f.number]
+        assert retry.params == f.params and retry.user_attrs["seed"] == f.user_attrs["seed"]
+
+
+def test_deterministic_failure_stops_after_max_retries(make_spec, sqlite_url) -> None:
+    res = run_study(make_spec(n_trials=2, retries={"max_retries": 1}), storage=sqlite_url,
+                    backend=LocalBackend(1), worker_fn=fakes.broken)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
+    assert sum(not t.user_attrs.get("will_retry") for t in trials) == 2
+    assert "always fails" in trials[-1].user_attrs["fail_reason"]
+    assert res.done == 2 and res.best is None
+
+
+def test_resume_runs_only_what_is_missing_and_does_not_replay_sampler(make_spec, sqlite_url) -> None:
+    spec = make_spec(n_trials=4)
+    run_study(spec, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic, refit=False)
+    first = [t.params for t in load(sqlite_url).trials]
+    res = resume_study("t", storage=sqlite_url, n_trials=8, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+    trials = load(sqlite_url).trials
+    assert res.done == 8 and len(trials) == 8
+    assert [t.params for t in trials[:4]] == first
+    later = [t.params for t in trials[4:]]
+    assert all(p not in first for p in later), "a resumed seeded sampler must not replay its first points"
+    # running the finished study again runs nothing
+    again = run_study(make_spec(n_trials=8), storage=sqlite_url, backend=LocalBackend(1),
+                      worker_fn=fakes.quadratic)
+    assert again.done == 8 and len(load(sqlite_url).trials) == 8
+
+
+def test_orphaned_running_trials_are_failed_and_rerun_once(make_spec, sqlite_url) -> None:
+    spec = make_spec(strategy="grid", n_trials=None, space=GRID)
+    run_study(spec, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic, refit=False)
+    # simulate a killed orchestrator: a fresh study of 6 points with 2 COMPLETE and 2 left RUNNING
+    url2 = sqlite_url.replace("study.db", "killed.db")
+    from search import make_pruner, make_sampler, parse_spec
+    from search._strategies import distributions
+
+    s = parse_spec(spec)
+    study = optuna.create_study(storage=st.create_storage(url2), study_name="t", direction="maximize",
+                                sampler=make_sampler(s), pruner=make_pruner(s))
+    study.set_user_attr("hpsearch_spec", s.to_dict())
+    for i in range(4):
+        t = study.ask(distributions(s))
+        t.set_user_attr("seed", 100 + i)
+        if i < 2:
+            study.tell(t, 0.5)
+    run_study(spec, storage=url2, backend=LocalBackend(2), worker_fn=fakes.quadratic)
+    trials = load(url2).get_trials(deepcopy=False)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    orphans = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(orphans) == 2
+    assert all("orchestrator stopped" in t.user_attrs["fail_reason"] for t in orphans)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    points = Counter((t.params["lr"], t.params["batch_size"]) for t in complete)
+    assert len(complete) == 6 and set(points.values()) == {1}
+    for o in orphans:
+        (rerun,) = [t for t in complete if t.user_attrs.get("retry_of") == o.number]
+        assert rerun.params == o.params and rerun.user_attrs["seed"] == o.user_attrs["seed"]
+
+
+def test_changed_spec_is_refused_with_a_diff(make_spec, sqlite_url) -> None:
+    run_study(make_spec(n_trials=2), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+    changed = make_spec(n_trials=2, training={"max_epochs": 6})
+    with pytest.raises(UsageError, match=r"training.max_epochs: 5 -> 6"):
+        run_study(changed, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+
+
+def test_resume_unknown_study(sqlite_url, make_spec) -> None:
+    run_study(make_spec(n_trials=1), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+    with pytest.raises(st.StudyNotFound, match="nope"):
+        resume_study("nope", storage=sqlite_url, backend=LocalBackend(1))

@@ -1,0 +1,492 @@
+"""The one training path: a stack of members trained in lockstep with per-member early stopping.
+
+A *member* trains one split (a CV fold, the holdout, or the refit split) with its own seeds. All
+members of a trial run in one stack (see :mod:`trials._models`); a member only ever sees rows of
+its own split, standardized with statistics of its own training rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._config import Hyperparams
+from ._models import FunctionalStack, StackedMLP, build_factory_stack
+from ._optim import PlateauSchedule, StackedOptimizer, step_schedule_factor
+from ._results import EpochReport, FoldResult, MemberReport
+from ._seeding import MemberSeeds
+
+__all__ = [
+    "EpochBatches",
+    "FeatureSource",
+    "FitOutcome",
+    "MemberSplit",
+    "evaluate",
+    "fit_scaler",
+    "fit_stack",
+    "make_epoch_batches",
+    "make_eval_index",
+    "train_one_epoch",
+]
+
+# Per-member standardized copies of X are precomputed when they fit in this many bytes;
+# otherwise each gathered batch is standardized on the fly.
+PRECOMPUTE_BYTES = 256 << 20
+# Target size (elements) of one evaluation chunk's widest activation.
+EVAL_CHUNK_ELEMENTS = 1 << 22
+
+Stack = StackedMLP | FunctionalStack
+
+
+@dataclass(frozen=True)
+class MemberSplit:
+    """One member: the split it trains on (positions into ``X``) and its seeds."""
+
+    fold: int
+    train: np.ndarray
+    val: np.ndarray
+    seeds: MemberSeeds
+
+
+# ------------------------------------------------------------------------------------ features
+
+
+def fit_scaler(X: np.ndarray, rows: np.ndarray, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale (population std, 1 where constant) of ``X[rows]``, like ``StandardScaler``.
+
+    Two passes in float64 over chunks of rows, so no full copy of ``X[rows]`` is made.
+    """
+    n, d = len(rows), X.shape[1]
+    total = np.zeros(d)
+    for c in range(0, n, chunk):
+        total += X[rows[c : c + chunk]].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros(d)
+    for c in range(0, n, chunk):
+        diff = X[rows[c : c + chunk]].astype(np.float64) - mean
+        sq += np.einsum("ij,ij->j", diff, diff)
+    scale = np.sqrt(sq / n)
+    scale[scale < 1e-12] = 1.0
+    return mean.astype(np.float32), scale.astype(np.float32)
+
+
+class FeatureSource:
+    """Rows of ``X`` standardized per member, gathered by index.
+
+    Parameters
+    ----------
+    X, y
+        All rows the members index into (``[n, d]`` float32, ``[n]`` int64), on the device.
+    mean, scale
+        Per-member statistics ``[M, d]`` (fit on each member's own training rows).
+    precompute_bytes
+        Precompute the ``M`` standardized copies of ``X`` when they fit in this budget.
+    """
+
+    def __init__(
+        self, X: Tensor, y: Tensor, mean: Tensor, scale: Tensor, precompute_bytes: int = PRECOMPUTE_BYTES
+    ) -> None:
+        m = mean.shape[0]
+        self.n, self.d = X.shape
+        if m * X.numel() * X.element_size() <= precompute_bytes:
+            self.X = ((X.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)).reshape(m * self.n, self.d)
+            self.y = y.repeat(m)
+            self.offsets = [i * self.n for i in range(m)]
+            self.mean = self.scale = None
+        else:
+            self.X, self.y = X, y
+            self.offsets = [0] * m
+            self.mean, self.scale = mean.unsqueeze(1), scale.unsqueeze(1)
+        self._all = (list(self.offsets), self.mean, self.scale)
+
+    def gather(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Features ``[M, B, d]`` and labels ``[M, B]`` of offset indices ``idx`` ``[M, B]``."""
+        m, b = idx.shape
+        flat = idx.reshape(-1)
+        x = self.X.index_select(0, flat).view(m, b, self.d)
+        if self.mean is not None:
+            x = x.sub_(self.mean).div_(self.scale)
+        return x, self.y.index_select(0, flat).view(m, b)
+
+    def reset(self) -> None:
+        """Serve all members again (undo :meth:`select`)."""
+        offsets, self.mean, self.scale = self._all
+        self.offsets = list(offsets)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the members at positions ``keep``."""
+        self.offsets = [self.offsets[k] for k in keep]
+        if self.mean is not None:
+            t = torch.tensor(keep, device=self.mean.device)
+            self.mean = self.mean.index_select(0, t)
+            self.scale = self.scale.index_select(0, t)
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+@dataclass
+class EpochBatches:
+    """One epoch's batches for every member, padded to a common ``[steps, M, batch]`` grid.
+
+    Member ``m`` owns ``ceil(n_m / B)`` real steps; beyond its own rows the grid is padded with
+    copies of its own training rows at weight 0, and a step where it has no row at all is masked
+    out of the optimizer step, so no member steps on data that is not its own.
+
+    Attributes
+    ----------
+    idx
+        Offset indices into :class:`FeatureSource` ``[S, M, B]`` (on the device).
+    rows
+        The same indices as positions into ``X`` (on the CPU; for inspection).
+    weight
+        1 for a real row, 0 for padding ``[S, M, B]``.
+    inv_count
+        ``1 / (real rows)`` per step and member ``[S, M]`` (1 where there are none).
+    masks
+        Per step: ``None`` when every member has rows, else a bool ``[M]`` of the members that do.
+    active
+        The same as ``masks`` on the CPU (a list of bools, or ``None``).
+    """
+
+    idx: Tensor
+    rows: Tensor
+    weight: Tensor
+    inv_count: Tensor
+    masks: list[Tensor | None]
+    active: list[list[bool] | None]
+
+    @property
+    def n_steps(self) -> int:
+        return self.idx.shape[0]
+
+
+def make_epoch_batches(
+    trains: Sequence[Tensor],
+    gens: Sequence[torch.Generator],
+    offsets: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+) -> EpochBatches:
+    """Draw each member's permutation of its own training rows (from its own generator)."""
+    m = len(trains)
+    sizes = [len(t) for t in trains]
+    steps = max(math.ceil(n / batch_size) for n in sizes)
+    total = steps * batch_size
+    rows = torch.empty(m, total, dtype=torch.long)
+    weight = torch.zeros(m, total)
+    for j, (tr, g) in enumerate(zip(trains, gens)):
+        perm = tr[torch.randperm(len(tr), generator=g)]
+        rows[j] = perm.repeat(math.ceil(total / len(tr)))[:total]
+        weight[j, : len(tr)] = 1.0
+    counts = (torch.tensor(sizes)[None, :] - torch.arange(steps)[:, None] * batch_size).clamp(0, batch_size)
+    off = torch.tensor(list(offsets), dtype=torch.long)[:, None]
+    idx = (rows + off).view(m, steps, batch_size).transpose(0, 1).contiguous()
+    rows = rows.view(m, steps, batch_size).transpose(0, 1).contiguous()
+    weight = weight.view(m, steps, batch_size).transpose(0, 1).contiguous()
+    inv = 1.0 / counts.clamp(min=1).to(torch.float32)
+    has = counts > 0
+    active: list[list[bool] | None] = [None if bool(h.all()) else h.tolist() for h in has]
+    masks: list[Tensor | None] = [None if a is None else torch.tensor(a, device=device) for a in active]
+    nb = device.type == "cuda"
+    return EpochBatches(
+        idx=idx.to(device, non_blocking=nb),
+        rows=rows,
+        weight=weight.to(device, non_blocking=nb),
+        inv_count=inv.to(device, non_blocking=nb),
+        masks=masks,
+        active=active,
+    )
+
+
+def make_eval_index(
+    vals: Sequence[np.ndarray], offsets: Sequence[int], device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Padded evaluation indices ``[M, V]``, weights ``[M, V]`` and row counts ``[M]``."""
+    v = max(len(a) for a in vals)
+    idx = torch.empty(len(vals), v, dtype=torch.long)
+    weight = torch.zeros(len(vals), v)
+    for j, (a, off) in enumerate(zip(vals, offsets)):
+        t = torch.as_tensor(a, dtype=torch.long) + off
+        idx[j] = t.repeat(math.ceil(v / len(t)))[:v]
+        weight[j, : len(t)] = 1.0
+    counts = torch.tensor([float(len(a)) for a in vals])
+    return idx.to(device), weight.to(device), counts.to(device)
+
+
+# ------------------------------------------------------------------------------------ epoch
+
+
+def train_one_epoch(
+    model: Stack,
+    optimizer: StackedOptimizer,
+    source: FeatureSource,
+    batches: EpochBatches,
+    on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> Tensor:
+    """Train every member of the stack for one epoch.
+
+    Each member's loss is the mean cross-entropy over its real rows of the step; the stack's loss
+    is the sum over members, so each member's gradient is its own.
+
+    Parameters
+    ----------
+    on_batch
+        Called as ``on_batch(step, rows, weight)`` before each step (``rows`` are positions
+        into ``X``, ``[M, B]``); for instrumentation.
+
+    Returns
+    -------
+    torch.Tensor
+        Per member, the sum of the epoch's per-sample training losses ``[M]``.
+    """
+    model.train()
+    total = torch.zeros(batches.idx.shape[1], device=batches.idx.device)
+    for s in range(batches.n_steps):
+        if on_batch is not None:
+            on_batch(s, batches.rows[s], batches.weight[s])
+        x, y = source.gather(batches.idx[s])
+        logits = model(x, batches.active[s])
+        m, b, c = logits.shape
+        ce = F.cross_entropy(logits.reshape(m * b, c), y.reshape(m * b), reduction="none").view(m, b)
+        per_member = (ce * batches.weight[s]).sum(1)
+        loss = (per_member * batches.inv_count[s]).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step(batches.masks[s])
+        total += per_member.detach()
+    return total
+
+
+@torch.no_grad()
+def evaluate(
+    model: Stack, source: FeatureSource, idx: Tensor, weight: Tensor, counts: Tensor, chunk: int = 4096
+) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy and accuracy of every member on its rows ``idx`` ``[M, V]`` (dropout off).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(loss [M], accuracy [M])``.
+    """
+    model.eval()
+    m = idx.shape[0]
+    loss_sum = torch.zeros(m, device=idx.device)
+    correct = torch.zeros(m, device=idx.device)
+    for start in range(0, idx.shape[1], chunk):
+        x, y = source.gather(idx[:, start : start + chunk])
+        w = weight[:, start : start + chunk]
+        logits = model(x)
+        mm, b, c = logits.shape
+        ce = F.cross_entropy(logits.reshape(mm * b, c).float(), y.reshape(-1), reduction="none").view(mm, b)
+        loss_sum += (ce * w).sum(1)
+        correct += ((logits.argmax(-1) == y).to(w.dtype) * w).sum(1)
+    return loss_sum / counts, correct / counts
+
+
+# ------------------------------------------------------------------------------------ fit
+
+
+@dataclass
+class FitOutcome:
+    """What :func:`fit_stack` returns: the restored stack and every member's record."""
+
+    model: Stack
+    source: FeatureSource
+    mean: Tensor
+    scale: Tensor
+    folds: list[FoldResult]
+    curves: dict[str, list[list[float]]]
+    epochs_run: int
+    stopped_by_report: bool
+    train_path: str
+    eval_index: tuple[Tensor, Tensor, Tensor]
+    """Every member's validation rows (``make_eval_index`` for ``source``)."""
+
+
+def _eval_chunk(n_members: int, widths: Sequence[int]) -> int:
+    return max(256, EVAL_CHUNK_ELEMENTS // (n_members * max(widths)))
+
+
+def build_stack(
+    hp: Hyperparams, splits: Sequence[MemberSplit], n_features: int, n_classes: int, device: torch.device
+) -> Stack:
+    """The stacked model for ``splits`` (built-in MLP, or the user factory's modules)."""
+    if hp.factory is not None:
+        return build_factory_stack(
+            hp.factory, hp.params, n_features, n_classes, [s.seeds.init for s in splits], device
+        )
+    return StackedMLP(
+        n_features,
+        hp.hidden,
+        n_classes,
+        activation=hp.activation,
+        dropout=hp.dropout,
+        init_seeds=[s.seeds.init for s in splits],
+        dropout_seeds=[s.seeds.dropout for s in splits],
+        device=device,
+    )
+
+
+def fit_stack(
+    X: np.ndarray,
+    y: np.ndarray,
+    splits: Sequence[MemberSplit],
+    hp: Hyperparams,
+    *,
+    n_classes: int,
+    device: torch.device,
+    seed: int,
+    report: Callable[[EpochReport], bool] | None = None,
+    on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
+) -> FitOutcome:
+    """Train one member per split, as one stack, with per-member early stopping.
+
+    Each epoch every live member trains on its own permutation of its own training rows, is
+    evaluated on its own validation rows, and updates its early-stopping state (and its
+    reduce-on-plateau rate). A member that stops keeps its best weights and leaves the stack
+    (the stack is compacted); training ends when all members stopped, ``max_epochs`` is reached,
+    or ``report`` returns True. At the end every member's best weights are restored.
+
+    Returns
+    -------
+    FitOutcome
+    """
+    n_members = len(splits)
+    d = X.shape[1]
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        # Only user modules draw from the global RNG (vmap dropout); seed it per trial.
+        torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device)
+        stats = [fit_scaler(X, s.train) for s in splits]
+        mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
+        scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
+        source = FeatureSource(Xt, yt, mean, scale)
+        model = build_stack(hp, splits, d, n_classes, device)
+        train_path = "stacked" if isinstance(model, StackedMLP) else model.mode
+        all_gens = list(model.dropout_gens)
+        optimizer = StackedOptimizer(
+            model.trainable(),
+            kind=hp.optimizer,
+            lr=hp.lr,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+        )
+        best_state = [t.detach().clone() for t in model.state_tensors()]
+        eval_full = make_eval_index([s.val for s in splits], source.offsets, device)
+        eval_idx, eval_w, eval_n = eval_full
+        widths = [d, *hp.hidden, n_classes] if hp.factory is None else [max(d, 256)]
+
+        mode = "min" if hp.monitor == "val_loss" else "max"
+        plateau = (
+            PlateauSchedule(n_members, mode=mode, factor=hp.plateau_factor, patience=hp.plateau_patience)
+            if hp.lr_schedule == "plateau"
+            else None
+        )
+        live = list(range(n_members))  # member ids in stack order
+        trains = [torch.as_tensor(s.train, dtype=torch.long) for s in splits]
+        order_gens = [torch.Generator().manual_seed(s.seeds.order) for s in splits]
+        best_value = [math.inf if mode == "min" else -math.inf] * n_members
+        best_epoch = [0] * n_members
+        best_metrics: list[tuple[float, float, float]] = [(math.nan, math.nan, math.nan)] * n_members
+        wait = [0] * n_members
+        stopped = [False] * n_members
+        epochs_run = [0] * n_members
+        curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in ("train_loss", "val_loss", "val_accuracy")}
+        stopped_by_report = False
+
+        for epoch in range(1, hp.max_epochs + 1):
+            if hp.lr_schedule == "step":
+                lr = hp.lr * step_schedule_factor(epoch, hp.step_size, hp.gamma)
+                optimizer.set_lr(np.full(len(live), lr))
+            batches = make_epoch_batches(
+                [trains[i] for i in live], [order_gens[i] for i in live], source.offsets, hp.batch_size, device
+            )
+            train_sum = train_one_epoch(model, optimizer, source, batches, on_batch)
+            vloss, vacc = evaluate(model, source, eval_idx, eval_w, eval_n, _eval_chunk(len(live), widths))
+            tl, vl, va = torch.stack([train_sum, vloss, vacc]).cpu().double().numpy()
+            improved_pos: list[int] = []
+            for j, mid in enumerate(live):
+                cur = (float(tl[j]) / len(trains[mid]), float(vl[j]), float(va[j]))
+                for key, val in zip(("train_loss", "val_loss", "val_accuracy"), cur):
+                    curves[key][mid].append(val)
+                epochs_run[mid] = epoch
+                value = cur[1] if mode == "min" else cur[2]
+                better = math.isfinite(value) and (
+                    value < best_value[mid] - hp.min_delta if mode == "min" else value > best_value[mid] + hp.min_delta
+                )
+                if better or best_epoch[mid] == 0:
+                    best_value[mid] = value if math.isfinite(value) else best_value[mid]
+                    best_epoch[mid] = epoch
+                    best_metrics[mid] = cur
+                    improved_pos.append(j)
+                wait[mid] = 0 if better else wait[mid] + 1
+                # patience epochs without improvement (patience 0: the first one), or diverged
+                if wait[mid] >= max(hp.patience, 1) or not math.isfinite(cur[1]):
+                    stopped[mid] = True
+            if improved_pos:
+                pos_t = torch.tensor(improved_pos, device=device)
+                ids_t = torch.tensor([live[j] for j in improved_pos], device=device)
+                for bt, t in zip(best_state, model.state_tensors()):
+                    bt.index_copy_(0, ids_t, t.detach().index_select(0, pos_t))
+            if plateau is not None:
+                pos = [j for j, mid in enumerate(live) if not stopped[mid]]
+                if pos:
+                    mids = [live[j] for j in pos]
+                    vals = [curves["val_loss" if mode == "min" else "val_accuracy"][m][-1] for m in mids]
+                    lrs = optimizer.get_lr()
+                    lrs[pos] = plateau.step(mids, vals, lrs[pos])
+                    optimizer.set_lr(lrs)
+            if report is not None:
+                members = []
+                for mid, s in enumerate(splits):
+                    if stopped[mid]:
+                        members.append(MemberReport(s.fold, *best_metrics[mid], stopped=True))
+                    else:
+                        members.append(MemberReport(s.fold, *(curves[k][mid][-1] for k in curves), stopped=False))
+                if report(EpochReport(epoch=epoch, members=tuple(members))):
+                    stopped_by_report = True
+                    break
+            keep = [j for j, mid in enumerate(live) if not stopped[mid]]
+            if not keep:
+                break
+            if len(keep) < len(live):  # compact: stopped members leave the stack
+                keep_t = torch.tensor(keep, device=device)
+                model.select(keep_t)
+                optimizer.select(keep_t, model.trainable())
+                source.select(keep)
+                eval_idx, eval_w, eval_n = (t.index_select(0, keep_t) for t in (eval_idx, eval_w, eval_n))
+                live = [live[j] for j in keep]
+
+        model.load_state_tensors(best_state, all_gens)
+        source.reset()  # all members again, for evaluating the restored stack
+        folds = [
+            FoldResult(
+                fold=s.fold,
+                best_epoch=best_epoch[i],
+                epochs_run=epochs_run[i],
+                val_loss=best_metrics[i][1],
+                val_accuracy=best_metrics[i][2],
+            )
+            for i, s in enumerate(splits)
+        ]
+    return FitOutcome(
+        model=model,
+        source=source,
+        mean=mean,
+        scale=scale,
+        folds=folds,
+        curves=curves,
+        epochs_run=max(epochs_run),
+        stopped_by_report=stopped_by_report,
+        train_path=train_path,
+        eval_index=eval_full,
+    )

@@ -1,0 +1,310 @@
+"""Stacked networks: the built-in MLP and user model factories (vmap or member by member).
+
+A *stack* holds ``M`` independent members; every state tensor has a leading member dimension and
+``forward`` maps ``[M, batch, n_features]`` to ``[M, batch, n_classes]`` logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+__all__ = ["FunctionalStack", "StackedMLP", "load_factory"]
+
+
+class StackedMLP(nn.Module):
+    """``M`` MLPs ``n_features -> hidden... -> n_classes`` trained side by side.
+
+    Layer ``l`` has weights ``[M, in, out]`` and biases ``[M, 1, out]`` and computes
+    ``torch.baddbmm(bias, h, weight)``; each hidden layer is followed by the activation, then
+    dropout. Member ``m`` is initialised like ``nn.Linear`` (kaiming-uniform weights, uniform
+    biases, layer by layer) from a generator seeded ``init_seeds[m]`` and draws its dropout masks
+    from its own generator seeded ``dropout_seeds[m]``, so a member computes exactly what it
+    would compute in a stack of one.
+
+    Parameters
+    ----------
+    n_features, hidden, n_classes
+        Layer widths.
+    activation
+        ``relu`` or ``leaky_relu`` (slope 0.01).
+    dropout
+        Dropout probability after each hidden layer.
+    init_seeds, dropout_seeds
+        One seed per member.
+    device
+        Where the parameters live.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: Sequence[int],
+        n_classes: int,
+        *,
+        activation: str,
+        dropout: float,
+        init_seeds: Sequence[int],
+        dropout_seeds: Sequence[int],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        self.p = float(dropout)
+        sizes = [int(n_features), *[int(h) for h in hidden], int(n_classes)]
+        gens = [torch.Generator().manual_seed(int(s)) for s in init_seeds]
+        per_member: list[list[tuple[Tensor, Tensor]]] = []
+        for g in gens:  # member by member, layer by layer: the order nn.Linear consumes its RNG
+            layers = []
+            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+                w = torch.empty(fan_out, fan_in)
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
+                bound = 1.0 / math.sqrt(fan_in)
+                b = torch.empty(fan_out).uniform_(-bound, bound, generator=g)
+                layers.append((w.t(), b))
+            per_member.append(layers)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for layer in range(len(sizes) - 1):
+            w = torch.stack([m[layer][0] for m in per_member]).to(device)
+            b = torch.stack([m[layer][1] for m in per_member]).unsqueeze(1).to(device)
+            self.weights.append(nn.Parameter(w.contiguous()))
+            self.biases.append(nn.Parameter(b.contiguous()))
+        dev = torch.device(device)
+        self.dropout_gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in dropout_seeds]
+
+    @property
+    def n_members(self) -> int:
+        return self.weights[0].shape[0]
+
+    def forward(self, x: Tensor, active: Sequence[bool] | None = None) -> Tensor:
+        """Logits ``[M, B, n_classes]`` of inputs ``[M, B, n_features]``.
+
+        ``active`` (training only) names the members that take this step; the others draw no
+        dropout mask, so each member's mask stream depends on its own steps only.
+        """
+        h = x
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = F.relu(h) if self.activation == "relu" else F.leaky_relu(h, 0.01)
+                if self.training and self.p > 0.0:
+                    h = self._dropout(h, active)
+        return h
+
+    def _dropout(self, h: Tensor, active: Sequence[bool] | None) -> Tensor:
+        keep = 1.0 - self.p
+        mask = torch.empty_like(h)
+        for m, g in enumerate(self.dropout_gens):
+            if active is None or active[m]:
+                mask[m].bernoulli_(keep, generator=g)
+            else:
+                mask[m].fill_(keep)  # a member without rows this step: output unused
+        return h * mask.div_(keep)
+
+    # -- state handling shared with FunctionalStack ------------------------------------------
+    def state_tensors(self) -> list[Tensor]:
+        """Every per-member tensor (``[M, ...]``), in a fixed order."""
+        return [*self.weights, *self.biases]
+
+    def trainable(self) -> list[Tensor]:
+        return list(self.weights) + list(self.biases)
+
+    def select(self, keep: Tensor) -> None:
+        """Keep only the members at positions ``keep`` (compact the stack)."""
+        keep_list = keep.tolist()
+        for plist in (self.weights, self.biases):
+            for i, p in enumerate(plist):
+                plist[i] = nn.Parameter(p.detach().index_select(0, keep))
+        self.dropout_gens = [self.dropout_gens[k] for k in keep_list]
+
+    def load_state_tensors(self, tensors: Sequence[Tensor], dropout_gens: list[torch.Generator]) -> None:
+        """Replace the whole stack's state by ``tensors`` (as returned by :meth:`state_tensors`)."""
+        n = len(self.weights)
+        for i in range(n):
+            self.weights[i] = nn.Parameter(tensors[i].detach().clone())
+            self.biases[i] = nn.Parameter(tensors[n + i].detach().clone())
+        self.dropout_gens = list(dropout_gens)
+
+
+class _OutputShapeError(ValueError):
+    """The user model's output is not ``[batch, n_classes]``."""
+
+
+class FunctionalStack(nn.Module):
+    """A stack of user modules: ``torch.func.stack_module_state`` + ``functional_call``.
+
+    With ``mode="vmap"`` the members run as one ``vmap(..., randomness="different")`` call; with
+    ``mode="sequential"`` the same functional call runs member by member (for modules vmap
+    cannot handle, e.g. ones that call ``.item()``). Either way the parameters are stacked
+    ``[M, ...]`` leaves trained by the same optimizer and loop as :class:`StackedMLP`.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], mode: str = "vmap") -> None:
+        super().__init__()
+        if mode not in ("vmap", "sequential"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.mode = mode
+        params, buffers = stack_module_state(list(modules))
+        self._pnames = list(params)
+        self._bnames = list(buffers)
+        self.stacked_params = nn.ParameterList([nn.Parameter(params[k].detach()) for k in self._pnames])
+        self._buffers_list = [buffers[k].detach() for k in self._bnames]
+        base = copy.deepcopy(modules[0]).to("meta")
+        object.__setattr__(self, "_base", base)  # not a registered submodule: it holds no state
+        self.dropout_gens: list[torch.Generator] = []
+
+    @property
+    def n_members(self) -> int:
+        return self.stacked_params[0].shape[0]
+
+    def train(self, mode: bool = True) -> FunctionalStack:
+        super().train(mode)
+        self._base.train(mode)
+        return self
+
+    def _call(self, p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self._base, {**p, **b}, (x,))
+
+    def forward(self, x: Tensor, active: Sequence[bool] | None = None) -> Tensor:
+        """Logits ``[M, B, n_classes]`` of inputs ``[M, B, n_features]`` (``active`` is unused)."""
+        p = dict(zip(self._pnames, self.stacked_params))
+        b = dict(zip(self._bnames, self._buffers_list))
+        if self.mode == "vmap":
+            return vmap(self._call, randomness="different")(p, b, x)
+        outs = []
+        for m in range(x.shape[0]):
+            pm = {k: v[m] for k, v in p.items()}
+            bm = {k: v[m] for k, v in b.items()}
+            outs.append(self._call(pm, bm, x[m]))
+        return torch.stack(outs)
+
+    def state_tensors(self) -> list[Tensor]:
+        return [*self.stacked_params, *self._buffers_list]
+
+    def trainable(self) -> list[Tensor]:
+        return [p for p in self.stacked_params if p.requires_grad]
+
+    def select(self, keep: Tensor) -> None:
+        for i, p in enumerate(self.stacked_params):
+            self.stacked_params[i] = nn.Parameter(p.detach().index_select(0, keep), requires_grad=p.requires_grad)
+        self._buffers_list = [b.index_select(0, keep) for b in self._buffers_list]
+
+    def load_state_tensors(self, tensors: Sequence[Tensor], dropout_gens: list[torch.Generator]) -> None:
+        n = len(self.stacked_params)
+        for i in range(n):
+            rg = self.stacked_params[i].requires_grad
+            self.stacked_params[i] = nn.Parameter(tensors[i].detach().clone(), requires_grad=rg)
+        self._buffers_list = [t.detach().clone() for t in tensors[n:]]
+
+    def probe(self, n_features: int, n_classes: int) -> None:
+        """Run one training-mode forward/backward on a tiny batch without changing any state.
+
+        Raises
+        ------
+        Exception
+            Whatever the functional call raises; ``ValueError`` for a wrong output shape.
+        """
+        saved = [b.clone() for b in self._buffers_list]
+        dev = self.stacked_params[0].device if len(self.stacked_params) else torch.device("cpu")
+        x = torch.zeros(self.n_members, 2, n_features, device=dev)
+        was_training = self.training
+        try:
+            self.train()
+            with torch.random.fork_rng(devices=[]):
+                out = self(x)
+                if tuple(out.shape) != (self.n_members, 2, n_classes):
+                    raise _OutputShapeError(
+                        f"the model returned logits of shape {tuple(out.shape[1:])} for a batch of 2; "
+                        f"expected [batch, n_classes] = [2, {n_classes}]"
+                    )
+                out.float().sum().backward()
+        finally:
+            for p in self.stacked_params:
+                p.grad = None
+            for b, s in zip(self._buffers_list, saved):
+                b.copy_(s)
+            self.train(was_training)
+
+
+def load_factory(path: str) -> Callable[[dict[str, Any], int, int], nn.Module]:
+    """Import a model factory from ``package.module:function``.
+
+    Raises
+    ------
+    ValueError
+        Naming the path and the expected form when it is malformed, cannot be imported, or is
+        not callable.
+    """
+    form = "expected an import path of the form 'package.module:function'"
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ValueError(f"model.factory {path!r}: {form}")
+    module_name, attr = path.split(":")
+    if not module_name or not attr:
+        raise ValueError(f"model.factory {path!r}: {form}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"model.factory {path!r}: cannot import module {module_name!r} ({exc}); {form}, importable "
+            "on every worker (PYTHONPATH / installed package)"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}; {form}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model.factory {path!r} is not callable; {form}")
+    return obj
+
+
+def build_factory_stack(
+    path: str,
+    params: Mapping[str, Any],
+    n_features: int,
+    n_classes: int,
+    init_seeds: Sequence[int],
+    device: torch.device,
+) -> FunctionalStack:
+    """Build one module per member (global RNG seeded per member) and stack them.
+
+    Tries ``vmap`` first and falls back to member-by-member calls; the returned stack's ``mode``
+    says which works.
+    """
+    factory = load_factory(path)
+    modules = []
+    for s in init_seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(s))
+            module = factory(dict(params), int(n_features), int(n_classes))
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"model.factory {path!r} returned {type(module).__name__}, expected a torch.nn.Module")
+        modules.append(module.to(device).float())
+    stack = FunctionalStack(modules, mode="vmap")
+    try:
+        stack.probe(n_features, n_classes)
+        return stack
+    except _OutputShapeError as exc:
+        raise ValueError(f"model.factory {path!r}: {exc}") from None
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # vmap cannot run this module (e.g. it calls .item()): go member by member
+        stack.mode = "sequential"
+    try:
+        stack.probe(n_features, n_classes)
+    except _OutputShapeError as exc:
+        raise ValueError(f"model.factory {path!r}: {exc}") from None
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"model from model.factory {path!r} fails on a batch [2, {n_features}]: {exc}") from exc
+    return stack

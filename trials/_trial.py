@@ -1,0 +1,200 @@
+"""Public entry points: one trial (all CV folds as one stack) and the final refit + test."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._config import TrialSettings, resolve_hyperparams
+from ._data import Dataset, holdout_split
+from ._engine import FeatureSource, MemberSplit, evaluate, fit_stack, make_eval_index
+from ._results import EpochReport, TestResult, TrialResult
+from ._seeding import ROLE_REFIT, member_seeds
+
+__all__ = ["TrialOutOfMemory", "refit_and_test", "resolve_device", "run_trial"]
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The trial ran out of (GPU) memory; the message names the batch size and stack size."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` -> the current CUDA device.
+
+    Raises
+    ------
+    ValueError
+        If CUDA is asked for but not available.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _apply_thread_env() -> None:
+    """Use ``OMP_NUM_THREADS`` intra-op threads when set (Ray sets it per worker)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    try:
+        n = int(value)
+    except ValueError:
+        return
+    if n >= 1 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+@contextlib.contextmanager
+def _device_scope(dev: torch.device, gpu_fraction: float | None, what: str) -> Iterator[None]:
+    """Cap the process's GPU memory, turn OOM into :class:`TrialOutOfMemory`, free memory after."""
+    if gpu_fraction is not None and not 0.0 < gpu_fraction <= 1.0:
+        raise ValueError(f"gpu_fraction must be in (0, 1], got {gpu_fraction}")
+    if dev.type == "cuda" and gpu_fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(float(gpu_fraction), dev)
+    oom: str | None = None
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not _is_oom(exc):
+            raise
+        oom = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    finally:
+        if dev.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+    if oom is not None:  # raised outside the except block: the failing frames are already freed
+        if dev.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+        raise TrialOutOfMemory(f"out of memory at {what} on {dev}: {oom}")
+
+
+def run_trial(
+    data: Dataset,
+    params: Mapping[str, Any],
+    settings: TrialSettings,
+    *,
+    seed: int,
+    report: Callable[[EpochReport], bool] | None = None,
+    device: str | None = None,
+    gpu_fraction: float | None = None,
+    folds: Sequence[int] | None = None,
+) -> TrialResult:
+    """Train one configuration on the CV folds, all folds as one stack, and score it.
+
+    Parameters
+    ----------
+    data
+        The data set with its folds (:func:`load_dataset`).
+    params
+        Tuned hyperparameters (see :data:`TUNABLE_PARAMS`).
+    settings
+        Model, training and CV settings.
+    seed
+        Trial seed (:func:`trial_seed`); member ``fold`` is seeded from ``(seed, fold)`` only.
+    report
+        Called after every epoch with every member's metrics; returning True stops training at
+        once (the result has ``stopped_by_report=True``).
+    device
+        ``cpu``, ``cuda``, ``cuda:1``, ``auto``; ``None`` uses ``settings.training.device``.
+    gpu_fraction
+        On CUDA, cap this process at this fraction of the GPU's memory.
+    folds
+        Train only these folds (indices into ``data.folds``); default all.
+
+    Returns
+    -------
+    TrialResult
+
+    Raises
+    ------
+    ValueError
+        Unknown or invalid hyperparameters, a bad fold index, a bad model factory.
+    TrialOutOfMemory
+        On a CUDA (or host) out-of-memory error.
+    """
+    t0 = time.perf_counter()
+    hp = resolve_hyperparams(settings, params)
+    fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
+    if not fold_ids or any(not 0 <= f < len(data.folds) for f in fold_ids) or len(set(fold_ids)) != len(fold_ids):
+        raise ValueError(f"folds must be distinct indices into the data set's {len(data.folds)} folds, got {folds}")
+    dev = resolve_device(device or settings.training.device)
+    _apply_thread_env()
+    splits = [MemberSplit(f, data.folds[f][0], data.folds[f][1], member_seeds(seed, f)) for f in fold_ids]
+    with _device_scope(dev, gpu_fraction, f"batch_size={hp.batch_size} with {len(splits)} stacked member(s)"):
+        out = fit_stack(
+            data.X, data.y, splits, hp, n_classes=data.n_classes, device=dev, seed=seed, report=report
+        )
+        result = TrialResult(
+            folds=tuple(out.folds),
+            curves=out.curves,
+            epochs_run=out.epochs_run,
+            duration_s=0.0,
+            device=str(dev),
+            train_path=out.train_path,
+            stopped_by_report=out.stopped_by_report,
+        )
+        del out
+    return dataclasses.replace(result, duration_s=time.perf_counter() - t0)
+
+
+def refit_and_test(
+    data: Dataset,
+    params: Mapping[str, Any],
+    settings: TrialSettings,
+    *,
+    seed: int,
+    device: str | None = None,
+) -> TestResult:
+    """Refit a configuration on all non-test data and evaluate it once on the test split.
+
+    An inner stratified split of ``settings.cv.val_fraction`` of the non-test rows serves early
+    stopping; the best epoch's weights are restored and scored on ``data.X_test``, standardized
+    with the refit training rows' statistics.
+
+    Returns
+    -------
+    TestResult
+    """
+    t0 = time.perf_counter()
+    hp = resolve_hyperparams(settings, params)
+    dev = resolve_device(device or settings.training.device)
+    _apply_thread_env()
+    train, val = holdout_split(data.y, settings.cv.val_fraction, seed)
+    split = MemberSplit(0, train, val, member_seeds(seed, 0, ROLE_REFIT))
+    with _device_scope(dev, None, f"batch_size={hp.batch_size} (refit)"):
+        out = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed)
+        Xt = torch.from_numpy(np.ascontiguousarray(data.X_test, dtype=np.float32)).to(dev)
+        yt = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.int64)).to(dev)
+        test_source = FeatureSource(Xt, yt, out.mean, out.scale)
+        idx, w, n = make_eval_index([np.arange(len(yt))], test_source.offsets, dev)
+        loss, acc = evaluate(out.model, test_source, idx, w, n)
+        fold = out.folds[0]
+        result = TestResult(
+            test_accuracy=float(acc[0]),
+            test_loss=float(loss[0]),
+            best_epoch=fold.best_epoch,
+            epochs_run=fold.epochs_run,
+            duration_s=0.0,
+        )
+        del out, test_source, Xt, yt
+    return dataclasses.replace(result, duration_s=time.perf_counter() - t0)
