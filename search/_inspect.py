@@ -82,7 +82,7 @@ def _server_classes(host: str) -> tuple[type, type]:
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class _QuietHandler(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return _Server, _QuietHandler
@@ -620,7 +620,8 @@ def write_report(name: str, out_dir: str | Path, *, storage_url: str | None = No
                  ("epochs", _fmt(b.get("epochs")))]
         items += [(f"param {k}", _fmt(v, 6)) for k, v in b["params"].items()]
         if test and test.get("trial") == b["number"]:
-            items.append((f"held-out test score ({test.get('metric') or metric})", _fmt(test.get("test_score"))))
+            label = f"held-out test score ({test.get('metric') or metric})"
+            items.append((label, _fmt(test.get("test_score"))))
             for k in ("test_accuracy", "test_loss", "epochs"):
                 if k in test:
                     items.append((f"test {k.removeprefix('test_')}", _fmt(test.get(k))))

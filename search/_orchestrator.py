@@ -92,7 +92,7 @@ class Orchestrator:
         *,
         callbacks: Callbacks | None = None,
         db: Callable[[Callable[[], T]], T] | None = None,
-        poll_interval: float = 0.2,
+        poll_interval: float = 0.05,
     ) -> None:
         self.study = study
         self.spec = spec

@@ -171,6 +171,7 @@ class RayBackend(Backend):
             else:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(
+                    address="local",  # a new local instance, never a stale one found in /tmp/ray
                     num_cpus=self.num_cpus,
                     object_store_memory=self.object_store_mb * 1024 * 1024,
                     **kwargs,

@@ -33,8 +33,20 @@ def list_studies(storage: str | None = None) -> list[dict[str, Any]]:
     """One dict per study: name, strategy, direction, trial counts by state, best value."""
     out = []
     for s in st.list_studies(_engine(storage)):
-        d = dataclasses.asdict(s)
-        out.append({k: _clean(v) for k, v in d.items()})
+        n = s.n_trials
+        out.append({
+            "name": s.name,
+            "direction": s.direction,
+            "strategy": s.strategy,
+            "n_complete": n.get("COMPLETE", 0),
+            "n_pruned": n.get("PRUNED", 0),
+            "n_fail": n.get("FAIL", 0),
+            "n_running": n.get("RUNNING", 0),
+            "n_waiting": n.get("WAITING", 0),
+            "best_value": _clean(s.best_value),
+            "created_at": s.created_at.isoformat() if s.created_at else None,
+            "last_completed_at": s.last_completed_at.isoformat() if s.last_completed_at else None,
+        })
     return out
 
 

@@ -73,6 +73,9 @@ def _fmt(v: Any) -> str:
 @click.version_option(package_name="hpsearch")
 def main() -> None:
     """Hyperparameter search for PyTorch models: grid, random and TPE on Ray, stored in SQL."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress output instead
 
 
 @main.command()

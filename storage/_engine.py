@@ -130,10 +130,7 @@ def create_engine(url: str | None, *, create: bool = True) -> Engine:
     try:
         with engine.connect() as conn:
             if not create and not sqlalchemy.inspect(conn).has_table("studies"):
-                raise StorageError(
-                    f"storage {redact(url)} holds no studies (Optuna's tables are missing); "
-                    "check --storage / HPSEARCH_STORAGE, or start a search there first"
-                )
+                raise _no_studies(url)
     except StorageError:
         engine.dispose()
         raise
@@ -141,6 +138,13 @@ def create_engine(url: str | None, *, create: bool = True) -> Engine:
         engine.dispose()
         raise translate_error(e, url) from e
     return engine
+
+
+def _no_studies(url: str) -> StorageError:
+    return StorageError(
+        f"storage {redact(url)} holds no studies (Optuna's tables are missing); check --storage / "
+        "HPSEARCH_STORAGE, or start a search there first"
+    )
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -258,9 +262,7 @@ def translate_error(exc: BaseException, url: str) -> StorageError:
                 f"storage {shown}: cannot open {path}; check that its directory exists and is writable"
             )
         if "no such table" in text:
-            return StorageError(
-                f"storage {shown} holds no studies (Optuna's tables are missing); check --storage"
-            )
+            return _no_studies(url)
         return StorageError(f"cannot open storage {shown}: {said}")
 
     host = parsed.host or "localhost"
@@ -279,10 +281,7 @@ def translate_error(exc: BaseException, url: str) -> StorageError:
             "check the user name and password in the URL"
         )
     if "relation" in text and "does not exist" in text:
-        return StorageError(
-            f"storage {shown} holds no studies (Optuna's tables are missing); check --storage / "
-            "HPSEARCH_STORAGE, or start a search there first"
-        )
+        return _no_studies(url)
     if any(marker in text for marker in _UNREACHABLE_MARKERS):
         return StorageError(
             f"cannot reach PostgreSQL at {where} for storage {shown}: {said}; "

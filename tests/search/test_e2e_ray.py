@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import optuna
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     """One local Ray for the module (a backend only shuts down a Ray it started itself)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+    os.environ["FAKE_EPOCH_S"] = "0.04"  # workers inherit it: the fake worker's epoch time
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
              object_store_memory=200 * 1024 * 1024)
     yield
     ray.shutdown()
@@ -85,8 +87,7 @@ def test_random_and_tpe_run_the_budget_on_ray(sqlite_url, strategy) -> None:
     assert res.done == 5 and [t.state for t in trials] == [TrialState.COMPLETE] * 5
 
 
-def test_pruning_on_ray(sqlite_url, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_EPOCH_S", "0.02")
+def test_pruning_on_ray(sqlite_url) -> None:
     spec = {**grid_spec("prune"), "strategy": "random", "n_trials": 12, "seed": 4,
             "space": {"lr": {"type": "categorical", "choices": [0.01, 1e-4]}},
             "training": {"max_epochs": 15},

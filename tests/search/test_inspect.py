@@ -130,7 +130,8 @@ def test_export_errors(demo: str, tmp_path: Path) -> None:
 def test_export_frame_types() -> None:
     rows = [
         {"number": 0, "state": "COMPLETE", "value": 0.5, "value_std": 0.0, "params": {"opt": "sgd", "h": 8},
-         "fold_scores": [0.5], "epochs": 3, "duration_s": 1.0, "fail_reason": None, "node": "a", "retry_of": None},
+         "fold_scores": [0.5], "epochs": 3, "duration_s": 1.0, "fail_reason": None, "node": "a",
+         "retry_of": None},
         {"number": 1, "state": "FAIL", "value": None, "value_std": None, "params": {"opt": 3},
          "fold_scores": None, "epochs": None, "duration_s": None, "fail_reason": "boom", "node": "a",
          "retry_of": 0},
@@ -172,10 +173,48 @@ def test_report_html_and_pngs(demo: str, tmp_path: Path) -> None:
 
 
 def test_report_before_refit_and_with_one_trial(sqlite_url: str, tmp_path: Path) -> None:
+    import matplotlib
+
     build_study(sqlite_url, "tiny", n_complete=1, n_fail=0, n_pruned=0, refit=False)
+    style = {k: v for k, v in matplotlib.rcParams.items() if k != "backend"}
     html = write_report("tiny", tmp_path, storage_url=sqlite_url).read_text()
+    # optuna's plt.style.use("ggplot") does not leak out of the report
+    assert {k: v for k, v in matplotlib.rcParams.items() if k != "backend"} == style
     assert "not refit yet" in html
     assert "parameter importances need at least 2 completed trials" in html
     assert not (tmp_path / "param_importances.png").exists()
     assert (tmp_path / "optimization_history.png").exists() and (tmp_path / "curves_trial_0.png").exists()
     assert "no trial failed" in html
+
+
+def test_importances_skipped_when_undefined() -> None:
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from search._inspect import _importance_skip_reason
+
+    def trial(**params: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(params=params, value=sum(params.values()),
+                                         distributions={k: FloatDistribution(0, 1) for k in params})
+
+    assert "at least 2 completed" in _importance_skip_reason([trial(a=0.1)])
+    assert "fewer than 2 varying parameters (varying: a)" in _importance_skip_reason(
+        [trial(a=0.1, b=0.5), trial(a=0.2, b=0.5)])
+    assert _importance_skip_reason([trial(a=0.1, b=0.5), trial(a=0.2, b=0.6)]) is None
+
+
+def test_report_and_export_of_an_orchestrated_study(make_spec, sqlite_url: str, tmp_path: Path) -> None:
+    from search import LocalBackend, run_study
+
+    from . import fakes
+
+    result = run_study(make_spec(name="orch", n_trials=4, training={"max_epochs": 3}), storage=sqlite_url,
+                       backend=LocalBackend(2), worker_fn=fakes.quadratic)
+    assert result.best is not None and result.best.test_score is not None
+    page = write_report("orch", tmp_path, storage_url=sqlite_url).read_text()
+    dl = page[page.index("Best configuration"):page.index("Search plots")]
+    assert f"<dt>trial</dt><dd>{result.best.number}</dd>" in dl
+    assert f"{result.best.test_score:.4g}" in dl and "not refit yet" not in dl
+    assert f"<dt>param lr</dt><dd>{result.best.params['lr']:.6g}</dd>" in dl
+    assert (tmp_path / f"curves_trial_{result.best.number}.png").exists()
+    assert export_trials("orch", storage_url=sqlite_url) == show_trials(sqlite_url, "orch")

@@ -46,6 +46,8 @@ def test_create_false(tmp_path: Path) -> None:
     sqlite3.connect(tmp_path / "empty.db").execute("CREATE TABLE t (x)")
     with pytest.raises(StorageError, match="holds no studies"):
         create_engine(f"sqlite:///{tmp_path}/empty.db", create=False)
+    with pytest.raises(StorageError, match="holds no studies"):
+        create_storage(f"sqlite:///{tmp_path}/empty.db", create=False)
 
 
 def test_schema_too_old(sqlite_url: str) -> None:
@@ -83,6 +85,14 @@ def test_postgres_storage(postgres_url: str) -> None:
     study.add_trial(optuna.trial.create_trial(value=1.0))
     assert len(optuna.load_study(study_name="pg", storage=postgres_url).trials) == 1
     storage.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_create_false_on_empty_database(postgres_url: str) -> None:
+    with pytest.raises(StorageError, match="holds no studies"):
+        create_storage(postgres_url, create=False)
+    with pytest.raises(StorageError, match="holds no studies"):
+        create_engine(postgres_url, create=False)
 
 
 @pytest.mark.postgres

@@ -128,13 +128,13 @@ def test_concurrent_acquirers_exactly_one_wins(new_engine: Callable[[], Engine])
 
 
 def test_heartbeat_keeps_lease_fresh(new_engine: Callable[[], Engine]) -> None:
-    holder = Lease(new_engine(), "s4", stale_after=1.0)
+    holder = Lease(new_engine(), "s4", stale_after=2.0)
     holder.acquire()
     holder.start_heartbeat(0.1)
-    time.sleep(1.5)
-    with pytest.raises(LeaseHeld, match="older than 1 s"):
-        Lease(new_engine(), "s4", stale_after=1.0).acquire()
-    assert read_lease(holder.engine, "s4").heartbeat_age_s < 1.0  # type: ignore[union-attr]
+    time.sleep(2.5)  # without heartbeats the lease would now be stale
+    with pytest.raises(LeaseHeld, match="older than 2 s"):
+        Lease(new_engine(), "s4", stale_after=2.0).acquire()
+    assert read_lease(holder.engine, "s4").heartbeat_age_s < 2.0  # type: ignore[union-attr]
     holder.check()
     holder.release()  # stops the thread too
     assert holder._heartbeat is None
