@@ -236,5 +236,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> None:
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 
+from . import _cli_inspect  # noqa: E402 - registers dashboard, report, export
+
+_cli_inspect.register(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

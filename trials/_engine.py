@@ -192,7 +192,8 @@ def make_epoch_batches(
     weight = weight.view(m, steps, batch_size).transpose(0, 1).contiguous()
     inv = 1.0 / counts.clamp(min=1).to(torch.float32)
     has = counts > 0
-    active: list[list[bool] | None] = [None if bool(h.all()) else h.tolist() for h in has]
+    full = has.all(dim=1).tolist()
+    active: list[list[bool] | None] = [None if f else h.tolist() for f, h in zip(full, has)]
     masks: list[Tensor | None] = [None if a is None else torch.tensor(a, device=device) for a in active]
     nb = device.type == "cuda"
     return EpochBatches(

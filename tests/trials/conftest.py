@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from trials import CVSpec, DataSpec, Dataset, load_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One intra-op thread, as on a Ray worker: tiny models gain nothing from more, and on a
+    shared machine spinning OpenMP threads make timings erratic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
