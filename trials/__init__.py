@@ -4,7 +4,25 @@ Data loading and validation, the test split, CV folds, the stacked MLP (all fold
 configuration train as one network with a leading member dimension), per-member early stopping,
 and the final refit + test evaluation. ``trials`` never touches the database and never imports Ray.
 
-The public API is re-exported here from small private modules.
+The public API is re-exported here from small private modules::
+
+    from trials import CVSpec, DataSpec, TrialSettings, load_dataset, refit_and_test, run_trial, trial_seed
+
+    settings = TrialSettings()  # model / training / cv sections, defaults
+    data = load_dataset(DataSpec(source="digits"), settings.cv, seed=0)  # test split set aside first
+    result = run_trial(data, {"lr": 0.05, "batch_size": 32}, settings, seed=trial_seed(0, 7))
+    result.value("val_accuracy"), result.std("val_accuracy"), result.train_path  # ..., "stacked"
+    test = refit_and_test(data, {"lr": 0.05, "batch_size": 32}, settings, seed=0)
+
+Training path: the k folds of one configuration are the *members* of one stacked network
+(weights ``[members, in, out]``, ``torch.baddbmm``); a single holdout split is a stack of one. Each
+member has its own initialisation, data order, dropout masks, optimizer state, feature scaling
+(fit on its own training rows) and early stopping, and computes exactly what it would compute
+alone. User models (``model.factory``) run through ``torch.func`` (``vmap``) or, when vmap cannot
+trace them, member by member in the same loop.
+
+Scores: a member that diverges (non-finite validation loss) stops at once and reports ``nan``
+``val_loss``; callers should treat a non-finite trial value as a failed trial.
 """
 
 from __future__ import annotations

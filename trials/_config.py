@@ -68,9 +68,7 @@ class DataSpec(_Spec):
         if self.source in _FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.source in ("csv", "parquet") and not self.target:
-            raise ValueError(
-                f"data.target (the label column) is required when data.source is {self.source!r}"
-            )
+            raise ValueError(f"data.target (the label column) is required when data.source is {self.source!r}")
         if self.n_informative is not None and self.n_informative > self.n_features:
             raise ValueError(
                 f"data.n_informative ({self.n_informative}) must be <= data.n_features ({self.n_features})"
@@ -107,8 +105,7 @@ class ModelSpec(_Spec):
             raise ValueError(f"model.hidden must hold positive layer widths, got {list(self.hidden)}")
         if self.factory is not None and not _FACTORY_RE.match(self.factory):
             raise ValueError(
-                f"model.factory must be an import path of the form 'package.module:function', "
-                f"got {self.factory!r}"
+                f"model.factory must be an import path of the form 'package.module:function', got {self.factory!r}"
             )
         return self
 
@@ -313,9 +310,7 @@ def resolve_hyperparams(settings: TrialSettings, params: Mapping[str, Any]) -> H
         optimizer=_as_choice("optimizer", p.get("optimizer", t.optimizer), ("sgd", "adam")),
         lr=_as_float("lr", p.get("lr", t.lr), 0.0, None, low_open=True),
         momentum=_as_float("momentum", p.get("momentum", t.momentum), 0.0, 1.0, low_open=False),
-        weight_decay=_as_float(
-            "weight_decay", p.get("weight_decay", t.weight_decay), 0.0, None, low_open=False
-        ),
+        weight_decay=_as_float("weight_decay", p.get("weight_decay", t.weight_decay), 0.0, None, low_open=False),
         batch_size=_as_int("batch_size", p.get("batch_size", t.batch_size), 1),
         dropout=_as_float("dropout", p.get("dropout", m.dropout), 0.0, 1.0, low_open=False),
         activation=_as_choice("activation", p.get("activation", m.activation), ("relu", "leaky_relu")),

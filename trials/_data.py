@@ -97,9 +97,7 @@ def _load_table(path: str, target: str, kind: str) -> tuple[np.ndarray, np.ndarr
     if target not in df.columns:
         cols = [str(c) for c in df.columns]
         shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
-        raise DataError(
-            f"target column {target!r} (data.target) not found in {path!r}; columns are: {shown}"
-        )
+        raise DataError(f"target column {target!r} (data.target) not found in {path!r}; columns are: {shown}")
     features = df.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{path!r} has no feature columns besides the target {target!r}")
@@ -183,6 +181,9 @@ def _load_synthetic(spec: DataSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------ validation
 
 
+_MAX_LABEL = 100_000  # labels index the output layer: they must be class numbers 0 .. K-1
+
+
 def _features(X: np.ndarray, where: str) -> np.ndarray:
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
@@ -223,6 +224,9 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     if y.size and y.min() < 0:
         i = int(np.argmin(y))
         raise DataError(f"{where}: labels must be non-negative, found {y[i].item()!r} at row {i}; {fix}")
+    if y.size and y.max() >= _MAX_LABEL:
+        i = int(np.argmax(y))
+        raise DataError(f"{where}: label {y[i].item()!r} at row {i} is implausibly large; {fix}")
     return y.astype(np.int64)
 
 
@@ -240,9 +244,7 @@ def _check_class_counts(y: np.ndarray, need: int, what: str, fix: str) -> None:
     small = [int(c) for c in present if counts[c] < need]
     if small:
         c = small[0]
-        raise DataError(
-            f"class {c} has only {counts[c]} sample(s) in {what} but at least {need} are needed; {fix}"
-        )
+        raise DataError(f"class {c} has only {counts[c]} sample(s) in {what} but at least {need} are needed; {fix}")
 
 
 # ------------------------------------------------------------------------------------ load_dataset
@@ -312,10 +314,12 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
                 np.arange(len(X)), test_size=data.test_fraction, stratify=y, random_state=seed, shuffle=True
             )
         except ValueError as exc:
-            raise DataError(f"cannot take a stratified test split of {where}: {exc}; adjust data.test_fraction") from exc
+            raise DataError(
+                f"cannot take a stratified test split of {where}: {exc}; adjust data.test_fraction"
+            ) from exc
         index, test_index = np.sort(index), np.sort(test_index)
         X, y, X_test, y_test = X[index], y[index], X[test_index], y[test_index]
-    if n_classes < 2:
+    if len(np.unique(y)) < 2:
         raise DataError(f"{where}: only one class (label {int(y.max())}); classification needs at least 2")
 
     folds = _build_folds(y, cv, seed, where)
@@ -339,8 +343,7 @@ def _build_folds(y: np.ndarray, cv: CVSpec, seed: int, where: str) -> list[tuple
         y,
         need,
         f"the search split of {where} (test rows removed)",
-        f"cv.folds={cv.folds} needs at least {need} samples per class; lower cv.folds, merge rare classes "
-        "or add data",
+        f"cv.folds={cv.folds} needs at least {need} samples per class; lower cv.folds, merge rare classes or add data",
     )
     rows = np.arange(len(y))
     try:

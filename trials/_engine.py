@@ -294,6 +294,53 @@ def evaluate(
 # ------------------------------------------------------------------------------------ fit
 
 
+_METRICS = ("train_loss", "val_loss", "val_accuracy")
+
+
+class _MemberRecord:
+    """One member's early-stopping state: best monitored value and epoch, patience counter."""
+
+    def __init__(self, mode: str, patience: int, min_delta: float) -> None:
+        self.mode, self.patience, self.min_delta = mode, patience, min_delta
+        self.best_value = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.best: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+        self.last: tuple[float, float, float] = self.best
+        self.wait = 0
+        self.stopped = False
+        self.epochs_run = 0
+
+    def monitored(self, metrics: tuple[float, float, float]) -> float:
+        return metrics[1] if self.mode == "min" else metrics[2]
+
+    def update(self, epoch: int, metrics: tuple[float, float, float]) -> bool:
+        """Record an epoch's ``(train_loss, val_loss, val_accuracy)``; True if it is the new best."""
+        self.epochs_run, self.last = epoch, metrics
+        value = self.monitored(metrics)
+        if self.mode == "min":
+            better = math.isfinite(value) and value < self.best_value - self.min_delta
+        else:
+            better = math.isfinite(value) and value > self.best_value + self.min_delta
+        first = self.best_epoch == 0  # the first epoch is the best so far even if not finite
+        if better or first:
+            self.best_value = value if better else self.best_value
+            self.best_epoch, self.best = epoch, metrics
+        self.wait = 0 if better else self.wait + 1
+        # stop after `patience` epochs without improvement (patience 0: after the first), or when
+        # the validation loss is no longer finite (diverged)
+        if self.wait >= max(self.patience, 1) or not math.isfinite(metrics[1]):
+            self.stopped = True
+        return better or first
+
+    def report(self, fold: int) -> MemberReport:
+        """This epoch's values, or the restored best epoch's once stopped."""
+        values = self.best if self.stopped else self.last
+        return MemberReport(fold, *values, stopped=self.stopped)
+
+    def result(self, fold: int) -> FoldResult:
+        return FoldResult(fold, self.best_epoch, self.epochs_run, self.best[1], self.best[2])
+
+
 @dataclass
 class FitOutcome:
     """What :func:`fit_stack` returns: the restored stack and every member's record."""
@@ -320,9 +367,7 @@ def build_stack(
 ) -> Stack:
     """The stacked model for ``splits`` (built-in MLP, or the user factory's modules)."""
     if hp.factory is not None:
-        return build_factory_stack(
-            hp.factory, hp.params, n_features, n_classes, [s.seeds.init for s in splits], device
-        )
+        return build_factory_stack(hp.factory, hp.params, n_features, n_classes, [s.seeds.init for s in splits], device)
     return StackedMLP(
         n_features,
         hp.hidden,
@@ -395,13 +440,8 @@ def fit_stack(
         live = list(range(n_members))  # member ids in stack order
         trains = [torch.as_tensor(s.train, dtype=torch.long) for s in splits]
         order_gens = [torch.Generator().manual_seed(s.seeds.order) for s in splits]
-        best_value = [math.inf if mode == "min" else -math.inf] * n_members
-        best_epoch = [0] * n_members
-        best_metrics: list[tuple[float, float, float]] = [(math.nan, math.nan, math.nan)] * n_members
-        wait = [0] * n_members
-        stopped = [False] * n_members
-        epochs_run = [0] * n_members
-        curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in ("train_loss", "val_loss", "val_accuracy")}
+        records = [_MemberRecord(mode, hp.patience, hp.min_delta) for _ in splits]
+        curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in _METRICS}
         stopped_by_report = False
 
         for epoch in range(1, hp.max_epochs + 1):
@@ -417,46 +457,29 @@ def fit_stack(
             improved_pos: list[int] = []
             for j, mid in enumerate(live):
                 cur = (float(tl[j]) / len(trains[mid]), float(vl[j]), float(va[j]))
-                for key, val in zip(("train_loss", "val_loss", "val_accuracy"), cur):
+                for key, val in zip(_METRICS, cur):
                     curves[key][mid].append(val)
-                epochs_run[mid] = epoch
-                value = cur[1] if mode == "min" else cur[2]
-                better = math.isfinite(value) and (
-                    value < best_value[mid] - hp.min_delta if mode == "min" else value > best_value[mid] + hp.min_delta
-                )
-                if better or best_epoch[mid] == 0:
-                    best_value[mid] = value if math.isfinite(value) else best_value[mid]
-                    best_epoch[mid] = epoch
-                    best_metrics[mid] = cur
+                if records[mid].update(epoch, cur):
                     improved_pos.append(j)
-                wait[mid] = 0 if better else wait[mid] + 1
-                # patience epochs without improvement (patience 0: the first one), or diverged
-                if wait[mid] >= max(hp.patience, 1) or not math.isfinite(cur[1]):
-                    stopped[mid] = True
             if improved_pos:
                 pos_t = torch.tensor(improved_pos, device=device)
                 ids_t = torch.tensor([live[j] for j in improved_pos], device=device)
                 for bt, t in zip(best_state, model.state_tensors()):
                     bt.index_copy_(0, ids_t, t.detach().index_select(0, pos_t))
             if plateau is not None:
-                pos = [j for j, mid in enumerate(live) if not stopped[mid]]
+                pos = [j for j, mid in enumerate(live) if not records[mid].stopped]
                 if pos:
                     mids = [live[j] for j in pos]
-                    vals = [curves["val_loss" if mode == "min" else "val_accuracy"][m][-1] for m in mids]
+                    vals = [records[m].monitored(records[m].last) for m in mids]
                     lrs = optimizer.get_lr()
                     lrs[pos] = plateau.step(mids, vals, lrs[pos])
                     optimizer.set_lr(lrs)
             if report is not None:
-                members = []
-                for mid, s in enumerate(splits):
-                    if stopped[mid]:
-                        members.append(MemberReport(s.fold, *best_metrics[mid], stopped=True))
-                    else:
-                        members.append(MemberReport(s.fold, *(curves[k][mid][-1] for k in curves), stopped=False))
-                if report(EpochReport(epoch=epoch, members=tuple(members))):
+                members = tuple(r.report(s.fold) for r, s in zip(records, splits))
+                if report(EpochReport(epoch=epoch, members=members)):
                     stopped_by_report = True
                     break
-            keep = [j for j, mid in enumerate(live) if not stopped[mid]]
+            keep = [j for j, mid in enumerate(live) if not records[mid].stopped]
             if not keep:
                 break
             if len(keep) < len(live):  # compact: stopped members leave the stack
@@ -469,16 +492,7 @@ def fit_stack(
 
         model.load_state_tensors(best_state, all_gens)
         source.reset()  # all members again, for evaluating the restored stack
-        folds = [
-            FoldResult(
-                fold=s.fold,
-                best_epoch=best_epoch[i],
-                epochs_run=epochs_run[i],
-                val_loss=best_metrics[i][1],
-                val_accuracy=best_metrics[i][2],
-            )
-            for i, s in enumerate(splits)
-        ]
+        folds = [r.result(s.fold) for r, s in zip(records, splits)]
     return FitOutcome(
         model=model,
         source=source,
@@ -486,7 +500,7 @@ def fit_stack(
         scale=scale,
         folds=folds,
         curves=curves,
-        epochs_run=max(epochs_run),
+        epochs_run=max(r.epochs_run for r in records),
         stopped_by_report=stopped_by_report,
         train_path=train_path,
         eval_index=eval_full,

@@ -76,8 +76,7 @@ def read_idx(path: str) -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
         raise ValueError(
-            f"IDX header says shape {shape} ({expected} bytes of data) but the file holds "
-            f"{len(raw) - header} bytes"
+            f"IDX header says shape {shape} ({expected} bytes of data) but the file holds {len(raw) - header} bytes"
         )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -64,7 +65,7 @@ class StackedMLP(nn.Module):
         per_member: list[list[tuple[Tensor, Tensor]]] = []
         for g in gens:  # member by member, layer by layer: the order nn.Linear consumes its RNG
             layers = []
-            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            for fan_in, fan_out in itertools.pairwise(sizes):
                 w = torch.empty(fan_out, fan_in)
                 nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=g)
                 bound = 1.0 / math.sqrt(fan_in)
@@ -102,14 +103,17 @@ class StackedMLP(nn.Module):
         return h
 
     def _dropout(self, h: Tensor, active: Sequence[bool] | None) -> Tensor:
+        # keep an element where u < 1 - p, u ~ U[0, 1) from the member's own generator; scale the
+        # kept ones by 1 / (1 - p) (what F.dropout does). uniform_ is ~2.5x faster on CPU than
+        # bernoulli_, which draws one mt19937 number per element through a slower path.
         keep = 1.0 - self.p
-        mask = torch.empty_like(h)
+        u = torch.empty_like(h)
         for m, g in enumerate(self.dropout_gens):
             if active is None or active[m]:
-                mask[m].bernoulli_(keep, generator=g)
+                u[m].uniform_(generator=g)
             else:
-                mask[m].fill_(keep)  # a member without rows this step: output unused
-        return h * mask.div_(keep)
+                u[m].zero_()  # a member without rows this step: its output is not used
+        return h * u.lt_(keep).div_(keep)
 
     # -- state handling shared with FunctionalStack ------------------------------------------
     def state_tensors(self) -> list[Tensor]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +19,8 @@ from ._results import EpochReport, TestResult, TrialResult
 from ._seeding import ROLE_REFIT, member_seeds
 
 __all__ = ["TrialOutOfMemory", "refit_and_test", "resolve_device", "run_trial"]
+
+_T = TypeVar("_T")
 
 
 class TrialOutOfMemory(RuntimeError):
@@ -63,29 +64,31 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-@contextlib.contextmanager
-def _device_scope(dev: torch.device, gpu_fraction: float | None, what: str) -> Iterator[None]:
-    """Cap the process's GPU memory, turn OOM into :class:`TrialOutOfMemory`, free memory after."""
+def _release(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _guarded(dev: torch.device, gpu_fraction: float | None, what: str, fn: Callable[[], _T]) -> _T:
+    """Run ``fn`` with the process's GPU memory capped at ``gpu_fraction``; turn an out-of-memory
+    error into :class:`TrialOutOfMemory`, and give cached GPU memory back afterwards."""
     if gpu_fraction is not None and not 0.0 < gpu_fraction <= 1.0:
         raise ValueError(f"gpu_fraction must be in (0, 1], got {gpu_fraction}")
     if dev.type == "cuda" and gpu_fraction is not None:
         torch.cuda.set_per_process_memory_fraction(float(gpu_fraction), dev)
-    oom: str | None = None
     try:
-        yield
-    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        return fn()
+    except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not _is_oom(exc):
             raise
-        oom = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     finally:
-        if dev.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-    if oom is not None:  # raised outside the except block: the failing frames are already freed
-        if dev.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-        raise TrialOutOfMemory(f"out of memory at {what} on {dev}: {oom}")
+        _release(dev)
+    # Raised after the except block: the failed frames and the tensors they held are gone, so
+    # their memory is released before the caller sees the error.
+    _release(dev)
+    raise TrialOutOfMemory(f"out of memory at {what} on {dev}: {reason}")
 
 
 def run_trial(
@@ -140,11 +143,10 @@ def run_trial(
     dev = resolve_device(device or settings.training.device)
     _apply_thread_env()
     splits = [MemberSplit(f, data.folds[f][0], data.folds[f][1], member_seeds(seed, f)) for f in fold_ids]
-    with _device_scope(dev, gpu_fraction, f"batch_size={hp.batch_size} with {len(splits)} stacked member(s)"):
-        out = fit_stack(
-            data.X, data.y, splits, hp, n_classes=data.n_classes, device=dev, seed=seed, report=report
-        )
-        result = TrialResult(
+
+    def train() -> TrialResult:
+        out = fit_stack(data.X, data.y, splits, hp, n_classes=data.n_classes, device=dev, seed=seed, report=report)
+        return TrialResult(
             folds=tuple(out.folds),
             curves=out.curves,
             epochs_run=out.epochs_run,
@@ -153,7 +155,8 @@ def run_trial(
             train_path=out.train_path,
             stopped_by_report=out.stopped_by_report,
         )
-        del out
+
+    result = _guarded(dev, gpu_fraction, f"batch_size={hp.batch_size} with {len(splits)} stacked member(s)", train)
     return dataclasses.replace(result, duration_s=time.perf_counter() - t0)
 
 
@@ -181,7 +184,8 @@ def refit_and_test(
     _apply_thread_env()
     train, val = holdout_split(data.y, settings.cv.val_fraction, seed)
     split = MemberSplit(0, train, val, member_seeds(seed, 0, ROLE_REFIT))
-    with _device_scope(dev, None, f"batch_size={hp.batch_size} (refit)"):
+
+    def train() -> TestResult:
         out = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed)
         Xt = torch.from_numpy(np.ascontiguousarray(data.X_test, dtype=np.float32)).to(dev)
         yt = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.int64)).to(dev)
@@ -189,12 +193,13 @@ def refit_and_test(
         idx, w, n = make_eval_index([np.arange(len(yt))], test_source.offsets, dev)
         loss, acc = evaluate(out.model, test_source, idx, w, n)
         fold = out.folds[0]
-        result = TestResult(
+        return TestResult(
             test_accuracy=float(acc[0]),
             test_loss=float(loss[0]),
             best_epoch=fold.best_epoch,
             epochs_run=fold.epochs_run,
             duration_s=0.0,
         )
-        del out, test_source, Xt, yt
+
+    result = _guarded(dev, None, f"batch_size={hp.batch_size} (refit)", train)
     return dataclasses.replace(result, duration_s=time.perf_counter() - t0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trials import CVSpec, DataSpec, Dataset, load_dataset
+from trials import CVSpec, Dataset, DataSpec, load_dataset
 
 
 @pytest.fixture(scope="session", autouse=True)

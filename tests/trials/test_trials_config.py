@@ -46,7 +46,7 @@ def test_value_ranges_are_checked():
         DataSpec(test_fraction=1.0)
     with pytest.raises(pydantic.ValidationError):
         ModelSpec(dropout=1.0)
-    with pytest.raises(pydantic.ValidationError, match="package.module:function"):
+    with pytest.raises(pydantic.ValidationError, match=r"package\.module:function"):
         ModelSpec(factory="not a path")
     with pytest.raises(pydantic.ValidationError):
         TrainingSpec(lr=0)

@@ -45,7 +45,7 @@ def test_split_is_fixed_by_the_seed():
 
 def test_single_holdout_split():
     ds = load_dataset(DataSpec(), CVSpec(folds=1, val_fraction=0.25), seed=0)
-    (train, val), = ds.folds
+    ((train, val),) = ds.folds
     assert abs(len(val) / len(ds.y) - 0.25) < 0.01
     assert not set(train.tolist()) & set(val.tolist())
 
@@ -114,6 +114,8 @@ GOOD_Y = np.arange(40) % 2
         ("rare_class", r"class 2 has only 3 sample\(s\).*cv\.folds=5"),
         ("missing_target", r"target column 'label' \(data\.target\) not found.*columns are: a, b"),
         ("non_numeric_feature", r"must be numeric; not numeric: \['b'\]"),
+        ("single_class", r"only one class \(label 3\)"),
+        ("huge_label", r"label 1000000000 at row 7 is implausibly large"),
     ],
 )
 def test_bad_data(tmp_path, case, message):
@@ -154,6 +156,10 @@ def test_bad_data(tmp_path, case, message):
             # 4 rows of class 2: after the test split 3 remain, fewer than 5 folds
             load_dataset(DataSpec(source="npz", path=spec.path, test_fraction=0.25), cv, seed=0)
         return
+    elif case == "single_class":
+        spec = _npz(tmp_path, X, np.full(40, 3))
+    elif case == "huge_label":
+        spec = _npz(tmp_path, X, np.where(np.arange(40) == 7, 10**9, y))
     elif case == "missing_target":
         spec = _csv(tmp_path, "a,b\n1,2\n3,4\n")
     elif case == "non_numeric_feature":

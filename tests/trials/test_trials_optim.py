@@ -22,7 +22,11 @@ def _init(n_members, seed=1):
 
 
 CONFIGS = [
-    ("sgd", dict(lr=0.05, momentum=0.9, weight_decay=1e-3), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (
+        "sgd",
+        dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    ),
     ("sgd", dict(lr=0.1, momentum=0.0, weight_decay=0.0), lambda p: torch.optim.SGD(p, lr=0.1)),
     ("adam", dict(lr=1e-2, weight_decay=1e-2), lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2)),
     ("adam", dict(lr=3e-3), lambda p: torch.optim.Adam(p, lr=3e-3)),

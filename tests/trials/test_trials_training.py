@@ -40,9 +40,7 @@ def _splits(data, seed, folds=None):
 
 def _fit(data, settings, splits, seed=0, **kw):
     hp = resolve_hyperparams(settings, {})
-    return fit_stack(
-        data.X, data.y, splits, hp, n_classes=data.n_classes, device=torch.device("cpu"), seed=seed, **kw
-    )
+    return fit_stack(data.X, data.y, splits, hp, n_classes=data.n_classes, device=torch.device("cpu"), seed=seed, **kw)
 
 
 def test_same_params_and_seed_give_identical_scores(small):
