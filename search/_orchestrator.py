@@ -8,8 +8,13 @@ counters kept here are derived from it at start and updated as this process writ
 from __future__ import annotations
 
 import math
+import shlex
+import signal
 import statistics
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,49 +108,116 @@ class Orchestrator:
         self._dists = distributions(spec)
         self._running: dict[str, _Running] = {}
         self._done = 0
+        self._critical_depth = 0  # > 0 while a trial's records are being written
+        self._interrupt_pending = False  # Ctrl-C arrived during such a write
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:
-        """Run trials until the budget is used up. Raises :class:`Interrupted` on Ctrl-C."""
+        """Run trials until the budget is used up. Raises :class:`Interrupted` on Ctrl-C.
+
+        In the main thread, Ctrl-C (SIGINT) is deferred while a trial's records are being written
+        (asking for a trial, telling its outcome, queueing its re-run), so an interrupt never
+        leaves a trial half-recorded; a second Ctrl-C interrupts at once.
+        """
         budget = self.spec.budget
-        trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-        self._recover(trials)
-        trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-        self._done = count_done(trials)
-        self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
+        with self._sigint_deferral():
+            try:
+                with self._critical():
+                    trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+                    self._recover(trials)
+                    trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+                self._done = count_done(trials)
+                self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
+                while True:
+                    while len(self._running) < self.backend.capacity and self._done + len(self._running) < budget:
+                        self._dispatch()
+                    if not self._running:
+                        break
+                    for ev in self.backend.poll(self.poll_interval):
+                        self._handle(ev)
+            except KeyboardInterrupt:
+                self._interrupt()
+                raise Interrupted(
+                    f"interrupted; {self._done}/{budget} trials done. "
+                    f"Continue with `hpsearch resume {shlex.quote(self.spec.name)}`"
+                ) from None
+
+    # -- Ctrl-C --------------------------------------------------------------------------------------
+    @contextmanager
+    def _sigint_deferral(self) -> Iterator[None]:
+        """Install the deferring SIGINT handler for the duration of :meth:`run` (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
         try:
-            while True:
-                while len(self._running) < self.backend.capacity and self._done + len(self._running) < budget:
-                    self._dispatch()
-                if not self._running:
-                    break
-                for ev in self.backend.poll(self.poll_interval):
-                    self._handle(ev)
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise Interrupted(
-                f"interrupted; {self._done}/{budget} trials done. "
-                f"Continue with `hpsearch resume {self.spec.name!r}`"
-            ) from None
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main interpreter
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._critical_depth and not self._interrupt_pending:
+            self._interrupt_pending = True  # raised when the current write is complete
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def _critical(self) -> Iterator[None]:
+        """A group of writes that must not be cut by Ctrl-C (only by a second Ctrl-C or a kill)."""
+        self._critical_depth += 1
+        try:
+            yield
+        finally:
+            self._critical_depth -= 1
+        if self._critical_depth == 0 and self._interrupt_pending:
+            self._interrupt_pending = False
+            raise KeyboardInterrupt
 
     def _dispatch(self) -> None:
-        trial = self._db(lambda: self.study.ask(self._dists))
-        attrs = trial.user_attrs
-        seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
-        if "seed" not in attrs:
-            self._db(lambda: trial.set_user_attr("seed", seed))
-        r = self.spec.resources
-        job = TrialJob(
-            key=f"{trial.number}.{attrs.get('attempt', 0)}",
-            number=trial.number,
-            params=dict(trial.params),
-            seed=seed,
-            attempt=int(attrs.get("attempt", 0)),
-            gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
-        )
-        self._running[job.key] = _Running(trial, job)
-        self.backend.submit(job)
+        with self._critical():
+            trial = self._ask()
+            attrs = self._db(lambda: trial.user_attrs)
+            seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
+            if "seed" not in attrs:
+                self._db(lambda: trial.set_user_attr("seed", seed))
+            r = self.spec.resources
+            job = TrialJob(
+                key=f"{trial.number}.{attrs.get('attempt', 0)}",
+                number=trial.number,
+                params=dict(trial.params),
+                seed=seed,
+                attempt=int(attrs.get("attempt", 0)),
+                gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
+            )
+            self._running[job.key] = _Running(trial, job)
+            self.backend.submit(job)
         self.callbacks.on_trial_start(trial.number, job.params)
+
+    def _ask(self) -> optuna.Trial:
+        """``study.ask``, safe to repeat: a storage call retried after its first attempt committed
+        (connection lost before the reply) adopts the trial that attempt created (or took from
+        the queue) instead of creating a second one that would stay RUNNING forever."""
+        attempts = 0
+
+        def ask() -> optuna.Trial:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                ours = {r.trial.number for r in self._running.values()}
+                strays = [t for t in self.study._storage.get_all_trials(
+                    self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in ours]
+                if strays:
+                    trial = optuna.Trial(self.study, min(strays, key=lambda t: t.number)._trial_id)
+                    for name, dist in self._dists.items():
+                        trial._suggest(name, dist)
+                    return trial
+            return self.study.ask(self._dists)
+
+        return self._db(ask)
 
     # -- events ------------------------------------------------------------------------------------
     def _handle(self, ev: Report | Finished | Failed) -> None:
@@ -168,7 +240,9 @@ class Orchestrator:
         value = ev.report.value(self.spec.metric)
         if not math.isfinite(value):
             return
-        self._db(lambda: run.trial.report(value, step))
+        with warnings.catch_warnings():  # a retried write may find the value already stored
+            warnings.simplefilter("ignore", UserWarning)
+            self._db(lambda: run.trial.report(value, step))
         if self.spec.pruner.type != "none" and not run.pruned and self._db(run.trial.should_prune):
             run.pruned = True
             self.backend.stop(run.job.key)
@@ -221,38 +295,45 @@ class Orchestrator:
         retry: bool = False,
     ) -> None:
         trial = run.trial
-        if retry:
-            attrs["will_retry"] = True
-            self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt)
-        for k, v in attrs.items():
-            self._db(lambda k=k, v=v: trial.set_user_attr(k, v))
-        self._tell(trial.number, state, value)
-        self._running.pop(run.job.key, None)
-        if not retry:
-            self._done += 1
+        with self._critical():
+            if retry:
+                attrs["will_retry"] = True
+                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt)
+            for k, v in attrs.items():
+                self._db(lambda k=k, v=v: trial.set_user_attr(k, v))
+            self._tell(trial.number, state, value)
+            self._running.pop(run.job.key, None)
+            if not retry:
+                self._done += 1
         frozen = self._db(lambda: self.study._storage.get_trial(trial._trial_id))
         self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
 
     def _tell(self, number: int, state: TrialState, value: float | None) -> None:
         def tell() -> None:
-            try:
-                self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state)
+            try:  # skip_if_finished: a retried tell whose first attempt was committed
+                self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state,
+                                skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # a retried tell whose first attempt was committed
-            except ValueError as e:
-                if "already finished" not in str(e) and "is already" not in str(e):
-                    raise
+                pass
 
         self._db(tell)
 
     def _enqueue_retry(self, number: int, params: dict[str, Any], seed: int, attempt: int) -> None:
-        self._db(
-            lambda: self.study.enqueue_trial(
+        """Queue the one re-run of trial ``number``; a no-op if it is already queued (a repeated
+        storage call, or a second Ctrl-C in the middle of recording the trial)."""
+
+        def enqueue() -> None:
+            waiting = self.study._storage.get_all_trials(
+                self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+            if any(t.user_attrs.get("retry_of") == number for t in waiting):
+                return
+            self.study.enqueue_trial(
                 params,
                 user_attrs={"retry_of": number, "attempt": attempt + 1, "seed": seed},
                 skip_if_exists=False,
             )
-        )
+
+        self._db(enqueue)
 
     # -- recovery ----------------------------------------------------------------------------------
     def _recover(self, trials: list[FrozenTrial]) -> None:
@@ -263,11 +344,12 @@ class Orchestrator:
         retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
         for t in trials:
             needs_retry = t.number not in retried
+            # a trial killed before its seed was stored never ran: its re-run gets the seed it would have had
+            seed = int(t.user_attrs.get("seed", trial_seed(self.spec.seed, t.number)))
             if t.state == TrialState.RUNNING:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:
-                    self._enqueue_retry(t.number, t.params, int(t.user_attrs.get("seed", 0)),
-                                        int(t.user_attrs.get("attempt", 0)))
+                    self._enqueue_retry(t.number, t.params, seed, int(t.user_attrs.get("attempt", 0)))
                 trial = optuna.Trial(self.study, t._trial_id)
                 self._db(lambda trial=trial, reason=reason: trial.set_user_attr("fail_reason", reason))
                 self._db(lambda trial=trial: trial.set_user_attr("will_retry", True))
@@ -275,13 +357,17 @@ class Orchestrator:
                 self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
             elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry:
                 # failed and marked for retry, but the process died before enqueueing the re-run
-                self._enqueue_retry(t.number, t.params, int(t.user_attrs.get("seed", 0)),
-                                    int(t.user_attrs.get("attempt", 0)))
+                self._enqueue_retry(t.number, t.params, seed, int(t.user_attrs.get("attempt", 0)))
 
     def _interrupt(self) -> None:
         """Ctrl-C: cancel in-flight trials and record them so a resume re-runs them."""
         self.backend.cancel_all()
+        self._interrupt_pending = False
         for run in list(self._running.values()):
+            state = self._db(lambda run=run: self.study._storage.get_trial(run.trial._trial_id).state)
+            if state.is_finished():  # told just before a forced (second) Ctrl-C
+                self._running.pop(run.job.key, None)
+                continue
             reason = "interrupted (Ctrl-C) while running; re-run on resume"
             self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True)
 
@@ -320,5 +406,5 @@ class Orchestrator:
                     "metric": self.spec.metric.replace("val_", "test_"),
                     "epochs": int(res.best_epoch),
                 }
-                self._db(lambda: self.study.set_user_attr("test_result", out))
+                self._db(lambda out=out: self.study.set_user_attr("test_result", out))
                 return out

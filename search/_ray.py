@@ -68,14 +68,20 @@ class _FoldGroup:
     parts: list[str]
     reports: dict[str, list[EpochReport]] = field(default_factory=dict)
     results: dict[str, TrialResult] = field(default_factory=dict)
+    finished: dict[str, Finished] = field(default_factory=dict)
     emitted: int = 0
 
     def add_report(self, part: str, r: EpochReport) -> list[EpochReport]:
-        self.reports.setdefault(part, []).append(r)
+        rs = self.reports.setdefault(part, [])
+        if r.epoch <= len(rs):  # Ray re-executed this fold (its node died): it repeats epochs; keep the first
+            return []
+        rs.append(r)
         return self._ready()
 
-    def add_result(self, part: str, result: TrialResult) -> list[EpochReport]:
-        self.results[part] = result
+    def add_result(self, part: str, ev: Finished) -> list[EpochReport]:
+        assert isinstance(ev.result, TrialResult)
+        self.results[part] = ev.result
+        self.finished[part] = ev
         return self._ready()
 
     def _ready(self) -> list[EpochReport]:
@@ -110,6 +116,25 @@ class _FoldGroup:
             device=rs[0].device,
             train_path=rs[0].train_path,
             stopped_by_report=any(r.stopped_by_report for r in rs),
+        )
+
+    def finished_event(self, key: str) -> Finished | None:
+        """The merged trial; ``node``/``node_id`` list the distinct nodes of its folds, in fold order."""
+        merged = self.merged()
+        if merged is None:
+            return None
+        evs = [self.finished[p] for p in self.parts]
+
+        def distinct(values: list[str]) -> str:
+            return ",".join(dict.fromkeys(v for v in values if v))
+
+        return Finished(
+            key,
+            merged,
+            node=distinct([e.node for e in evs]),
+            node_id=distinct([e.node_id for e in evs]),
+            started_at=min(e.started_at for e in evs),
+            finished_at=max(e.finished_at for e in evs),
         )
 
 
@@ -160,14 +185,18 @@ class RayBackend(Backend):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self._started = False
+        self._started = False  # True: this backend connected the driver, so close() disconnects it
         address = self.address or os.environ.get("RAY_ADDRESS") or None
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            self._where = "Ray (connected by the caller)"
+        else:
             kwargs: dict[str, Any] = dict(
                 include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
             )
             if address:
+                # attach to an existing cluster: ray.shutdown() in close() only disconnects this driver
                 ray.init(address=address, **kwargs)
+                self._where = f"Ray cluster {address}"
             else:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 ray.init(
@@ -176,22 +205,37 @@ class RayBackend(Backend):
                     object_store_memory=self.object_store_mb * 1024 * 1024,
                     **kwargs,
                 )
+                self._where = "local Ray"
             self._started = True
-        self._check_resources()
+        try:
+            self._check_resources()
+        except BaseException:
+            if self._started:  # fail fast without leaving this process attached to the cluster
+                ray.shutdown()
+                self._started = False
+            raise
+        # The control actor lives on the driver's node (the node ray.init attached to: the head when
+        # the driver runs there): if that node dies, the driver dies with it anyway.
         node = ray.get_runtime_context().get_node_id()
         self._control = (
             ray.remote(num_cpus=0)(_Control)
             .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             .remote()
         )
+        cpus, gpus = self._per_task
         self._task = ray.remote(_remote_execute).options(
-            num_cpus=self.cpus_per_trial / (self.n_folds if self.parallel_folds else 1) or None,
-            num_gpus=self.gpus_per_trial / (self.n_folds if self.parallel_folds else 1) or None,
+            num_cpus=cpus,
+            num_gpus=gpus or None,
             max_retries=self.worker_crash_retries,
             retry_exceptions=False,
         )
+        # The refit trains one network: with parallel folds it asks for one fold's share, which
+        # _check_resources proved fits on a node (a whole trial's share may not: 2 GPUs on 1-GPU nodes).
         self._refit_task = ray.remote(_remote_execute).options(
-            num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial or None, max_retries=self.worker_crash_retries
+            num_cpus=cpus,
+            num_gpus=gpus or None,
+            max_retries=self.worker_crash_retries,
+            retry_exceptions=False,
         )
         self._data_ref = ray.put(data)
         self._ctx_ref = ray.put((fn, settings))
@@ -204,47 +248,88 @@ class RayBackend(Backend):
 
         if not ray.is_initialized():
             return
-        self.cancel_all()
-        try:
-            ray.kill(self._control)
-        except Exception:  # already gone with its node
-            pass
-        if self._started:
+        if hasattr(self, "_control"):
+            self.cancel_all()
+            try:
+                ray.kill(self._control)
+            except Exception:  # already gone with its node
+                pass
+        if getattr(self, "_started", False):
+            # A driver attached to an existing cluster only disconnects; the cluster keeps running.
             ray.shutdown()
+            self._started = False
 
     # -- resources -------------------------------------------------------------------------------
+    @property
+    def _split(self) -> int:
+        """Ray tasks per trial: ``n_folds`` with parallel folds, else 1."""
+        return self.n_folds if self.parallel_folds and self.n_folds > 1 else 1
+
+    @property
+    def _per_task(self) -> tuple[float, float]:
+        """(CPUs, GPUs) one Ray task asks for."""
+        return self.cpus_per_trial / self._split, self.gpus_per_trial / self._split
+
     def _node_resources(self) -> list[dict[str, float]]:
         import ray
 
         return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
     def _check_resources(self) -> None:
+        """Raise :class:`ResourceError` unless some node can run one task; compute the capacity.
+
+        One task's CPUs and GPUs must be on the same node. The check uses the nodes alive now: an
+        autoscaling cluster that would add a bigger node later is not waited for.
+        """
         nodes = self._node_resources()
         total = {k: sum(n.get(k, 0.0) for n in nodes) for k in ("CPU", "GPU")}
-        per_task_cpu = self.cpus_per_trial / (self.n_folds if self.parallel_folds else 1)
-        per_task_gpu = self.gpus_per_trial / (self.n_folds if self.parallel_folds else 1)
-        have = f"the Ray cluster has {total['CPU']:g} CPUs and {total['GPU']:g} GPUs in {len(nodes)} node(s)"
-        if per_task_gpu > 0 and not any(n.get("GPU", 0) >= per_task_gpu for n in nodes):
+        cpu, gpu = self._per_task
+        per_node = ", ".join(f"{n.get('CPU', 0.0):g} CPU + {n.get('GPU', 0.0):g} GPU" for n in nodes)
+        have = (
+            f"the Ray cluster has {total['CPU']:g} CPUs and {total['GPU']:g} GPUs in {len(nodes)} node(s) "
+            f"(per node: {per_node})"
+        )
+        task = (
+            f" (as {self._split} fold tasks of {cpu:g} CPU + {gpu:g} GPU each, resources.parallel_folds)"
+            if self._split > 1 else ""
+        )
+
+        def fits_on(n: dict[str, float]) -> bool:
+            return n.get("CPU", 0.0) + 1e-9 >= cpu and n.get("GPU", 0.0) + 1e-9 >= gpu
+
+        if gpu > 0 and not any(n.get("GPU", 0.0) + 1e-9 >= gpu for n in nodes):
+            most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+            if most == 0:
+                fix = "set resources.gpus_per_trial: 0 to train on CPUs, or connect to a cluster with GPUs (--address)"
+            else:
+                fix = f"lower resources.gpus_per_trial to {most * self._split:g} at most "
+                fix += f"(one node has at most {most:g})"
+                if gpu > 1 and not self.parallel_folds:
+                    fix += ", or set resources.parallel_folds: true to spread a trial's folds over several nodes"
             raise ResourceError(
-                f"resources.gpus_per_trial: {self.gpus_per_trial:g} GPU per trial requested, but {have}; "
-                "set resources.gpus_per_trial: 0 to train on CPUs, or connect to a cluster with GPUs "
-                "(--address)"
+                f"resources.gpus_per_trial: {self.gpus_per_trial:g} GPU per trial requested{task}, but {have}; "
+                f"no node has that many: {fix}"
             )
-        if not any(n.get("CPU", 0) >= per_task_cpu for n in nodes):
+        if not any(n.get("CPU", 0.0) + 1e-9 >= cpu for n in nodes):
             raise ResourceError(
-                f"resources.cpus_per_trial: {self.cpus_per_trial:g} CPUs per trial requested, but no node has "
-                f"that many ({have}); lower resources.cpus_per_trial"
+                f"resources.cpus_per_trial: {self.cpus_per_trial:g} CPUs per trial requested{task}, but no node "
+                f"has that many ({have}); lower resources.cpus_per_trial"
+            )
+        if not any(fits_on(n) for n in nodes):
+            raise ResourceError(
+                f"resources.cpus_per_trial: {self.cpus_per_trial:g} with resources.gpus_per_trial: "
+                f"{self.gpus_per_trial:g} per trial requested{task}, but no single node has both ({have}); "
+                "lower resources.cpus_per_trial"
             )
         fits = sum(
             min(
-                math.floor(n.get("CPU", 0) / per_task_cpu + 1e-9),
-                math.floor(n.get("GPU", 0) / per_task_gpu + 1e-9) if per_task_gpu else 10**9,
+                math.floor(n.get("CPU", 0.0) / cpu + 1e-9),
+                math.floor(n.get("GPU", 0.0) / gpu + 1e-9) if gpu else 10**9,
             )
             for n in nodes
         )
-        if self.parallel_folds:
-            fits //= self.n_folds
-        self._fits = max(1, fits)
+        self._fits = max(1, fits // self._split)
+        self._n_nodes = len(nodes)
 
     @property
     def capacity(self) -> int:
@@ -254,18 +339,21 @@ class RayBackend(Backend):
         import ray
 
         res = ray.cluster_resources()
-        where = self.address or os.environ.get("RAY_ADDRESS") or "local Ray"
+        where = getattr(self, "_where", None) or self.address or os.environ.get("RAY_ADDRESS") or "local Ray"
+        nodes = getattr(self, "_n_nodes", None)
         return (
-            f"{where}: {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; "
-            f"{self.capacity} trials at once"
+            f"{where}: {f'{nodes} node(s), ' if nodes is not None else ''}"
+            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs; {self.capacity} trials at once"
         )
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit(self, job: TrialJob) -> None:
-        if job.kind == "trial" and self.parallel_folds and self.n_folds > 1:
+        if job.kind == "trial" and self._split > 1:
+            gpu = self._per_task[1]
+            share = gpu if 0 < gpu < 1 else None  # each fold task gets 1/folds of the trial's GPUs
             parts = []
             for i in range(self.n_folds):
-                part = replace(job, key=f"{job.key}/fold{i}", folds=(i,))
+                part = replace(job, key=f"{job.key}/fold{i}", folds=(i,), gpu_fraction=share)
                 self._launch(self._task, part, job.key)
                 parts.append(part.key)
             self._groups[job.key] = _FoldGroup(parts)
@@ -307,7 +395,14 @@ class RayBackend(Backend):
         except rex.TaskCancelledError:
             return None
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError) as e:
-            return Failed(part, f"worker died {self.worker_crash_retries + 1} times: {type(e).__name__}", "crash")
+            n = self.worker_crash_retries + 1
+            return Failed(
+                part,
+                f"the Ray node or worker process running it died ({n} attempt{'s' if n > 1 else ''}; "
+                f"retries.worker_crash_retries: {self.worker_crash_retries}): {type(e).__name__}",
+                "crash",
+                str(e)[:2000],
+            )
         except rex.RayError as e:
             return Failed(part, f"{type(e).__name__}: {str(e)[:500]}", "crash")
 
@@ -332,11 +427,11 @@ class RayBackend(Backend):
             del self._groups[key]
             return [Failed(key, ev.reason, ev.kind, ev.detail)]
         assert isinstance(ev.result, TrialResult)
-        out: list[Event] = [Report(key, m) for m in group.add_result(part, ev.result)]
-        merged = group.merged()
-        if merged is not None:
+        out: list[Event] = [Report(key, m) for m in group.add_result(part, ev)]
+        done = group.finished_event(key)
+        if done is not None:
             del self._groups[key]
-            out.append(Finished(key, merged, ev.node, ev.node_id))
+            out.append(done)
         return out
 
     def stop(self, key: str) -> None:

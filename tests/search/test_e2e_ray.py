@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 
@@ -59,7 +60,7 @@ def check_grid_study(url: str, name: str) -> None:
         assert t.user_attrs["node_id"]
     # 2 at once on 2 CPUs: worker intervals overlap
     spans = sorted((t.user_attrs["worker_start"], t.user_attrs["worker_end"]) for t in trials)
-    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), spans
     test = study.user_attrs["test_result"]
     assert test["trial"] == study.best_trial.number and 0.5 < test["test_accuracy"] <= 1.0
 
