@@ -188,7 +188,10 @@ class RayBackend(Backend):
         self._started = False  # True: this backend connected the driver, so close() disconnects it
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         if ray.is_initialized():
-            self._where = "Ray (connected by the caller)"
+            gcs = getattr(ray.get_runtime_context(), "gcs_address", "") or ""
+            self._where = f"Ray {gcs} (connected by the caller)".replace("  ", " ")
+            if address and address != "auto" and not address.startswith("ray://") and gcs and address != gcs:
+                _log.warning("Ray is already connected to %s in this process; address %s is not used", gcs, address)
         else:
             kwargs: dict[str, Any] = dict(
                 include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
