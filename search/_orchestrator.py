@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from storage import set_trial_user_attrs
 from trials import TestResult, TrialResult, trial_seed
 
 from ._backend import Backend, Failed, Finished, Report, TrialJob
@@ -110,6 +111,7 @@ class Orchestrator:
         self._done = 0
         self._critical_depth = 0  # > 0 while a trial's records are being written
         self._interrupt_pending = False  # Ctrl-C arrived during such a write
+        self._signal = "Ctrl-C"  # what interrupted the run
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -145,21 +147,25 @@ class Orchestrator:
     # -- Ctrl-C --------------------------------------------------------------------------------------
     @contextmanager
     def _sigint_deferral(self) -> Iterator[None]:
-        """Install the deferring SIGINT handler for the duration of :meth:`run` (main thread only)."""
+        """Install the deferring SIGINT/SIGTERM handler for the duration of :meth:`run` (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        previous: dict[int, Any] = {}
         try:
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            # SIGTERM (``kill PID``, ``docker stop``, a scheduler's preemption) stops the run like Ctrl-C
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_sigint)
         except ValueError:  # not the main interpreter
-            yield
-            return
+            pass
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        self._signal = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self._critical_depth and not self._interrupt_pending:
             self._interrupt_pending = True  # raised when the current write is complete
             return
@@ -299,8 +305,7 @@ class Orchestrator:
             if retry:
                 attrs["will_retry"] = True
                 self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt)
-            for k, v in attrs.items():
-                self._db(lambda k=k, v=v: trial.set_user_attr(k, v))
+            self._db(lambda: set_trial_user_attrs(self.study._storage, trial._trial_id, attrs))
             self._tell(trial.number, state, value)
             self._running.pop(run.job.key, None)
             if not retry:
@@ -368,7 +373,7 @@ class Orchestrator:
             if state.is_finished():  # told just before a forced (second) Ctrl-C
                 self._running.pop(run.job.key, None)
                 continue
-            reason = "interrupted (Ctrl-C) while running; re-run on resume"
+            reason = f"interrupted ({self._signal}) while running; re-run on resume"
             self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True)
 
     # -- final refit -------------------------------------------------------------------------------
