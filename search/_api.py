@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +38,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 SPEC_ATTR = "hpsearch_spec"
+LEASE_STALE_ENV = "HPSEARCH_LEASE_STALE_S"
+"""Seconds without heartbeat after which another run may take a study's lease over (default 30)."""
+DB_RETRY_ENV = "HPSEARCH_DB_RETRY_ATTEMPTS"
+"""Attempts of a database call that fails transiently before the run stops (default 8, about 60 s)."""
 # keys that may change between invocations of one study: how much and where, not what
 _MUTABLE_PREFIXES = ("n_trials", "resources.")
 
@@ -114,15 +121,45 @@ def _check_cluster_storage(url: str, address: str | None, allow_sqlite: bool) ->
         )
 
 
+def _env_number(name: str, default: float, *, integer: bool = False, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= minimum:
+        kind = "an integer" if integer else "a number"
+        raise UsageError(f"environment variable {name}={raw!r} must be {kind} > {minimum:g}")
+    return value
+
+
+def lease_stale_after() -> float:
+    """Seconds without heartbeat after which a study's lease is taken over (``HPSEARCH_LEASE_STALE_S``)."""
+    return _env_number(LEASE_STALE_ENV, st.DEFAULT_STALE_AFTER_S)
+
+
+def db_retry_attempts() -> int:
+    """Attempts of a transiently failing database call (``HPSEARCH_DB_RETRY_ATTEMPTS``)."""
+    return int(_env_number(DB_RETRY_ENV, 8, integer=True))
+
+
 @contextmanager
-def _leased(engine: Any, name: str) -> Iterator[st.Lease]:
-    lease = st.Lease(engine, name)
-    lease.acquire()
+def _leased(engine: Any, name: str, retry: Callable[[Callable[[], Any]], Any]) -> Iterator[st.Lease]:
+    stale_after = lease_stale_after()
+    lease = retry(lambda: st.Lease(engine, name, stale_after=stale_after))
+    retry(lease.acquire)
     lease.start_heartbeat()
     try:
         yield lease
     finally:
-        lease.release()
+        try:
+            lease.release()
+        except Exception as e:  # database gone: the row goes stale and the next run takes it over
+            lease.stop_heartbeat()
+            _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
+                         "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
 
 
 def _open_study(
@@ -150,6 +187,12 @@ def _open_study(
         sampler=make_sampler(spec, n_existing_trials=n_existing), pruner=make_pruner(spec),
     )
     stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None and not must_exist and n_existing == 0 and not study.user_attrs \
+            and study.direction.name.lower() == spec.study_direction:
+        # created by a run that was killed before it stored the spec (two writes, not one): adopt it
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr("hpsearch_version", __version__)
+        return study, messages
     if stored is None:
         raise UsageError(
             f"study {spec.name!r} exists but was not created by hpsearch (no stored spec); "
@@ -189,6 +232,24 @@ def _summarize(study: optuna.Study, spec: StudySpec, url: str, messages: list[st
     return StudyResult(spec.name, st.redact(url), count_done(trials), spec.budget, best, test, messages)
 
 
+_DISK_FULL = ("database or disk is full", "no space left on device", "disk full", "could not extend file")
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """The driver's words if ``exc`` (or what caused it) says the disk is full, else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc.__cause__  # the driver's error, not the retry summary
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        for text in (str(getattr(cur, "orig", "") or ""), str(cur)):
+            low = text.lower()
+            if any(m in low for m in _DISK_FULL):
+                line = next(ln.strip() for ln in text.splitlines() if any(m in ln.lower() for m in _DISK_FULL))
+                return line.split(") ", 1)[-1] if line.startswith("(") else line
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _execute(
     spec: StudySpec,
     *,
@@ -204,14 +265,31 @@ def _execute(
     url = st.resolve_url(storage)
     if backend is None:
         _check_cluster_storage(url, address, allow_sqlite)
+    attempts = db_retry_attempts()
+    lease_stale_after()  # a malformed setting fails before anything is written
     rdb = st.create_storage(url)
-    study, messages = st.retrying(lambda: _open_study(rdb, spec, must_exist=must_exist), url=url)
-    data = load_dataset(spec.data, spec.cv, spec.seed)
-    with _leased(rdb.engine, spec.name) as lease:
+    hint = shlex.quote(spec.name)  # pasted into a shell in the "run `hpsearch resume NAME`" hint
+
+    def retry(fn: Callable[[], T]) -> T:
+        try:
+            return st.retrying(fn, url=url, study_name=hint, attempts=attempts)
+        except st.StorageUnavailable as e:
+            full = _disk_full(e)
+            if full is None:
+                raise
+            raise st.StorageError(
+                f"the disk holding the database {st.redact(url)} is full ({full}). Finished trials are "
+                f"saved; free some space, then run `hpsearch resume {hint}` to continue."
+            ) from e
+
+    # The lease comes first: a run refused because another one is live must not write the study.
+    with _leased(rdb.engine, spec.name, retry) as lease:
+        study, messages = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
+        data = load_dataset(spec.data, spec.cv, spec.seed)
 
         def db(fn: Callable[[], T]) -> T:
             lease.check()  # never write a study another orchestrator has taken over
-            return st.retrying(fn, url=url, study_name=spec.name)
+            return retry(fn)
 
         backend = backend or make_backend(spec, address)
         backend.open(data, spec.settings, worker_fn)
@@ -222,7 +300,7 @@ def _execute(
                 orch.refit_best()
         finally:
             backend.close()
-    return _summarize(study, spec, url, messages)
+    return retry(lambda: _summarize(study, spec, url, messages))
 
 
 def run_study(
@@ -268,7 +346,7 @@ def run_study(
 def stored_spec(name: str, storage: str | None = None) -> StudySpec:
     """The spec stored with study ``name``."""
     url = st.resolve_url(storage)
-    attrs = st.study_attrs(st.create_engine(url), name)
+    attrs = st.study_attrs(st.create_engine(url, create=False), name)  # never create a file to read
     raw = attrs.get(SPEC_ATTR)
     if raw is None:
         raise UsageError(f"study {name!r} has no stored hpsearch spec; it was not created by hpsearch")

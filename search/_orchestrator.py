@@ -112,6 +112,7 @@ class Orchestrator:
         self._critical_depth = 0  # > 0 while a trial's records are being written
         self._interrupt_pending = False  # Ctrl-C arrived during such a write
         self._signal = "Ctrl-C"  # what interrupted the run
+        self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -137,6 +138,8 @@ class Orchestrator:
                         break
                     for ev in self.backend.poll(self.poll_interval):
                         self._handle(ev)
+                with self._critical():
+                    self._drop_unstarted()
             except KeyboardInterrupt:
                 self._interrupt()
                 raise Interrupted(
@@ -209,18 +212,25 @@ class Orchestrator:
         the queue) instead of creating a second one that would stay RUNNING forever."""
         attempts = 0
 
+        def complete(trial_id: int) -> optuna.Trial:
+            trial = optuna.Trial(self.study, trial_id)  # the sampler's before_trial (grid point) if not done
+            for name, dist in self._dists.items():
+                trial._suggest(name, dist)  # keeps a value already set
+            return trial
+
         def ask() -> optuna.Trial:
             nonlocal attempts
             attempts += 1
+            if self._unstarted:  # created by a run that stopped before it ran it
+                trial = complete(self._unstarted[0])
+                self._unstarted.pop(0)
+                return trial
             if attempts > 1:
                 ours = {r.trial.number for r in self._running.values()}
                 strays = [t for t in self.study._storage.get_all_trials(
                     self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in ours]
                 if strays:
-                    trial = optuna.Trial(self.study, min(strays, key=lambda t: t.number)._trial_id)
-                    for name, dist in self._dists.items():
-                        trial._suggest(name, dist)
-                    return trial
+                    return complete(min(strays, key=lambda t: t.number)._trial_id)
             return self.study.ask(self._dists)
 
         return self._db(ask)
@@ -344,25 +354,46 @@ class Orchestrator:
     def _recover(self, trials: list[FrozenTrial]) -> None:
         """Fail trials a dead orchestrator left RUNNING and make sure each gets exactly one re-run.
 
-        Called with the lease held, so every RUNNING trial belongs to a process that is gone.
+        Called with the lease held, so every RUNNING trial belongs to a process that is gone. A
+        RUNNING trial whose parameters are not all set was being created (``study.ask`` is several
+        writes) when that process died, so it never ran: it is completed and run as the next trial
+        instead (a grid point keeps its trial); a re-run of it with partial params would not even start.
         """
         retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
         for t in trials:
             needs_retry = t.number not in retried
             # a trial killed before its seed was stored never ran: its re-run gets the seed it would have had
             seed = int(t.user_attrs.get("seed", trial_seed(self.spec.seed, t.number)))
-            if t.state == TrialState.RUNNING:
+            params = self._full_params(t)
+            if t.state == TrialState.RUNNING and params is None:
+                self._unstarted.append(t._trial_id)
+                self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
+            elif t.state == TrialState.RUNNING:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:
-                    self._enqueue_retry(t.number, t.params, seed, int(t.user_attrs.get("attempt", 0)))
-                trial = optuna.Trial(self.study, t._trial_id)
-                self._db(lambda trial=trial, reason=reason: trial.set_user_attr("fail_reason", reason))
-                self._db(lambda trial=trial: trial.set_user_attr("will_retry", True))
+                    self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)))
+                attrs = {"fail_reason": reason, "will_retry": True}
+                self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self.study._storage, t._trial_id, attrs))
                 self._tell(t.number, TrialState.FAIL, None)
                 self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
-            elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry:
+            elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
-                self._enqueue_retry(t.number, t.params, seed, int(t.user_attrs.get("attempt", 0)))
+                self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)))
+
+    def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
+        """The trial's params if every parameter is set (it may have run), else None (it never ran;
+        a queued re-run taken from the queue gets its params from the queue when it is completed)."""
+        return dict(t.params) if all(name in t.params for name in self._dists) else None
+
+    def _drop_unstarted(self) -> None:
+        """Trials created but never started that the budget no longer needs (it was lowered)."""
+        reason = "created when a run stopped, never started; not needed for the budget"
+        for trial_id in self._unstarted:
+            number = self._db(lambda trial_id=trial_id: self.study._storage.get_trial(trial_id).number)
+            self._db(lambda trial_id=trial_id: set_trial_user_attrs(
+                self.study._storage, trial_id, {"fail_reason": reason}))
+            self._tell(number, TrialState.FAIL, None)
+        self._unstarted.clear()
 
     def _interrupt(self) -> None:
         """Ctrl-C: cancel in-flight trials and record them so a resume re-runs them."""

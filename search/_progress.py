@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._orchestrator import Callbacks
@@ -34,7 +35,8 @@ class ProgressCallbacks(Callbacks):
 
     def on_start(self, study: optuna.Study, done: int, budget: int, where: str) -> None:
         self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        self._console.print(f"study [bold]{study.study_name}[/]: {done}/{budget} done; trials run on {where}")
+        name = escape(study.study_name)  # a study name is any text, never rich markup
+        self._console.print(f"study [bold]{name}[/]: {done}/{budget} done; trials run on {escape(where)}")
         if not self.enabled:
             return
         self._progress = Progress(
@@ -59,4 +61,4 @@ class ProgressCallbacks(Callbacks):
         self.on_message(f"refitting trial {number} on all non-test data for the held-out test score")
 
     def on_message(self, text: str) -> None:
-        self._console.print(text, highlight=False)
+        self._console.print(text, highlight=False, markup=False)

@@ -1,13 +1,16 @@
 """``hpsearch`` command line: a thin layer over the Python API.
 
 Exit codes: 0 success; 2 bad input (study file, arguments, unknown study, spec change); 3 storage
-problem (unreachable, corrupt, lease held by another run); 1 a failure while running; 130 Ctrl-C.
+problem (unreachable, corrupt, disk full, lease held by another run); 1 an unexpected failure; 130
+interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -53,8 +56,83 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(e), 3)
         except Interrupted as e:
             _fail(str(e), 130)
+        except KeyboardInterrupt:  # outside the trial loop (start-up, final refit)
+            _fail("interrupted (Ctrl-C); finished trials are saved and `hpsearch resume NAME` continues "
+                  "the study", 130)
+        except Exception as e:
+            if os.environ.get("HPSEARCH_DEBUG"):
+                raise
+            if _is_database_error(e):
+                _fail(f"database error: {_database_message(e, kwargs.get('storage'))}; finished trials are "
+                      "saved; fix the database, then `hpsearch resume NAME` continues the study", 3)
+            first = (str(e).strip().splitlines() or [""])[0]
+            _fail(f"unexpected {type(e).__name__}: {first}\n(set HPSEARCH_DEBUG=1 to see the traceback)", 1)
 
     return wrapper
+
+
+def _is_database_error(e: BaseException) -> bool:
+    import sqlite3
+
+    import optuna
+    import sqlalchemy.exc
+
+    return isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, sqlite3.Error))
+
+
+def _database_message(e: BaseException, storage: str | None) -> str:
+    import storage as st
+
+    inner: BaseException = e
+    while getattr(inner, "orig", None) is not None or inner.__cause__ is not None:
+        inner = getattr(inner, "orig", None) or inner.__cause__  # type: ignore[assignment]
+    text = next((ln.strip() for ln in str(inner).splitlines() if ln.strip()), type(inner).__name__)
+    try:
+        return st.scrub(text, st.resolve_url(storage))
+    except Exception:
+        return text
+
+
+class _OneLineHandler(logging.Handler):
+    """hpsearch's own warnings (database retries, lease heartbeat) as ``hpsearch: warning: ...`` lines
+    on the current stderr, without the drivers' multi-line explanations."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = next((ln.strip() for ln in record.getMessage().splitlines() if ln.strip()), "")
+            click.echo(f"hpsearch: warning: {text}", err=True)
+        except Exception:  # a log line must never break a run
+            self.handleError(record)
+
+
+def _log_warnings_one_line() -> None:
+    for name in ("storage", "search"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _OneLineHandler) for h in logger.handlers):
+            handler = _OneLineHandler(logging.WARNING)
+            logger.addHandler(handler)
+        logger.propagate = False
+
+
+class _Main(click.Group):
+    """Click's own usage errors (bad option, missing argument) in the same one-line form."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `hpsearch`: the help, as click shows it
+                e.show()
+                sys.exit(e.exit_code)
+            where = e.ctx.command_path if e.ctx is not None else "hpsearch"
+            _fail(f"{e.format_message()} (see `{where} --help`)", e.exit_code)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            _fail("interrupted (Ctrl-C)", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _echo_json(obj: Any) -> None:
@@ -69,13 +147,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpsearch")
 def main() -> None:
     """Hyperparameter search for PyTorch models: grid, random and TPE on Ray, stored in SQL."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress output instead
+    _log_warnings_one_line()
 
 
 @main.command()
@@ -229,10 +308,11 @@ def best(name: str, storage: str | None, output: str) -> None:
 def _table(header: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*header, box=None, pad_edge=False)
-    for r in rows:
-        table.add_row(*(_fmt(c) for c in r))
+    for r in rows:  # cells are data (study names, params, failure reasons), never rich markup
+        table.add_row(*(Text(_fmt(c)) for c in r))
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 

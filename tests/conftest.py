@@ -38,16 +38,30 @@ def _postgres_admin() -> Iterator[tuple[str, object]]:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
-    with conn:
-        yield url, conn
+    state = {"conn": conn}
+    yield url, state
+    state["conn"].close()
+
+
+def _admin(url: str, state: dict[str, object]) -> object:
+    """The session's admin connection, reconnected if the server was restarted (test_resume.py does)."""
+    import psycopg
+
+    conn = state["conn"]
+    try:
+        conn.execute("SELECT 1")  # type: ignore[attr-defined]
+    except psycopg.Error:
+        conn.close()  # type: ignore[attr-defined]
+        conn = state["conn"] = psycopg.connect(_conninfo(url), autocommit=True, connect_timeout=10)
+    return conn
 
 
 @pytest.fixture
-def postgres_url(_postgres_admin: tuple[str, object]) -> Iterator[str]:
+def postgres_url(_postgres_admin: tuple[str, dict[str, object]]) -> Iterator[str]:
     """URL (``postgresql+psycopg://``) of a fresh database, dropped after the test."""
-    url, admin = _postgres_admin
+    url, state = _postgres_admin
     name = f"hpsearch_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    _admin(url, state).execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
     try:
         yield (
             make_url(url)
@@ -55,13 +69,13 @@ def postgres_url(_postgres_admin: tuple[str, object]) -> Iterator[str]:
             .render_as_string(hide_password=False)
         )
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
+        _admin(url, state).execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
 
 
 @pytest.fixture
-def postgres_admin(_postgres_admin: tuple[str, object]) -> object:
+def postgres_admin(_postgres_admin: tuple[str, dict[str, object]]) -> object:
     """An autocommit psycopg connection to the maintenance database (for pg_terminate_backend)."""
-    return _postgres_admin[1]
+    return _admin(*_postgres_admin)
 
 
 @pytest.fixture
