@@ -110,6 +110,18 @@ def run_one(name: str, out: Path, smoke: bool, in_process: bool) -> dict[str, An
     return entry
 
 
+def collect_one(name: str, out: Path) -> dict[str, Any]:
+    """The entry of a benchmark whose JSON is already in ``out`` (nothing is run)."""
+    json_path = out / f"{name}.json"
+    if not json_path.exists():
+        return {"status": "failed", "error": f"no {json_path.name} to collect", "wall_s": 0.0}
+    try:
+        result = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        return {"status": "failed", "error": f"{json_path} is not valid JSON: {e}", "wall_s": 0.0}
+    return {"status": "ok", "collected": True, "wall_s": 0.0, "result": result}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     p.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[], help="leave these out")
     p.add_argument("--isolate", action="store_true", help="smoke too: one process per benchmark")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: rebuild results.json from the <name>.json files already in --out "
+                        "(after running a benchmark module directly)")
     args = p.parse_args(argv)
     out = (args.out or REPO / ("artifacts/bench-smoke" if args.smoke else "bench/results")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": {},
     }
     path = out / "results.json"
-    if args.only and path.exists():  # a partial run updates the combined results of an earlier one
+    if (args.only or args.collect) and path.exists():  # a partial run updates the combined results of an earlier one
         try:
             previous = json.loads(path.read_text())
         except json.JSONDecodeError:
@@ -144,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     shared_ray = False
     try:
-        if in_process and any(BENCHMARKS[n][0] == "module" for n in names):
+        if in_process and not args.collect and any(BENCHMARKS[n][0] == "module" for n in names):
             from bench.common import ray_init
 
             ray_init(num_cpus=2)
             shared_ray = True
         for name in names:
             print(f"\n=== {name} ===", flush=True)
-            entry = run_one(name, out, args.smoke, in_process)
+            entry = collect_one(name, out) if args.collect else run_one(name, out, args.smoke, in_process)
             entry["finished"] = now_iso()
             combined["benchmarks"][name] = entry
             print(f"=== {name}: {entry['status']} in {entry['wall_s']:.1f}s"

@@ -35,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -318,7 +319,9 @@ def overhead(tmp: Path, n: int, repeats: int, systems: tuple[str, ...], smoke: b
             "median_overhead_ms": med, "throughput_c2_over_c1": scaling, "goals": goals}
 
 
-def _busy_proc(iters: int, q: Any) -> None:
+def _busy_proc(iters: int, q: Any, start: Any) -> None:
+    busy_work(5)  # import torch and warm up before the clock starts
+    start.wait()
     t0 = time.perf_counter()
     busy_work(iters)
     q.put(time.perf_counter() - t0)
@@ -332,10 +335,11 @@ def raw_scaling(iters: int) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out: dict[str, Any] = {}
     for k in (1, 2):
-        q = ctx.Queue()
-        procs = [ctx.Process(target=_busy_proc, args=(iters, q)) for _ in range(k)]
+        q, start = ctx.Queue(), ctx.Barrier(k + 1)
+        procs = [ctx.Process(target=_busy_proc, args=(iters, q, start)) for _ in range(k)]
         for pr in procs:
             pr.start()
+        start.wait()  # every process has imported torch; go
         for pr in procs:
             pr.join()
         out[f"procs_{k}_s"] = [q.get() for _ in range(k)]
@@ -412,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 3; smoke 1)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS,
                    help="default: all; smoke: all but tune_reuse (the same code path as tune_default)")
-    p.add_argument("--skip-parallel", action="store_true")
+    p.add_argument("--parts", nargs="+", choices=("overhead", "parallel"), default=["overhead", "parallel"],
+                   help="run only these parts; the others are kept from an existing --out/overhead.json")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", module="optuna")
     import optuna
@@ -421,6 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n_trials or (6 if args.smoke else 40)
     repeats = args.repeats or (1 if args.smoke else 3)
     report = report_header("bench_overhead", args.smoke, argv)
+    old_path = args.out / "overhead.json" if args.out else None
+    if set(args.parts) != {"overhead", "parallel"} and old_path and old_path.exists():
+        old = json.loads(old_path.read_text())
+        for part in {"overhead", "parallel"} - set(args.parts):
+            if part in old:  # kept from the earlier run, with that run's header
+                report[part] = {**old[part], "machine": old[part].get("machine", old["machine"]),
+                                "command": old[part].get("command", old["command"])}
+                for key in ("ray_init_s", "set_user_attr_ms", "worker_probe") if part == "overhead" else ():
+                    if key in old:
+                        report[part].setdefault(key, old[key])
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
         report["ray_init_s"] = ray_init(num_cpus=2)
         try:
@@ -428,16 +443,21 @@ def main(argv: list[str] | None = None) -> int:
             started = f"{report['ray_init_s']:.2f}s" if report["ray_init_s"] is not None else "(shared, not timed)"
             print(f"Ray started in {started}; workers import bench from "
                   f"{report['worker_probe']['bench_common']} (cwd {report['worker_probe']['cwd']})", flush=True)
-            systems = tuple(args.systems or [s for s in SYSTEMS if not (args.smoke and s == "tune_reuse")])
-            report["overhead"] = overhead(Path(tmp), n, repeats, systems, args.smoke)
-            report["set_user_attr_ms"] = commit_cost(Path(tmp))
-            print("one set_user_attr: " + ", ".join(f"{k} {v:.2f}" for k, v in report["set_user_attr_ms"].items()))
-            if not args.skip_parallel:
+            if "overhead" in args.parts:
+                systems = tuple(args.systems or [s for s in SYSTEMS if not (args.smoke and s == "tune_reuse")])
+                report["overhead"] = overhead(Path(tmp), n, repeats, systems, args.smoke)
+                report["overhead"].update(machine=report["machine"], command=report["command"])
+                report["set_user_attr_ms"] = commit_cost(Path(tmp))
+                print("one set_user_attr: " + ", ".join(f"{k} {v:.2f}" for k, v in report["set_user_attr_ms"].items()))
+            if "parallel" in args.parts:
                 report["parallel"] = (parallel(Path(tmp), 6, 3, 1, smoke=True) if args.smoke
                                       else parallel(Path(tmp), 12, 10, repeats, smoke=False))
+                report["parallel"].update(machine=report["machine"], command=report["command"])
         finally:
             ray_shutdown()
-    goals = report["overhead"]["goals"] + report.get("parallel", {}).get("goals", [])
+    if "set_user_attr_ms" not in report and "overhead" in report:
+        report["set_user_attr_ms"] = report["overhead"].get("set_user_attr_ms")
+    goals = report.get("overhead", {}).get("goals", []) + report.get("parallel", {}).get("goals", [])
     report["goals"] = goals
     for g in goals:
         print(f"goal: {g['goal']}: {g['value']:.2f} -> {'met' if g['met'] else 'MISSED'}")
