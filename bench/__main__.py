@@ -2,16 +2,16 @@
 
 Benchmarks (each also runs alone; see its docstring and ``docs/benchmarks.md``):
 
-==========  =========================  ====================================================
-name        command                    what
-==========  =========================  ====================================================
-overhead    python -m bench.bench_overhead   per-trial orchestration overhead; parallel efficiency
-scale       python -m bench.bench_scale      TPE ask, show/best/ls at 1,000 and 10,000 trials
-queries     python bench/bench_queries.py    storage read queries vs Optuna's API
-training    python bench/bench_training.py   training throughput of the stacked folds
-quality     python -m bench.bench_quality    grid vs random vs TPE on digits
-e2e         python -m bench.bench_e2e        hpsearch vs a plain Optuna script, end to end
-==========  =========================  ====================================================
+========  ================================  ======================================================
+name      command                           what
+========  ================================  ======================================================
+overhead  python -m bench.bench_overhead    per-trial orchestration overhead; parallel efficiency
+scale     python -m bench.bench_scale       TPE ask, show/best/ls at 1,000 and 10,000 trials
+queries   python bench/bench_queries.py     storage read queries vs Optuna's API
+training  python bench/bench_training.py    training throughput of the stacked folds
+quality   python -m bench.bench_quality     grid vs random vs TPE on digits
+e2e       python -m bench.bench_e2e         hpsearch vs a plain Optuna script, end to end
+========  ================================  ======================================================
 
 Each writes ``DIR/<name>.json``; this runner adds ``DIR/results.json`` with every benchmark's status,
 wall time, JSON and goals (``--only NAME`` re-runs one benchmark and updates its entry there). The

@@ -258,6 +258,8 @@ def commit_cost(tmp: Path, n: int = 40) -> dict[str, float]:
 # -------------------------------------------------------------------------------------- runs
 
 SYSTEMS = ("hpsearch_c1", "hpsearch_c2", "optuna_memory", "optuna_sqlite", "tune_default", "tune_reuse")
+# smoke leaves out systems whose code path another one exercises (tune_default; the parallel part's c=2 runs)
+SMOKE_SKIP = ("tune_reuse", "hpsearch_c2")
 
 
 def run_system(system: str, tmp: Path, tag: str, n: int, smoke: bool = False) -> dict[str, Any]:
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", "--n-trials", type=int, help="trials per run (default 40; smoke 6)")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 3; smoke 1)")
     p.add_argument("--systems", nargs="+", choices=SYSTEMS,
-                   help="default: all; smoke: all but tune_reuse (the same code path as tune_default)")
+                   help="default: all; smoke: all but tune_reuse and hpsearch_c2 (code paths exercised elsewhere)")
     p.add_argument("--parts", nargs="+", choices=("overhead", "parallel"), default=["overhead", "parallel"],
                    help="run only these parts; the others are kept from an existing --out/overhead.json")
     args = p.parse_args(argv)
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Ray started in {started}; workers import bench from "
                   f"{report['worker_probe']['bench_common']} (cwd {report['worker_probe']['cwd']})", flush=True)
             if "overhead" in args.parts:
-                systems = tuple(args.systems or [s for s in SYSTEMS if not (args.smoke and s == "tune_reuse")])
+                systems = tuple(args.systems or [s for s in SYSTEMS if not (args.smoke and s in SMOKE_SKIP)])
                 report["overhead"] = overhead(Path(tmp), n, repeats, systems, args.smoke)
                 report["overhead"].update(machine=report["machine"], command=report["command"])
                 report["set_user_attr_ms"] = commit_cost(Path(tmp))

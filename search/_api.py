@@ -22,8 +22,9 @@ import optuna
 import storage as st
 from trials import load_dataset
 
-__version__ = "0.1.0"
+from . import __version__
 from ._backend import Backend, WorkerFn, train_job
+from ._errors import UsageError
 from ._orchestrator import Callbacks, Orchestrator
 from ._spec import SpecError, StudySpec, load_spec, parse_spec
 from ._strategies import make_pruner, make_sampler
@@ -47,9 +48,6 @@ DB_RETRY_ENV = "HPSEARCH_DB_RETRY_ATTEMPTS"
 # keys that may change between invocations of one study: how much and where, not what
 _MUTABLE_PREFIXES = ("n_trials", "resources.")
 
-
-class UsageError(Exception):
-    """A request that cannot be carried out as asked; the message says what to do instead."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ _TOP_TABLE = 10
 
 
 def _usage_error(message: str) -> Exception:
-    from ._api import UsageError  # lazy: _api imports the training package
+    from ._errors import UsageError
 
     return UsageError(message)
 

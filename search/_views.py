@@ -74,7 +74,7 @@ def show_study(name: str, storage: str | None = None, *, limit: int | None = Non
 
 def best_of(name: str, storage: str | None = None) -> dict[str, Any]:
     """``{"study", "number", "value", "params", "fold_scores", "test_score", ...}`` of the best trial."""
-    from ._api import UsageError
+    from ._errors import UsageError
 
     engine = _engine(storage)
     attrs = st.study_attrs(engine, name)

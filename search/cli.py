@@ -40,26 +40,23 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from storage import StorageError, StudyNotFound
-        from trials import DataError
-
-        from ._api import UsageError
-        from ._orchestrator import Interrupted
-        from ._ray import ResourceError
-        from ._spec import SpecError
-
         try:
             return fn(*args, **kwargs)
-        except (SpecError, UsageError, DataError, ResourceError, StudyNotFound) as e:
-            _fail(str(e), 2)
-        except StorageError as e:
-            _fail(str(e), 3)
-        except Interrupted as e:
-            _fail(str(e), 130)
         except KeyboardInterrupt:  # outside the trial loop (start-up, final refit)
             _fail("interrupted (Ctrl-C); finished trials are saved and `hpsearch resume NAME` continues "
                   "the study", 130)
         except Exception as e:
+            # Error classes are looked up only in modules already imported, so that `ls`, `show` and
+            # `best` never import torch (a DataError cannot come from a module that is not loaded).
+            user = (_loaded("search._spec", "SpecError") + _loaded("search._errors", "UsageError")
+                    + _loaded("trials", "DataError") + _loaded("search._ray", "ResourceError")
+                    + _loaded("storage", "StudyNotFound"))
+            if isinstance(e, user):
+                _fail(str(e), 2)
+            if isinstance(e, _loaded("storage", "StorageError")):
+                _fail(str(e), 3)
+            if isinstance(e, _loaded("search._orchestrator", "Interrupted")):
+                _fail(str(e), 130)
             if os.environ.get("HPSEARCH_DEBUG"):
                 raise
             if _is_database_error(e):
@@ -69,6 +66,12 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"unexpected {type(e).__name__}: {first}\n(set HPSEARCH_DEBUG=1 to see the traceback)", 1)
 
     return wrapper
+
+
+def _loaded(module: str, name: str) -> tuple[type[BaseException], ...]:
+    """``(module.name,)`` if ``module`` is imported already, else ``()``."""
+    mod = sys.modules.get(module)
+    return (getattr(mod, name),) if mod is not None else ()
 
 
 def _is_database_error(e: BaseException) -> bool:
