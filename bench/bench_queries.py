@@ -187,44 +187,44 @@ def build(path: Path, n_trials: int, *, via_optuna: bool = False, batch: int = 1
     return time.perf_counter() - t0
 
 
-def timed(fn: Callable[[], Any], repeat: int, *, warmup: bool = True) -> tuple[float, Any]:
-    """Median wall time of ``repeat`` runs (after one warm-up run), and the last result."""
+def timed(fn: Callable[[], Any], repeat: int, *, warmup: bool = True) -> tuple[float, list[float], Any]:
+    """Median wall time of ``repeat`` runs (after an optional warm-up run), every time, and the last result."""
     result = fn() if warmup else None
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+    return statistics.median(times), times, result
 
 
 def bench(path: Path, n_trials: int, repeat: int, baseline_repeat: int) -> dict[str, Any]:
     storage = create_storage(f"sqlite:///{path}", create=False)
     engine = storage.engine
     out: dict[str, Any] = {"n_trials": n_trials}
-    t, summaries = timed(lambda: list_studies(engine), repeat)
+    t, _, summaries = timed(lambda: list_studies(engine), repeat)
     assert summaries[0].total == n_trials
     out["list_studies_s"] = t
-    t, rows = timed(lambda: trial_rows(engine, STUDY), repeat)
+    t, _, rows = timed(lambda: trial_rows(engine, STUDY), repeat)
     assert len(rows) == n_trials
     out["trial_rows_s"] = t
-    t, _ = timed(lambda: trial_rows(engine, STUDY, order="best", limit=20), repeat)
+    t, _, _ = timed(lambda: trial_rows(engine, STUDY, order="best", limit=20), repeat)
     out["trial_rows_best20_s"] = t
-    t, best = timed(lambda: best_trial_row(engine, STUDY), repeat)
+    t, _, best = timed(lambda: best_trial_row(engine, STUDY), repeat)
     out["best_trial_row_s"] = t
 
-    t, summaries_o = timed(
+    t, _, summaries_o = timed(
         lambda: optuna.get_all_study_summaries(storage, include_best_trial=True),
         baseline_repeat,
         warmup=False,
     )
     out["optuna_get_all_study_summaries_s"] = t
-    t, trials = timed(
+    t, _, trials = timed(
         lambda: optuna.load_study(study_name=STUDY, storage=storage).trials, baseline_repeat, warmup=False
     )
     assert len(trials) == n_trials
     out["optuna_study_trials_s"] = t
-    t, best_o = timed(lambda: optuna.load_study(study_name=STUDY, storage=storage).best_trial, repeat)
+    t, _, best_o = timed(lambda: optuna.load_study(study_name=STUDY, storage=storage).best_trial, repeat)
     out["optuna_best_trial_s"] = t
     assert best is not None and best.value == best_o.value == summaries_o[0].best_trial.value
 

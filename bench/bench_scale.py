@@ -41,19 +41,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_queries import timed
 from bench.common import TPE_KWARGS, report_header, write_json
 
 GOAL_S = 2.0
-
-
-def _median_time(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> tuple[float, list[float], Any]:
-    result = fn() if warmup else None
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, result
 
 
 def _cli(args: list[str]) -> Callable[[], str]:
@@ -126,7 +117,7 @@ def bench_size(path: Path, n: int, repeat: int, smoke: bool = False) -> dict[str
     ):
         if smoke and key == "show_table":
             continue
-        t, times, stdout = _median_time(_cli(args), repeat, warmup=False)
+        t, times, stdout = timed(_cli(args), repeat, warmup=False)
         assert check(stdout), f"unexpected output of hpsearch {' '.join(args)}"
         cli[key] = {"median_s": t, "times_s": times}
         print(f"  n={n:>6} hpsearch {key:<11} {t:6.3f}s", flush=True)
@@ -136,7 +127,7 @@ def bench_size(path: Path, n: int, repeat: int, smoke: bool = False) -> dict[str
     for key, fn in (("show_study", lambda: _views.show_study(STUDY, url)),
                     ("best_of", lambda: _views.best_of(STUDY, url)),
                     ("list_studies", lambda: _views.list_studies(url))):
-        t, times, _ = _median_time(fn, repeat)
+        t, times, _ = timed(fn, repeat)
         inproc[key] = {"median_s": t, "times_s": times}
         print(f"  n={n:>6} in-process {key:<12} {t:6.3f}s", flush=True)
     out["in_process"] = inproc
@@ -164,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     report["repeat"] = repeat
     report["cli_startup_s"] = None
     if not args.smoke:  # smoke: the three commands below are enough to show the CLI works
-        report["cli_startup_s"] = _median_time(_cli(["--help"]), repeat)[0]
+        report["cli_startup_s"] = timed(_cli(["--help"]), repeat)[0]
         print(f"hpsearch --help: {report['cli_startup_s']:.3f}s")
         report["import_s"] = import_breakdown()
         print("import times (cumulative): " + ", ".join(f"{k} {v:.2f}s" for k, v in report["import_s"].items()))
