@@ -9,7 +9,6 @@ trial to stop at its next epoch boundary (pruning); it then finishes normally wi
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import traceback
@@ -119,7 +118,6 @@ class Outcome:
     failure: Failed | None = None
     node: str = field(default_factory=socket.gethostname)
     node_id: str = ""
-    pid: int = field(default_factory=os.getpid)
     started_at: float = 0.0
     finished_at: float = field(default_factory=time.time)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from trials import Dataset, EpochReport, TrialSettings
 
@@ -29,7 +29,7 @@ class LocalBackend(Backend):
         self._stop: set[str] = set()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
-        self._futures: dict[str, Future[None]] = {}
+        self._running: set[str] = set()  # keys submitted and not yet reported back
         self._pool = ThreadPoolExecutor(self.max_concurrent, thread_name_prefix="hpsearch-trial")
 
     @property
@@ -37,7 +37,8 @@ class LocalBackend(Backend):
         return self.max_concurrent
 
     def submit(self, job: TrialJob) -> None:
-        self._futures[job.key] = self._pool.submit(self._run, job)
+        self._running.add(job.key)
+        self._pool.submit(self._run, job)
 
     def _run(self, job: TrialJob) -> None:
         def report(r: EpochReport) -> bool:
@@ -66,7 +67,7 @@ class LocalBackend(Backend):
                 break
         for ev in out:
             if not isinstance(ev, Report):
-                self._futures.pop(ev.key, None)
+                self._running.discard(ev.key)
         return out
 
     def stop(self, key: str) -> None:
@@ -74,11 +75,11 @@ class LocalBackend(Backend):
             self._stop.add(key)
 
     def cancel_all(self) -> list[str]:
-        keys = list(self._futures)
+        keys = list(self._running)
         with self._lock:
             self._stop.update(keys)
             self._cancelled.update(keys)
-            self._futures.clear()
+            self._running.clear()
         return keys
 
     def close(self) -> None:
