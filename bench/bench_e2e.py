@@ -15,14 +15,24 @@ The same search, measured side by side in one run, on the same 2-core machine:
 Both use the same data split and folds (``trials.load_dataset`` with the study seed), the same model
 (MLP [128, 128], ReLU, dropout), SGD with momentum 0.9, the same space and TPE settings, and the
 same early stopping: at most 20 epochs, stop after 3 epochs without a lower validation loss, score
-= validation accuracy at the best epoch, trial value = mean over folds. Data preparation (loading,
-splitting) is outside both timings; Python imports are outside both.
+= validation accuracy at the best epoch, trial value = mean over folds. Python imports are outside
+both timings; the plain script's data preparation is outside its timing, hpsearch's (``run_study``
+loads the data itself) inside.
+
+Three measurements, in this order:
+
+1. **cold** (the goal's measurement), per seed: hpsearch starting its own Ray, then the plain script.
+2. **long** (first seed, ``--long-trials``, default 100): the same comparison with more trials, cold;
+   hpsearch's start-up is a fixed cost, so this shows how the ratio grows with the study.
+3. **warm**, per seed: hpsearch with Ray already running in this process and its workers alive
+   with torch imported (a notebook's second study; ``run_study`` uses a connected Ray as is),
+   against the plain runs of step 1.
 
 Goal: hpsearch >= 3x faster than the plain script (its faster variant), with an equal or better
 best CV accuracy. Both use TPE with the study seed, so their first 10 trials (TPE's random start-up)
 have the same params; ``paired_training`` compares the summed trial durations of those trials, the
 training speed on identical configurations. ``startup_s`` (call -> first trial runs on a worker) is
-split into ``open_s`` (storage, data, Ray start, backend open) and ``first_dispatch_s``.
+split into ``open_s`` (storage, Ray start, data, backend open) and ``first_dispatch_s``.
 
 Usage::
 
@@ -143,7 +153,8 @@ def run_plain(seed: int, n_trials: int, max_epochs: int, patience: int, threads:
 # ----------------------------------------------------------------------------------------- hpsearch
 
 
-def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience: int) -> dict[str, Any]:
+def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience: int,
+                 tag: str = "") -> dict[str, Any]:
     from search import Callbacks, run_study
 
     class Clock(Callbacks):
@@ -152,7 +163,7 @@ def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience:
         def on_start(self, study: Any, done: int, budget: int, where: str) -> None:
             self.started = time.time()
 
-    name = f"e2e-{seed}"
+    name = f"e2e{tag}-{seed}"
     url = f"sqlite:///{tmp / (name + '.db')}"
     spec = spec_dict(name, strategy="tpe", n_trials=n_trials, seed=seed, max_epochs=max_epochs,
                      patience=patience, max_concurrent=2)
@@ -171,6 +182,21 @@ def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience:
             "best": res.best.value, "best_params": res.best.params,
             "trials": [{"params": t.params, "value": t.value, "duration_s": t.user_attrs["duration_s"],
                         "epochs": t.user_attrs["epochs"]} for t in trials]}
+
+
+def _warm_ray(tmp: Path, max_epochs: int, patience: int) -> bool:
+    """Start Ray in this process (unless running) and run a throwaway 2-trial study on it, so that
+    its workers have imported torch; True if this call started Ray."""
+    import logging
+
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False)
+    run_hpsearch(tmp, 99, 2, 1, patience, tag="-warmup")
+    return started
 
 
 def paired_training(hp: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any] | None:
@@ -193,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, help="default 20; smoke 2")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", help="study seeds, one paired comparison each (default 0-4)")
+    p.add_argument("--long-trials", type=int, default=100,
+                   help="also run a search of this many trials (first seed, cold Ray); 0 skips it (smoke: skipped)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", module="optuna")
     import optuna
@@ -207,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                   concurrency=2, torch_default_threads=torch.get_num_threads(), seeds=seeds)
     variants = {"plain_default_threads": None, "plain_1_thread": 1}
     rows = []
+    long_n = 0 if args.smoke else args.long_trials
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
+        # 1. cold: every hpsearch run starts its own Ray (what `hpsearch run` does)
         for seed in seeds:
             row: dict[str, Any] = {"seed": seed}
             row["hpsearch"] = run_hpsearch(Path(tmp), seed, n, epochs, args.patience)
@@ -228,12 +258,41 @@ def main(argv: list[str] | None = None) -> int:
             row["best_diff"] = row["hpsearch"]["best"] - row[fastest]["best"]
             row["paired_training"] = paired_training(row["hpsearch"], row[fastest])
             rows.append(row)
+        # 2. a longer search (seed 0): start-up is a fixed cost, so the ratio grows with the study
+        if long_n:
+            seed = seeds[0]
+            hp = run_hpsearch(Path(tmp), seed, long_n, epochs, args.patience, tag="-long")
+            plain = run_plain(seed, long_n, epochs, args.patience, 1)
+            report["long"] = {"n_trials": long_n, "seed": seed, "hpsearch": hp, "plain_1_thread": plain,
+                              "speedup": plain["wall_s"] / hp["wall_s"],
+                              "speedup_after_startup": plain["wall_s"] / hp["wall_after_startup_s"],
+                              "best_diff": hp["best"] - plain["best"]}
+            print(f"  {long_n} trials, seed {seed}: hpsearch {hp['wall_s']:.1f}s (start-up {hp['startup_s']:.1f}s), "
+                  f"plain {plain['wall_s']:.1f}s -> {report['long']['speedup']:.2f}x", flush=True)
+        # 3. warm: Ray already running in this process, its workers alive with torch imported (a
+        #    notebook's second study); the plain runs of step 1 are the baseline
+        started = _warm_ray(Path(tmp), epochs, args.patience)
+        try:
+            for row in rows:
+                hp = run_hpsearch(Path(tmp), row["seed"], n, epochs, args.patience, tag="-warm")
+                row["hpsearch_warm"] = hp
+                row["speedup_warm"] = row[row["baseline"]]["wall_s"] / hp["wall_s"]
+                print(f"  seed {row['seed']} hpsearch, Ray warm {hp['wall_s']:7.1f}s  best {hp['best']:.4f}  "
+                      f"(start-up {hp['startup_s']:.1f}s) -> {row['speedup_warm']:.2f}x", flush=True)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
     report["runs"] = rows
     speedup = statistics.median(r["speedup"] for r in rows)
     report["summary"] = {
         "speedup_median": speedup,
         "speedup_min": min(r["speedup"] for r in rows),
         "speedup_after_startup_median": statistics.median(r["speedup_after_startup"] for r in rows),
+        "speedup_warm_median": statistics.median(r["speedup_warm"] for r in rows),
+        "startup_s_median": statistics.median(r["hpsearch"]["startup_s"] for r in rows),
+        "startup_warm_s_median": statistics.median(r["hpsearch_warm"]["startup_s"] for r in rows),
         "speedup_vs_default_threads": [r["speedup_vs_default_threads"] for r in rows
                                        if "speedup_vs_default_threads" in r],
         "hpsearch_best_mean": statistics.fmean(r["hpsearch"]["best"] for r in rows),

@@ -5,11 +5,12 @@ Usage::
     .venv/bin/python bench/bench_training.py              # full run (~3-5 min on CPU)
     .venv/bin/python bench/bench_training.py --smoke      # tiny sizes, seconds (CI)
     options: --out PATH (default bench/results/training[-smoke].json), --rounds N,
-             --cases digits,digits_small,synthetic, --threads N (default 1)
+             --cases digits,digits_b32,digits_small,synthetic, --threads N (default 1)
 
-Cases: ``digits`` (1797 x 64, MLP 200-200), ``digits_small`` (the same data, MLP 32: a model
-small enough that per-operation overhead dominates), ``synthetic`` (make_classification
-60000 x 784, 10 classes, MLP 200-200). Always 5 folds, batch 64, SGD(momentum 0.9), dropout 0.2.
+Cases: ``digits`` (1797 x 64, MLP 200-200), ``digits_b32`` (the same with batch 32, the issue's
+prototype setting), ``digits_small`` (the same data, MLP 32: a model small enough that per-operation
+overhead dominates), ``synthetic`` (make_classification 60000 x 784, 10 classes, MLP 200-200).
+Always 5 folds, SGD(momentum 0.9), dropout 0.2, batch 64 unless the case says otherwise.
 
 For each case it measures the time per epoch (training on the fold's training rows + evaluating
 its validation rows) of:
@@ -79,14 +80,14 @@ def gaps(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
 
 
-def settings(hidden: tuple[int, ...], epochs: int) -> TrialSettings:
+def settings(hidden: tuple[int, ...], epochs: int, batch: int = BATCH) -> TrialSettings:
     return TrialSettings(
         model=ModelSpec(hidden=hidden, dropout=DROPOUT),
         training=TrainingSpec(
             optimizer="sgd",
             lr=LR,
             momentum=MOMENTUM,
-            batch_size=BATCH,
+            batch_size=batch,
             max_epochs=epochs,
             patience=epochs + 1,  # never stop early: every run does the same number of epochs
             device="cpu",
@@ -94,18 +95,18 @@ def settings(hidden: tuple[int, ...], epochs: int) -> TrialSettings:
     )
 
 
-def time_trials(data, hidden, folds: list[int], epochs: int) -> list[tuple[float, float]]:
+def time_trials(data, hidden, folds: list[int], epochs: int, batch: int) -> list[tuple[float, float]]:
     stamps: list[tuple[float, float]] = []
 
     def report(_r) -> bool:
         stamps.append(clocks())
         return False
 
-    run_trial(data, {}, settings(hidden, epochs), seed=0, folds=folds, report=report)
+    run_trial(data, {}, settings(hidden, epochs, batch), seed=0, folds=folds, report=report)
     return gaps(stamps)
 
 
-def time_handwritten(data, hidden, epochs: int, loader: bool) -> list[tuple[float, float]]:
+def time_handwritten(data, hidden, epochs: int, loader: bool, batch: int) -> list[tuple[float, float]]:
     """A minimal preloaded-tensor loop (or the same through a DataLoader) on fold 0."""
     train, val = data.folds[0]
     mean, scale = fit_scaler(data.X, train)
@@ -124,7 +125,7 @@ def time_handwritten(data, hidden, epochs: int, loader: bool) -> list[tuple[floa
     dl = None
     if loader:
         dl = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(Xtr, ytr), batch_size=BATCH, shuffle=True, generator=gen
+            torch.utils.data.TensorDataset(Xtr, ytr), batch_size=batch, shuffle=True, generator=gen
         )
     stamps = []
     for _ in range(epochs):
@@ -133,7 +134,7 @@ def time_handwritten(data, hidden, epochs: int, loader: bool) -> list[tuple[floa
             batches = iter(dl)
         else:
             perm = torch.randperm(len(ytr), generator=gen)
-            batches = ((Xtr[idx], ytr[idx]) for idx in perm.split(BATCH))
+            batches = ((Xtr[idx], ytr[idx]) for idx in perm.split(batch))
         for xb, yb in batches:
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad()
@@ -150,16 +151,16 @@ def time_handwritten(data, hidden, epochs: int, loader: bool) -> list[tuple[floa
     return gaps(stamps)
 
 
-def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: int) -> dict:
+def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: int, batch: int) -> dict:
     k = len(data.folds)
     samples: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        samples["stacked"] += time_trials(data, hidden, list(range(k)), epochs)
-        per_fold = [time_trials(data, hidden, [f], epochs) for f in range(k)]
+        samples["stacked"] += time_trials(data, hidden, list(range(k)), epochs, batch)
+        per_fold = [time_trials(data, hidden, [f], epochs, batch) for f in range(k)]
         samples["one_by_one"] += [tuple(map(sum, zip(*epoch))) for epoch in zip(*per_fold)]
         samples["trials_1"] += per_fold[0]
-        samples["handwritten"] += time_handwritten(data, hidden, epochs, loader=False)
-        samples["dataloader"] += time_handwritten(data, hidden, epochs, loader=True)
+        samples["handwritten"] += time_handwritten(data, hidden, epochs, loader=False, batch=batch)
+        samples["dataloader"] += time_handwritten(data, hidden, epochs, loader=True, batch=batch)
         last = ", ".join(f"{v}={statistics.median(x[1] for x in samples[v]) * 1e3:.1f}" for v in VARIANTS)
         print(f"  [{name}] after round {r + 1}/{rounds}, median CPU ms/epoch: {last}", flush=True)
 
@@ -177,6 +178,7 @@ def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: in
         "features": data.n_features,
         "classes": data.n_classes,
         "hidden": list(hidden),
+        "batch_size": batch,
         "folds": k,
         "train_rows_per_fold": len(data.folds[0][0]),
         "epochs_per_run": epochs,
@@ -196,18 +198,21 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output (default bench/results/training[-smoke].json)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as on a Ray worker)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3; smoke 1)")
-    parser.add_argument("--cases", default="digits,digits_small,synthetic", help="comma list of cases")
+    parser.add_argument("--cases", default="digits,digits_b32,digits_small,synthetic", help="comma list of cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     big = (2000, 3) if args.smoke else (60000, 3)
+    small_epochs = 3 if args.smoke else 6
     cases = [
-        ("digits", DataSpec(source="digits"), (200, 200), 3 if args.smoke else 6),
-        ("digits_small", DataSpec(source="digits"), (32,), 3 if args.smoke else 6),
+        ("digits", DataSpec(source="digits"), (200, 200), small_epochs, BATCH),
+        ("digits_b32", DataSpec(source="digits"), (200, 200), small_epochs, 32),
+        ("digits_small", DataSpec(source="digits"), (32,), small_epochs, BATCH),
         (
             "synthetic",
             DataSpec(source="synthetic", n_samples=big[0], n_features=784, n_classes=10),
             (200, 200),
             big[1],
+            BATCH,
         ),
     ]
     wanted = {c.strip() for c in args.cases.split(",")}
@@ -224,18 +229,19 @@ def main() -> None:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "machine": platform.processor() or platform.machine(),
         "device": "cpu",
-        "training": {"batch_size": BATCH, "optimizer": "sgd", "momentum": MOMENTUM, "dropout": DROPOUT, "folds": FOLDS},
+        "training": {"batch_size": "per case (default 64)", "optimizer": "sgd", "momentum": MOMENTUM,
+                     "dropout": DROPOUT, "folds": FOLDS},
         "results": {},
     }
     t0 = time.perf_counter()
-    for name, spec, hidden, epochs in cases:
+    for name, spec, hidden, epochs, batch in cases:
         data = load_dataset(spec, CVSpec(folds=FOLDS), seed=0)
         print(
-            f"{name}: {len(data.y)} search rows x {data.n_features}, hidden {hidden}, "
+            f"{name}: {len(data.y)} search rows x {data.n_features}, hidden {hidden}, batch {batch}, "
             f"{epochs} epochs per run, {rounds} round(s)",
             flush=True,
         )
-        report["results"][name] = res = bench_case(name, data, hidden, epochs, rounds)
+        report["results"][name] = res = bench_case(name, data, hidden, epochs, rounds, batch)
         e = res["epoch_s_cpu"]
         print(
             f"{name}: CPU s/epoch  stacked(5)={e['stacked']:.4f}  one-by-one(5)={e['one_by_one']:.4f}  "

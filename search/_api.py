@@ -283,15 +283,21 @@ def _execute(
     # The lease comes first: a run refused because another one is live must not write the study.
     with _leased(rdb.engine, spec.name, retry) as lease:
         study, messages = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
-        data = load_dataset(spec.data, spec.cv, spec.seed)
+        backend = backend or make_backend(spec, address)
+        # Ray starts first: its workers then import torch while the driver loads the data.
+        backend.start()
+        try:
+            data = load_dataset(spec.data, spec.cv, spec.seed)
+        except BaseException:
+            backend.close()
+            raise
 
         def db(fn: Callable[[], T]) -> T:
             lease.check()  # never write a study another orchestrator has taken over
             return retry(fn)
 
-        backend = backend or make_backend(spec, address)
-        backend.open(data, spec.settings, worker_fn)
         try:
+            backend.open(data, spec.settings, worker_fn)
             orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db)
             orch.run()
             if refit:

@@ -3,7 +3,7 @@
 A backend receives :class:`TrialJob` objects, runs each with a worker function on some worker, and
 returns what happened as events from :meth:`Backend.poll`: per-epoch :class:`Report` events while a
 trial trains, then one :class:`Finished` or :class:`Failed` event. :meth:`Backend.stop` asks a running
-trial to stop at its next epoch boundary (pruning); it then finishes normally with
+trial to stop at an epoch boundary (the next one, or the one after on Ray); it then finishes normally with
 ``stopped_by_report=True``.
 """
 
@@ -152,6 +152,13 @@ def execute(
 class Backend(ABC):
     """Runs jobs somewhere. Subclasses: :class:`~search.LocalBackend`, :class:`~search.RayBackend`."""
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start what does not need the data (processes, connections); called before the data is loaded.
+
+        Lets slow start-up overlap with the driver's own preparation. :meth:`open` must work
+        whether or not this was called.
+        """
+
     @abstractmethod
     def open(self, data: Dataset, settings: TrialSettings, fn: WorkerFn = train_job) -> None:
         """Make ``data`` available to workers (once) and prepare to run ``fn``."""
@@ -171,7 +178,7 @@ class Backend(ABC):
 
     @abstractmethod
     def stop(self, key: str) -> None:
-        """Ask job ``key`` to stop at its next epoch boundary (pruning)."""
+        """Ask job ``key`` to stop at an epoch boundary soon (pruning; Ray: one epoch after the next)."""
 
     @abstractmethod
     def cancel_all(self) -> list[str]:

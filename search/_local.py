@@ -83,6 +83,8 @@ class LocalBackend(Backend):
         return keys
 
     def close(self) -> None:
+        if not hasattr(self, "_pool"):  # never opened
+            return
         self.cancel_all()
         self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -12,7 +12,6 @@ import shlex
 import signal
 import statistics
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import set_trial_user_attrs
+from storage import set_trial_intermediate_values, set_trial_user_attrs
 from trials import TestResult, TrialResult, trial_seed
 
 from ._backend import Backend, Failed, Finished, Report, TrialJob
@@ -136,8 +135,7 @@ class Orchestrator:
                         self._dispatch()
                     if not self._running:
                         break
-                    for ev in self.backend.poll(self.poll_interval):
-                        self._handle(ev)
+                    self._handle_all(self.backend.poll(self.poll_interval))
                 with self._critical():
                     self._drop_unstarted()
             except KeyboardInterrupt:
@@ -236,30 +234,57 @@ class Orchestrator:
         return self._db(ask)
 
     # -- events ------------------------------------------------------------------------------------
+    def _handle_all(self, events: list[Report | Finished | Failed]) -> None:
+        """Handle one poll's events: each trial's reports first (one write per trial), then the rest.
+
+        A backend delivers a job's reports before its outcome, so recording every report first
+        keeps that order for each trial.
+        """
+        reports: dict[str, list[Report]] = {}
+        for ev in events:
+            if isinstance(ev, Report):
+                reports.setdefault(ev.key, []).append(ev)
+        for key, evs in reports.items():
+            run = self._running.get(key)
+            if run is not None:
+                self._on_reports(run, evs)
+        for ev in events:
+            if not isinstance(ev, Report):
+                self._handle(ev)
+
     def _handle(self, ev: Report | Finished | Failed) -> None:
         run = self._running.get(ev.key)
         if run is None:  # a late event of a trial already told (e.g. stopped)
             return
         if isinstance(ev, Report):
-            self._on_report(run, ev)
+            self._on_reports(run, [ev])
         elif isinstance(ev, Finished):
             assert isinstance(ev.result, TrialResult)
             self._on_finished(run, ev)
         else:
             self._on_failed(run, ev)
 
-    def _on_report(self, run: _Running, ev: Report) -> None:
-        step = ev.report.epoch
-        if step <= run.last_step:  # a re-executed task (worker crash) repeats epochs: keep the first
+    def _on_reports(self, run: _Running, evs: list[Report]) -> None:
+        """Store a trial's new epoch values in one transaction, then ask the pruner once."""
+        values: dict[int, float] = {}
+        for ev in evs:
+            step = ev.report.epoch
+            if step <= run.last_step:  # a re-executed task (worker crash) repeats epochs: keep the first
+                continue
+            if run.pruned:  # the worker learns it at its next epoch boundary; record nothing after the prune
+                return
+            run.last_step = step
+            value = ev.report.value(self.spec.metric)
+            if math.isfinite(value):
+                values[step] = value
+        if not values:
             return
-        run.last_step = step
-        value = ev.report.value(self.spec.metric)
-        if not math.isfinite(value):
-            return
-        with warnings.catch_warnings():  # a retried write may find the value already stored
-            warnings.simplefilter("ignore", UserWarning)
-            self._db(lambda: run.trial.report(value, step))
-        if self.spec.pruner.type != "none" and not run.pruned and self._db(run.trial.should_prune):
+        trial_id = run.trial._trial_id
+        storage = self.study._storage
+        self._db(lambda: set_trial_intermediate_values(storage, trial_id, values))
+        if self.spec.pruner.type != "none" and self._db(
+            lambda: self.study.pruner.prune(self.study, storage.get_trial(trial_id))
+        ):
             run.pruned = True
             self.backend.stop(run.job.key)
 

@@ -1,7 +1,7 @@
 """Ray backend: each job is a Ray task; metrics and stop requests travel through one small actor.
 
 Workers need no database credentials: a task returns its result through Ray, and per-epoch reports
-go to a ``_Control`` actor on the driver's node, whose reply tells the worker whether to stop.
+go to a :class:`~search._control.Control` actor on the driver's node, whose reply tells the worker whether to stop.
 The dataset is put in the object store once and passed by reference to every task.
 """
 
@@ -10,14 +10,21 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trials import Dataset, EpochReport, FoldResult, TrialResult, TrialSettings
 
 from ._backend import Backend, Event, Failed, Finished, Outcome, Report, TrialJob, WorkerFn, execute, train_job
+from ._control import Control
 
 __all__ = ["RayBackend", "ResourceError"]
+
+# How long one long poll of the control actor (Control.wait) waits for a report before it returns empty,
+# and how long it then lingers to batch reports arriving together (pruning waits at most this long).
+_REPORT_WAIT_S = 5.0
+_REPORT_LINGER_S = 0.05
 
 _log = logging.getLogger(__name__)
 
@@ -32,33 +39,25 @@ def _remote_execute(
     import ray
 
     fn, settings = ctx
+    in_flight: list[Any] = []  # the last report call, whose reply (the stop flag) is not read yet
 
     def report(r: EpochReport) -> bool:
-        return bool(ray.get(control.report.remote(job.key, r)))
+        # Pickled here, unpickled by the driver: the control actor never imports trials (torch).
+        # Not waited for: blocking on the actor every epoch cost up to a third of a small trial's
+        # time. The previous report's reply is read instead (it has long arrived), so a trial
+        # stops at the epoch boundary after the one whose report got it pruned. At most one call
+        # is in flight because an async actor does not keep one caller's calls in order.
+        stop = bool(ray.get(in_flight.pop())) if in_flight else False
+        in_flight.append(control.report.remote(job.key, pickle.dumps(r)))
+        return stop
 
-    return execute(fn, data, settings, job, report, ray.get_runtime_context().get_node_id())
+    outcome = execute(fn, data, settings, job, report, ray.get_runtime_context().get_node_id())
+    ray.get(in_flight)  # every report reaches the actor before the result reaches the driver
+    return outcome
 
 
-class _Control:
-    """Actor: collects epoch reports, answers each with the job's stop flag."""
-
-    def __init__(self) -> None:
-        self._reports: list[tuple[str, EpochReport]] = []
-        self._stop: set[str] = set()
-
-    def report(self, key: str, report: EpochReport) -> bool:
-        self._reports.append((key, report))
-        return key in self._stop
-
-    def drain(self) -> list[tuple[str, EpochReport]]:
-        out, self._reports = self._reports, []
-        return out
-
-    def stop(self, keys: list[str]) -> None:
-        self._stop.update(keys)
-
-    def forget(self, keys: list[str]) -> None:
-        self._stop.difference_update(keys)
+def _warm_up() -> None:
+    """Nothing: running it makes a worker import this module (and so torch) before the first trial."""
 
 
 @dataclass
@@ -181,10 +180,17 @@ class RayBackend(Backend):
         self.object_store_mb = object_store_mb
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def open(self, data: Dataset, settings: TrialSettings, fn: WorkerFn = train_job) -> None:
+    def start(self) -> None:
+        """Connect to (or start) Ray, check the resources, start the control actor, warm the workers.
+
+        Called before the driver loads the data, so that Ray's processes start and the workers
+        import torch while the driver prepares the study; :meth:`open` calls it if nobody did.
+        """
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if getattr(self, "_control", None) is not None:
+            return
         self._started = False  # True: this backend connected the driver, so close() disconnects it
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         if ray.is_initialized():
@@ -221,10 +227,12 @@ class RayBackend(Backend):
         # the driver runs there): if that node dies, the driver dies with it anyway.
         node = ray.get_runtime_context().get_node_id()
         self._control = (
-            ray.remote(num_cpus=0)(_Control)
+            ray.remote(num_cpus=0)(Control)
             .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
             .remote()
         )
+        # A trial with parallel folds runs one task per fold; the refit trains one network and asks
+        # for one fold's share too, which _check_resources proved fits on a node.
         cpus, gpus = self._per_task
         self._task = ray.remote(_remote_execute).options(
             num_cpus=cpus,
@@ -232,31 +240,34 @@ class RayBackend(Backend):
             max_retries=self.worker_crash_retries,
             retry_exceptions=False,
         )
-        # The refit trains one network: with parallel folds it asks for one fold's share, which
-        # _check_resources proved fits on a node (a whole trial's share may not: 2 GPUs on 1-GPU nodes).
-        self._refit_task = ray.remote(_remote_execute).options(
-            num_cpus=cpus,
-            num_gpus=gpus or None,
-            max_retries=self.worker_crash_retries,
-            retry_exceptions=False,
-        )
-        self._data_ref = ray.put(data)
-        self._ctx_ref = ray.put((fn, settings))
+        # One no-op task per lane, with a trial's resources: the workers that will run the trials
+        # import torch now, while the driver opens the study and loads the data.
+        warm = ray.remote(_warm_up).options(num_cpus=cpus, num_gpus=gpus or None)
+        self._warm_refs = [warm.remote() for _ in range(min(self.capacity * self._split, 64))]
+        self._wait_ref: Any = None  # the outstanding long poll of the control actor (Control.wait)
         self._pending: dict[Any, str] = {}  # ObjectRef -> part key
         self._owner: dict[str, str] = {}  # part key -> job key
         self._groups: dict[str, _FoldGroup] = {}
+
+    def open(self, data: Dataset, settings: TrialSettings, fn: WorkerFn = train_job) -> None:
+        import ray
+
+        self.start()
+        self._data_ref = ray.put(data)
+        self._ctx_ref = ray.put((fn, settings))
 
     def close(self) -> None:
         import ray
 
         if not ray.is_initialized():
             return
-        if hasattr(self, "_control"):
+        if getattr(self, "_control", None) is not None:
             self.cancel_all()
             try:
                 ray.kill(self._control)
             except Exception:  # already gone with its node
                 pass
+            self._control = None
         if getattr(self, "_started", False):
             # A driver attached to an existing cluster only disconnects; the cluster keeps running.
             ray.shutdown()
@@ -361,7 +372,7 @@ class RayBackend(Backend):
                 parts.append(part.key)
             self._groups[job.key] = _FoldGroup(parts)
             return
-        self._launch(self._refit_task if job.kind == "refit" else self._task, job, job.key)
+        self._launch(self._task, job, job.key)
 
     def _launch(self, task: Any, job: TrialJob, owner: str) -> None:
         ref = task.remote(self._ctx_ref, self._data_ref, job, self._control)
@@ -371,17 +382,24 @@ class RayBackend(Backend):
     def poll(self, timeout: float) -> list[Event]:
         import ray
 
-        ready: list[Any] = []
-        if self._pending:
-            refs = list(self._pending)
-            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-            if ready:
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        # Wait for a finished task or for reports (the control actor's long poll), whichever comes first.
+        if self._wait_ref is None:
+            self._wait_ref = self._control.wait.remote(_REPORT_WAIT_S, _REPORT_LINGER_S)
+        refs = [*self._pending, self._wait_ref]
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        reported = self._wait_ref in ready and bool(ray.get(self._wait_ref))
+        if self._wait_ref in ready:
+            self._wait_ref = None
+        finished = [ref for ref in ready if ref in self._pending]
+        # A finished task's reports reached the actor before it returned: take them before its outcome.
+        blobs = ray.get(self._control.drain.remote()) if reported or finished else []
         events: list[Event] = []
-        for part, r in ray.get(self._control.drain.remote()):
-            events.extend(self._on_report(part, r))
+        for part, blob in blobs:
+            events.extend(self._on_report(part, pickle.loads(blob)))
         done = []
-        for ref in ready:
+        for ref in finished:
             part = self._pending.pop(ref)
             done.append(part)
             events.extend(self._on_outcome(part, self._get(ref, part)))

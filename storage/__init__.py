@@ -5,7 +5,7 @@ Importing this package has no side effects (no connection, no file, no logging s
 
 from __future__ import annotations
 
-from storage._attrs import set_trial_user_attrs
+from storage._attrs import set_trial_intermediate_values, set_trial_user_attrs
 from storage._engine import create_engine, create_storage, engine_kwargs, translate_error
 from storage._errors import (
     LeaseHeld,
@@ -65,6 +65,7 @@ __all__ = [
     "retryable",
     "retrying",
     "scrub",
+    "set_trial_intermediate_values",
     "set_trial_user_attrs",
     "study_attrs",
     "study_names",

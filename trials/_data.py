@@ -8,7 +8,6 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ._config import CVSpec, DataSpec
 from ._idx import find_idx_file, read_idx
@@ -309,6 +308,8 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
         _check_class_counts(
             y, 2, f"{where}", "a stratified test split needs at least 2 samples per class; add data or drop the class"
         )
+        from sklearn.model_selection import train_test_split  # lazily: see _build_folds
+
         try:
             index, test_index = train_test_split(
                 np.arange(len(X)), test_size=data.test_fraction, stratify=y, random_state=seed, shuffle=True
@@ -345,6 +346,10 @@ def _build_folds(y: np.ndarray, cv: CVSpec, seed: int, where: str) -> list[tuple
         f"the search split of {where} (test rows removed)",
         f"cv.folds={cv.folds} needs at least {need} samples per class; lower cv.folds, merge rare classes or add data",
     )
+    # scikit-learn takes ~1.7 s to import; only the driver splits data, so Ray workers, which import
+    # this module to train, never load it (their start-up is part of every study's wall time).
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     rows = np.arange(len(y))
     try:
         if cv.folds == 1:
@@ -358,6 +363,8 @@ def _build_folds(y: np.ndarray, cv: CVSpec, seed: int, where: str) -> list[tuple
 
 def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(train, val)`` positions of ``y`` (the refit's inner early-stopping split)."""
+    from sklearn.model_selection import train_test_split  # lazily: see _build_folds
+
     _check_class_counts(y, 2, "the refit data", "the refit's validation split needs at least 2 samples per class")
     tr, va = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed, shuffle=True)
     return np.sort(tr), np.sort(va)

@@ -192,8 +192,14 @@ def test_killed_at_any_storage_call_resumes_exactly(monkeypatch, fast_dir, when)
                 raise Killed
             return out
 
-        with storage_calls(monkeypatch, kill_at), pytest.raises(Killed):
-            run_fake(spec, url)
+        with storage_calls(monkeypatch, kill_at) as count:
+            try:
+                run_fake(spec, url)
+            except Killed:
+                pass
+            else:  # the run needed fewer calls than the counting run (epoch reports are written in
+                # batches whose size depends on timing) and finished: that can only happen near the end
+                assert count[0] < n and n > total // 2, (n, count[0], total)
         if not study_exists(url, "s"):  # killed before the study was created: run it again
             run_fake(spec, url)
             continue

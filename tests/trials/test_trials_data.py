@@ -230,3 +230,13 @@ def test_idx_errors(tmp_path):
     (d / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(data)[:-20])
     with pytest.raises(DataError, match="corrupt IDX file"):
         load_dataset(DataSpec(source="idx", path=str(d)), CVSpec(folds=3), seed=0)
+
+
+def test_workers_import_trials_without_scikit_learn() -> None:
+    """Ray workers import ``trials`` to train; scikit-learn (~1.7 s to import) is only for the driver's splits."""
+    import subprocess
+    import sys
+
+    code = "import sys, trials; print('sklearn' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
