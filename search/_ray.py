@@ -33,26 +33,47 @@ class ResourceError(RuntimeError):
     """The Ray cluster can never satisfy what a trial asks for."""
 
 
+class _Reporter:
+    """A worker's side of the control actor: the ``report`` callback of one job.
+
+    Reports are pickled here and unpickled by the driver (the control actor never imports trials,
+    so neither torch). A call is not waited for: with epochs of a few tens of milliseconds, a
+    blocking call per epoch cost a small trial about 20 %, a non-blocking one about 5 %
+    (``bench/bench_reports.py``). The stop flag is the reply to the previous call, read when the
+    next epoch reports, so a prune decision takes effect one epoch boundary later than the report
+    that caused it. At most one call is in flight, because an async actor does not keep one
+    caller's calls in order.
+    """
+
+    def __init__(self, control: Any, key: str) -> None:
+        self.control, self.key = control, key
+        self._in_flight: list[Any] = []
+        self._stop = False
+
+    def __call__(self, r: EpochReport) -> bool:
+        import ray
+
+        if self._in_flight:  # its reply has normally long arrived
+            self._stop = bool(ray.get(self._in_flight.pop())) or self._stop
+        self._in_flight.append(self.control.report.remote(self.key, pickle.dumps(r)))
+        return self._stop
+
+    def close(self) -> None:
+        """Wait until the actor has every report (before the task returns its result)."""
+        import ray
+
+        ray.get(self._in_flight)
+
+
 def _remote_execute(
     ctx: tuple[WorkerFn, TrialSettings], data: Dataset, job: TrialJob, control: Any
 ) -> Outcome:
     import ray
 
     fn, settings = ctx
-    in_flight: list[Any] = []  # the last report call, whose reply (the stop flag) is not read yet
-
-    def report(r: EpochReport) -> bool:
-        # Pickled here, unpickled by the driver: the control actor never imports trials (torch).
-        # Not waited for: blocking on the actor every epoch cost up to a third of a small trial's
-        # time. The previous report's reply is read instead (it has long arrived), so a trial
-        # stops at the epoch boundary after the one whose report got it pruned. At most one call
-        # is in flight because an async actor does not keep one caller's calls in order.
-        stop = bool(ray.get(in_flight.pop())) if in_flight else False
-        in_flight.append(control.report.remote(job.key, pickle.dumps(r)))
-        return stop
-
-    outcome = execute(fn, data, settings, job, report, ray.get_runtime_context().get_node_id())
-    ray.get(in_flight)  # every report reaches the actor before the result reaches the driver
+    reporter = _Reporter(control, job.key)
+    outcome = execute(fn, data, settings, job, reporter, ray.get_runtime_context().get_node_id())
+    reporter.close()  # every report reaches the actor before the result reaches the driver
     return outcome
 
 
