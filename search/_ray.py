@@ -38,7 +38,7 @@ class _Reporter:
 
     Reports are pickled here and unpickled by the driver (the control actor never imports trials,
     so neither torch). A call is not waited for: with epochs of a few tens of milliseconds, a
-    blocking call per epoch cost a small trial about 20 %, a non-blocking one about 5 %
+    blocking call per epoch cost a small trial 20-30 %, a non-blocking one 5-6 %
     (``bench/bench_reports.py``). The stop flag is the reply to the previous call, read when the
     next epoch reports, so a prune decision takes effect one epoch boundary later than the report
     that caused it. At most one call is in flight, because an async actor does not keep one
