@@ -41,6 +41,7 @@ __all__ = [
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 SPEC_ATTR = "hpsearch_spec"
+DATA_ATTR = "hpsearch_data_fingerprint"
 LEASE_STALE_ENV = "HPSEARCH_LEASE_STALE_S"
 """Seconds without heartbeat after which another run may take a study's lease over (default 30)."""
 DB_RETRY_ENV = "HPSEARCH_DB_RETRY_ATTEMPTS"
@@ -210,6 +211,27 @@ def _open_study(
     return study, messages
 
 
+def _check_data(study: optuna.Study, spec: StudySpec, fingerprint: str) -> None:
+    """Refuse to continue a study on data other than what its trials were scored on.
+
+    The first run stores the data's fingerprint (:meth:`trials.Dataset.fingerprint`); a study
+    created before fingerprints existed adopts the data of its next run.
+    """
+    stored = study.user_attrs.get(DATA_ATTR)
+    if stored is None:
+        study.set_user_attr(DATA_ATTR, fingerprint)
+        return
+    if stored != fingerprint:
+        d = spec.data
+        what = f"data.path {d.path!r}" if d.path else f"data.source {d.source!r}"
+        raise UsageError(
+            f"the data of study {spec.name!r} changed since its trials were scored ({what}: fingerprint "
+            f"{fingerprint[:12]} now, {stored[:12]} when the study started); continuing would mix scores of "
+            "two data sets. Restore the original data to resume, or run the new data as a new study "
+            "(--study NEW_NAME)"
+        )
+
+
 def _summarize(study: optuna.Study, spec: StudySpec, url: str, messages: list[str]) -> StudyResult:
     from ._orchestrator import count_done
 
@@ -288,6 +310,7 @@ def _execute(
         backend.start()
         try:
             data = load_dataset(spec.data, spec.cv, spec.seed)
+            retry(lambda: _check_data(study, spec, data.fingerprint()))
         except BaseException:
             backend.close()
             raise

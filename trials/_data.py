@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zipfile
@@ -50,6 +51,21 @@ class Dataset:
     n_features: int
     n_classes: int
     name: str
+
+    def fingerprint(self) -> str:
+        """A digest of what trials are scored on: every array, with its dtype and shape, and the folds.
+
+        Equal for the same data split the same way; different when a file under the same path holds
+        other rows or values, or when a library version splits the same rows differently.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        arrays = [self.X, self.y, self.X_test, self.y_test, self.index, self.test_index]
+        arrays += [a for fold in self.folds for a in fold]
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape};".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------- sources

@@ -240,3 +240,13 @@ def test_workers_import_trials_without_scikit_learn() -> None:
     code = "import sys, trials; print('sklearn' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_fingerprint_changes_with_any_value_or_split() -> None:
+    """Resume compares it: equal for the same data and split, different for one changed value or other folds."""
+    a = load_dataset(DataSpec(source="digits"), CVSpec(folds=3), seed=0)
+    assert a.fingerprint() == load_dataset(DataSpec(source="digits"), CVSpec(folds=3), seed=0).fingerprint()
+    assert a.fingerprint() != load_dataset(DataSpec(source="digits"), CVSpec(folds=3), seed=1).fingerprint()
+    assert a.fingerprint() != load_dataset(DataSpec(source="digits"), CVSpec(folds=4), seed=0).fingerprint()
+    a.X[5, 7] += 1.0
+    assert a.fingerprint() != load_dataset(DataSpec(source="digits"), CVSpec(folds=3), seed=0).fingerprint()
