@@ -55,7 +55,16 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_SPACE, TPE_KWARGS, report_header, spec_dict, trials_of, write_json
+from bench.common import (
+    DEFAULT_SPACE,
+    TPE_KWARGS,
+    ray_init,
+    ray_shutdown,
+    report_header,
+    spec_dict,
+    trials_of,
+    write_json,
+)
 
 GOAL_SPEEDUP = 3.0
 HIDDEN = (128, 128)
@@ -184,17 +193,10 @@ def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience:
                         "epochs": t.user_attrs["epochs"]} for t in trials]}
 
 
-def _warm_ray(tmp: Path, max_epochs: int, patience: int) -> bool:
+def _warm_ray(tmp: Path, patience: int) -> bool:
     """Start Ray in this process (unless running) and run a throwaway 2-trial study on it, so that
     its workers have imported torch; True if this call started Ray."""
-    import logging
-
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=False)
+    started = ray_init(num_cpus=2) is not None
     run_hpsearch(tmp, 99, 2, 1, patience, tag="-warmup")
     return started
 
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"plain {plain['wall_s']:.1f}s -> {report['long']['speedup']:.2f}x", flush=True)
         # 3. warm: Ray already running in this process, its workers alive with torch imported (a
         #    notebook's second study); the plain runs of step 1 are the baseline
-        started = _warm_ray(Path(tmp), epochs, args.patience)
+        started = _warm_ray(Path(tmp), args.patience)
         try:
             for row in rows:
                 hp = run_hpsearch(Path(tmp), row["seed"], n, epochs, args.patience, tag="-warm")
@@ -280,10 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  seed {row['seed']} hpsearch, Ray warm {hp['wall_s']:7.1f}s  best {hp['best']:.4f}  "
                       f"(start-up {hp['startup_s']:.1f}s) -> {row['speedup_warm']:.2f}x", flush=True)
         finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+            if started:  # not the smoke runner's shared Ray
+                ray_shutdown()
     report["runs"] = rows
     speedup = statistics.median(r["speedup"] for r in rows)
     report["summary"] = {

@@ -16,7 +16,6 @@ a report callback took. Not part of ``python -m bench``: it measures a design de
 from __future__ import annotations
 
 import argparse
-import logging
 import pickle
 import statistics
 import sys
@@ -64,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from bench.common import spec_dict
+    from bench.common import ray_init, ray_shutdown, spec_dict
     from search._control import Control
     from search._spec import parse_spec
     from trials import load_dataset
@@ -72,8 +71,7 @@ def main() -> None:
     spec = parse_spec(spec_dict("probe", n_trials=8))
     data = load_dataset(spec.data, spec.cv, spec.seed)
     params = [{"lr": 0.008, "dropout": 0.35, "batch_size": b} for b in (256, 32, 64, 128)] * 2
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False)
+    ray_init(num_cpus=2)
     try:
         control = ray.remote(num_cpus=0)(Control).remote()
         task = ray.remote(num_cpus=1)(work)
@@ -86,7 +84,7 @@ def main() -> None:
                     f"  report median {out['report_median_ms']:.2f} ms, max {out['report_max_ms']:.1f} ms")
                 print(f"round {r + 1} {mode:<9} {out['total_s']:6.2f} s{lat}", flush=True)
     finally:
-        ray.shutdown()
+        ray_shutdown()
 
 
 if __name__ == "__main__":
