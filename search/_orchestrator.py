@@ -252,13 +252,11 @@ class Orchestrator:
             if not isinstance(ev, Report):
                 self._handle(ev)
 
-    def _handle(self, ev: Report | Finished | Failed) -> None:
+    def _handle(self, ev: Finished | Failed) -> None:
         run = self._running.get(ev.key)
         if run is None:  # a late event of a trial already told (e.g. stopped)
             return
-        if isinstance(ev, Report):
-            self._on_reports(run, [ev])
-        elif isinstance(ev, Finished):
+        if isinstance(ev, Finished):
             assert isinstance(ev.result, TrialResult)
             self._on_finished(run, ev)
         else:
