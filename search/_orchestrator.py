@@ -264,13 +264,13 @@ class Orchestrator:
 
     def _on_reports(self, run: _Running, evs: list[Report]) -> None:
         """Store a trial's new epoch values in one transaction, then ask the pruner once."""
+        if run.pruned:  # the worker learns it at an epoch boundary; record nothing after the prune
+            return
         values: dict[int, float] = {}
         for ev in evs:
             step = ev.report.epoch
             if step <= run.last_step:  # a re-executed task (worker crash) repeats epochs: keep the first
                 continue
-            if run.pruned:  # the worker learns it at its next epoch boundary; record nothing after the prune
-                return
             run.last_step = step
             value = ev.report.value(self.spec.metric)
             if math.isfinite(value):

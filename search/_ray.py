@@ -410,8 +410,9 @@ class RayBackend(Backend):
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        reported = self._wait_ref in ready and bool(ray.get(self._wait_ref))
+        reported = False
         if self._wait_ref in ready:
+            reported = bool(ray.get(self._wait_ref))
             self._wait_ref = None
         finished = [ref for ref in ready if ref in self._pending]
         # A finished task's reports reached the actor before it returned: take them before its outcome.

@@ -203,39 +203,40 @@ def _csv(path: Path, rows: slice) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_dataset_file_missing_on_resume(tmp_path: Path, local_runs: None) -> None:
+def _csv_study(tmp_path: Path) -> tuple[Path, str]:
+    """A finished 2-trial study ``bad`` on a CSV of digits rows 0-400; returns the CSV and the storage URL."""
     data = tmp_path / "digits.csv"
     _csv(data, slice(0, 400))
     spec = {**SPEC, "data": {"source": "csv", "path": str(data), "target": "label"}}
     url = f"sqlite:///{tmp_path}/s.db"
     assert invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url, "-q")[0] == 0
-    data.unlink()
+    return data, url
+
+
+def _resume_refused_then_completed(data: Path, url: str, *error: str) -> None:
+    """The resume exits 2 with ``error`` and runs nothing; with the original CSV back it completes exactly."""
     code, _, err = invoke("resume", "bad", "--n-trials", "4", "--storage", url, "-q")
     assert code == 2
-    assert_one_line_error(err, f"data file not found: '{data}' (data.path)")
+    assert_one_line_error(err, *error)
     assert len(trials_of(url, "bad")) == 2, "nothing ran, nothing changed"
-    _csv(data, slice(0, 400))  # the file is back: the study continues
+    _csv(data, slice(0, 400))  # the original file is back: the study continues
     code, _out, err = invoke("resume", "bad", "--n-trials", "4", "--storage", url, "-q")
     assert code == 0, err
     check_invariants(trials_of(url, "bad"), budget=4, seed=1, keys=("lr",))
+
+
+def test_dataset_file_missing_on_resume(tmp_path: Path, local_runs: None) -> None:
+    data, url = _csv_study(tmp_path)
+    data.unlink()
+    _resume_refused_then_completed(data, url, f"data file not found: '{data}' (data.path)")
 
 
 def test_dataset_file_changed_between_runs_is_refused(tmp_path: Path, local_runs: None) -> None:
-    data = tmp_path / "digits.csv"
-    _csv(data, slice(0, 400))
-    spec = {**SPEC, "data": {"source": "csv", "path": str(data), "target": "label"}}
-    url = f"sqlite:///{tmp_path}/s.db"
-    assert invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url, "-q")[0] == 0
+    data, url = _csv_study(tmp_path)
     _csv(data, slice(400, 800))  # other rows, same path
-    code, _, err = invoke("resume", "bad", "--n-trials", "4", "--storage", url, "-q")
-    assert code == 2
-    assert_one_line_error(err, f"the data of study 'bad' changed since its trials were scored (data.path '{data}'",
-                          "Restore the original data to resume", "--study NEW_NAME")
-    assert len(trials_of(url, "bad")) == 2, "nothing ran, nothing changed"
-    _csv(data, slice(0, 400))  # the original data is back: the study continues
-    code, _out, err = invoke("resume", "bad", "--n-trials", "4", "--storage", url, "-q")
-    assert code == 0, err
-    check_invariants(trials_of(url, "bad"), budget=4, seed=1, keys=("lr",))
+    _resume_refused_then_completed(
+        data, url, f"the data of study 'bad' changed since its trials were scored (data.path '{data}'",
+        "Restore the original data to resume", "--study NEW_NAME")
 
 
 # -- environment -------------------------------------------------------------------------------------------
