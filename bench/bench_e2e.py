@@ -38,6 +38,7 @@ Usage::
 
     .venv/bin/python -m bench.bench_e2e --out bench/results          # 20 trials, 20 epochs, seeds 0-4
     .venv/bin/python -m bench.bench_e2e --smoke --out artifacts/bench-smoke   # 2 trials, 2 epochs
+    .venv/bin/python -m bench.bench_e2e --stack-trials 2 --out /tmp/e2e-stack2  # 2 trials per task
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_plain(seed: int, n_trials: int, max_epochs: int, patience: int, threads:
 
 
 def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience: int,
-                 tag: str = "") -> dict[str, Any]:
+                 tag: str = "", stack_trials: int = 1) -> dict[str, Any]:
     from search import Callbacks, run_study
 
     class Clock(Callbacks):
@@ -176,6 +177,7 @@ def run_hpsearch(tmp: Path, seed: int, n_trials: int, max_epochs: int, patience:
     url = f"sqlite:///{tmp / (name + '.db')}"
     spec = spec_dict(name, strategy="tpe", n_trials=n_trials, seed=seed, max_epochs=max_epochs,
                      patience=patience, max_concurrent=2)
+    spec["resources"]["stack_trials"] = stack_trials
     clock = Clock()
     t0 = time.time()
     res = run_study(spec, storage=url, refit=False, callbacks=clock)  # default backend: Ray from spec.resources
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, help="default 20; smoke 2")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", help="study seeds, one paired comparison each (default 0-4)")
+    p.add_argument("--stack-trials", type=int, default=1,
+                   help="hpsearch's resources.stack_trials (trials stacked per task; default 1)")
     p.add_argument("--long-trials", type=int, default=100,
                    help="also run a search of this many trials (first seed, cold Ray); 0 skips it (smoke: skipped)")
     args = p.parse_args(argv)
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2, 3, 4])
     report = report_header("bench_e2e", args.smoke, argv)
     report.update(n_trials=n, max_epochs=epochs, patience=args.patience, folds=3, hidden=list(HIDDEN),
+                  stack_trials=args.stack_trials,
                   concurrency=2, torch_default_threads=torch.get_num_threads(), seeds=seeds)
     variants = {"plain_default_threads": None, "plain_1_thread": 1}
     rows = []
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1. cold: every hpsearch run starts its own Ray (what `hpsearch run` does)
         for seed in seeds:
             row: dict[str, Any] = {"seed": seed}
-            row["hpsearch"] = run_hpsearch(Path(tmp), seed, n, epochs, args.patience)
+            row["hpsearch"] = run_hpsearch(Path(tmp), seed, n, epochs, args.patience, stack_trials=args.stack_trials)
             print(f"  seed {seed} hpsearch {row['hpsearch']['wall_s']:7.1f}s  best {row['hpsearch']['best']:.4f}"
                   f"  (start-up {row['hpsearch']['startup_s']:.1f}s)", flush=True)
             for v, threads in variants.items():
@@ -263,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         # 2. a longer search (seed 0): start-up is a fixed cost, so the ratio grows with the study
         if long_n:
             seed = seeds[0]
-            hp = run_hpsearch(Path(tmp), seed, long_n, epochs, args.patience, tag="-long")
+            hp = run_hpsearch(Path(tmp), seed, long_n, epochs, args.patience, tag="-long",
+                              stack_trials=args.stack_trials)
             plain = run_plain(seed, long_n, epochs, args.patience, 1)
             report["long"] = {"n_trials": long_n, "seed": seed, "hpsearch": hp, "plain_1_thread": plain,
                               "speedup": plain["wall_s"] / hp["wall_s"],
@@ -276,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         started = _warm_ray(Path(tmp), args.patience)
         try:
             for row in rows:
-                hp = run_hpsearch(Path(tmp), row["seed"], n, epochs, args.patience, tag="-warm")
+                hp = run_hpsearch(Path(tmp), row["seed"], n, epochs, args.patience, tag="-warm",
+                                  stack_trials=args.stack_trials)
                 row["hpsearch_warm"] = hp
                 row["speedup_warm"] = row[row["baseline"]]["wall_s"] / hp["wall_s"]
                 print(f"  seed {row['seed']} hpsearch, Ray warm {hp['wall_s']:7.1f}s  best {hp['best']:.4f}  "

@@ -25,6 +25,12 @@ its validation rows) of:
    ``torch.utils.data.DataLoader(TensorDataset, shuffle=True)``. Ratios
    ``trials_vs_handwritten`` (goal <= 1.1) and ``trials_vs_dataloader``.
 
+3. Stretch, k folds x m configurations: ``configs_stacked``, ``trials.run_trials`` on ``--configs``
+   configurations (m, default 3; they differ in lr and dropout, as a random search proposes) x 5
+   folds as one stack, versus the same configurations run one after the other as 5-fold stacks
+   (m x ``stacked``; ratio ``config_stack_speedup``) and versus all m x 5 members one by one
+   (m x ``one_by_one``; ratio ``all_members_speedup``).
+
 Every variant runs ``--rounds`` times, interleaved; an epoch's time is the gap between two
 successive epoch reports (setup and the first epoch are excluded); a variant's time is the median
 over all its epochs. Two clocks are recorded: wall time and process CPU time. With one thread
@@ -62,6 +68,7 @@ from trials import (
     TrialSettings,
     load_dataset,
     run_trial,
+    run_trials,
 )
 from trials._engine import fit_scaler
 
@@ -69,7 +76,8 @@ BATCH = 64
 DROPOUT = 0.2
 LR, MOMENTUM = 0.01, 0.9
 FOLDS = 5
-VARIANTS = ("stacked", "one_by_one", "trials_1", "handwritten", "dataloader")
+VARIANTS = ("stacked", "one_by_one", "trials_1", "handwritten", "dataloader", "configs_stacked")
+CONFIGS = 3  # --configs: configurations stacked together in variant configs_stacked
 
 
 def clocks() -> tuple[float, float]:
@@ -103,6 +111,23 @@ def time_trials(data, hidden, folds: list[int], epochs: int, batch: int) -> list
         return False
 
     run_trial(data, {}, settings(hidden, epochs, batch), seed=0, folds=folds, report=report)
+    return gaps(stamps)
+
+
+def config_params(m: int) -> list[dict[str, float]]:
+    """m configurations that may share a stack: learning rates and dropout rates around the defaults."""
+    return [{"lr": LR * 2.0 ** (i - m // 2), "dropout": 0.1 + 0.2 * i / max(m - 1, 1)} for i in range(m)]
+
+
+def time_configs(data, hidden, m: int, epochs: int, batch: int) -> list[tuple[float, float]]:
+    stamps: list[tuple[float, float]] = []
+
+    def report(i: int, _r) -> bool:
+        if i == 0:  # one stamp per epoch (the report comes once per configuration)
+            stamps.append(clocks())
+        return False
+
+    run_trials(data, config_params(m), settings(hidden, epochs, batch), seeds=list(range(m)), report=report)
     return gaps(stamps)
 
 
@@ -151,7 +176,9 @@ def time_handwritten(data, hidden, epochs: int, loader: bool, batch: int) -> lis
     return gaps(stamps)
 
 
-def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: int, batch: int) -> dict:
+def bench_case(
+    name: str, data, hidden: tuple[int, ...], epochs: int, rounds: int, batch: int, m: int = CONFIGS
+) -> dict:
     k = len(data.folds)
     samples: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
@@ -161,6 +188,7 @@ def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: in
         samples["trials_1"] += per_fold[0]
         samples["handwritten"] += time_handwritten(data, hidden, epochs, loader=False, batch=batch)
         samples["dataloader"] += time_handwritten(data, hidden, epochs, loader=True, batch=batch)
+        samples["configs_stacked"] += time_configs(data, hidden, m, epochs, batch)
         last = ", ".join(f"{v}={statistics.median(x[1] for x in samples[v]) * 1e3:.1f}" for v in VARIANTS)
         print(f"  [{name}] after round {r + 1}/{rounds}, median CPU ms/epoch: {last}", flush=True)
 
@@ -169,6 +197,8 @@ def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: in
             "stack_speedup": round(t["one_by_one"] / t["stacked"], 3),
             "trials_vs_handwritten": round(t["trials_1"] / t["handwritten"], 3),
             "trials_vs_dataloader": round(t["trials_1"] / t["dataloader"], 3),
+            "config_stack_speedup": round(m * t["stacked"] / t["configs_stacked"], 3),
+            "all_members_speedup": round(m * t["one_by_one"] / t["configs_stacked"], 3),
         }
 
     wall = {v: statistics.median(x[0] for x in samples[v]) for v in VARIANTS}
@@ -180,6 +210,7 @@ def bench_case(name: str, data, hidden: tuple[int, ...], epochs: int, rounds: in
         "hidden": list(hidden),
         "batch_size": batch,
         "folds": k,
+        "configs": m,
         "train_rows_per_fold": len(data.folds[0][0]),
         "epochs_per_run": epochs,
         "rounds": rounds,
@@ -199,6 +230,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as on a Ray worker)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3; smoke 1)")
     parser.add_argument("--cases", default="digits,digits_b32,digits_small,synthetic", help="comma list of cases")
+    parser.add_argument("--configs", type=int, default=CONFIGS, help="configurations in variant configs_stacked")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     big = (2000, 3) if args.smoke else (60000, 3)
@@ -241,7 +273,7 @@ def main() -> None:
             f"{epochs} epochs per run, {rounds} round(s)",
             flush=True,
         )
-        report["results"][name] = res = bench_case(name, data, hidden, epochs, rounds, batch)
+        report["results"][name] = res = bench_case(name, data, hidden, epochs, rounds, batch, args.configs)
         e = res["epoch_s_cpu"]
         print(
             f"{name}: CPU s/epoch  stacked(5)={e['stacked']:.4f}  one-by-one(5)={e['one_by_one']:.4f}  "
@@ -249,7 +281,10 @@ def main() -> None:
             f"{name}: 1 member  trials={e['trials_1']:.4f}  handwritten={e['handwritten']:.4f}  "
             f"dataloader={e['dataloader']:.4f}  -> trials/handwritten {res['trials_vs_handwritten']:.2f} "
             f"(wall {res['wall_ratios']['trials_vs_handwritten']:.2f}), trials/dataloader "
-            f"{res['trials_vs_dataloader']:.2f} (wall {res['wall_ratios']['trials_vs_dataloader']:.2f})",
+            f"{res['trials_vs_dataloader']:.2f} (wall {res['wall_ratios']['trials_vs_dataloader']:.2f})\n"
+            f"{name}: {args.configs} configs x 5 folds in one stack={e['configs_stacked']:.4f}  -> vs "
+            f"{args.configs} 5-fold stacks {res['config_stack_speedup']:.2f}x, vs {args.configs * 5} members one "
+            f"by one {res['all_members_speedup']:.2f}x (wall {res['wall_ratios']['all_members_speedup']:.2f}x)",
             flush=True,
         )
     report["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "._api": ("StudyResult", "make_backend", "resume_study", "run_study", "spec_diff", "stored_spec"),
-    "._backend": ("Backend", "Failed", "Finished", "Report", "TrialJob", "train_job"),
+    "._backend": ("Backend", "Failed", "Finished", "Report", "TrialJob", "train_job", "train_stack"),
     "._errors": ("UsageError",),
     "._local": ("LocalBackend",),
     "._orchestrator": ("Callbacks", "Interrupted", "Orchestrator", "count_done"),
@@ -57,6 +57,7 @@ __all__ = [
     "spec_diff",
     "stored_spec",
     "train_job",
+    "train_stack",
 ]
 
 
@@ -75,7 +76,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ._api import StudyResult, make_backend, resume_study, run_study, spec_diff, stored_spec
-    from ._backend import Backend, Failed, Finished, Report, TrialJob, train_job
+    from ._backend import Backend, Failed, Finished, Report, TrialJob, train_job, train_stack
     from ._errors import UsageError
     from ._local import LocalBackend
     from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done

@@ -23,7 +23,7 @@ import storage as st
 from trials import load_dataset
 
 from . import __version__
-from ._backend import Backend, WorkerFn, train_job
+from ._backend import Backend, WorkerFn, stack_fn_for, train_job
 from ._errors import UsageError
 from ._orchestrator import Callbacks, Orchestrator
 from ._spec import SpecError, StudySpec, load_spec, parse_spec
@@ -321,7 +321,14 @@ def _execute(
 
         try:
             backend.open(data, spec.settings, worker_fn)
-            orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db)
+            stack = spec.resources.stack_trials
+            if stack > 1 and stack_fn_for(worker_fn) is None:
+                name = getattr(worker_fn, "__name__", repr(worker_fn))
+                (callbacks or Callbacks()).on_message(
+                    f"resources.stack_trials: {stack} ignored: worker function {name} cannot train several "
+                    "trials as one stack (give it a .stack function); trials run one per task")
+                stack = 1
+            orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db, stack_trials=stack)
             orch.run()
             if refit:
                 orch.refit_best()

@@ -5,6 +5,10 @@ returns what happened as events from :meth:`Backend.poll`: per-epoch :class:`Rep
 trial trains, then one :class:`Finished` or :class:`Failed` event. :meth:`Backend.stop` asks a running
 trial to stop at an epoch boundary (the next one, or the one after on Ray); it then finishes normally with
 ``stopped_by_report=True``.
+
+Several trials whose configurations can share one network (:func:`trials.stack_key`) may run as
+one job stack (:meth:`Backend.submit_stack`): one worker trains them together, and their events
+are still per trial.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import socket
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,10 +29,13 @@ __all__ = [
     "Failed",
     "Finished",
     "Report",
+    "StackFn",
     "TrialJob",
     "WorkerFn",
     "execute",
+    "stack_fn_for",
     "train_job",
+    "train_stack",
 ]
 
 
@@ -109,6 +116,46 @@ def train_job(
     )
 
 
+class StackFn(Protocol):
+    """Trains several trial jobs as one stack; ``report(key, r)`` returns True when that trial must stop."""
+
+    def __call__(
+        self,
+        data: Dataset,
+        settings: TrialSettings,
+        jobs: Sequence[TrialJob],
+        report: Callable[[str, EpochReport], bool],
+    ) -> list[TrialResult]: ...
+
+
+def train_stack(
+    data: Dataset,
+    settings: TrialSettings,
+    jobs: Sequence[TrialJob],
+    report: Callable[[str, EpochReport], bool],
+) -> list[TrialResult]:
+    """The default stack function: :func:`trials.run_trials` (k folds x m configurations)."""
+    from trials import run_trials
+
+    return run_trials(
+        data,
+        [j.params for j in jobs],
+        settings,
+        seeds=[j.seed for j in jobs],
+        report=lambda i, r: report(jobs[i].key, r),
+        gpu_fraction=jobs[0].gpu_fraction,
+        folds=jobs[0].folds,
+    )
+
+
+def stack_fn_for(fn: WorkerFn) -> StackFn | None:
+    """How jobs of worker function ``fn`` train as a stack: ``train_stack`` for :func:`train_job`,
+    else ``fn.stack`` if the function has one, else None (its trials run one per job)."""
+    if fn is train_job:
+        return train_stack
+    return getattr(fn, "stack", None)
+
+
 @dataclass
 class Outcome:
     """What :func:`execute` sends back from a worker (picklable, no exceptions crossing processes)."""
@@ -128,25 +175,37 @@ class Outcome:
         return Finished(self.key, self.result, self.node, self.node_id, self.started_at, self.finished_at)
 
 
+def _failure(key: str, exc: Exception) -> Failed:
+    if isinstance(exc, TrialOutOfMemory):
+        return Failed(key, str(exc), "oom")
+    reason = f"{type(exc).__name__}: {exc}"[:2000]
+    return Failed(key, reason, "error", traceback.format_exc(limit=20))
+
+
 def execute(
     fn: WorkerFn,
     data: Dataset,
     settings: TrialSettings,
-    job: TrialJob,
-    report: Callable[[EpochReport], bool],
+    jobs: Sequence[TrialJob],
+    report: Callable[[str, EpochReport], bool],
     node_id: str = "",
-) -> Outcome:
-    """Run ``fn`` for ``job`` and catch what it raises, so every backend reports failures alike."""
+) -> list[Outcome]:
+    """Run ``fn`` for one job, or its stack function for several (one stack), catching what it
+    raises, so every backend reports failures alike. One outcome per job, in order; when a
+    stack fails, every job in it gets the failure."""
     started = time.time()
     try:
-        result = fn(data, settings, job, report)
-    except TrialOutOfMemory as e:
-        return Outcome(job.key, failure=Failed(job.key, str(e), "oom"), node_id=node_id)
+        if len(jobs) == 1:
+            job = jobs[0]
+            results: list[TrialResult | TestResult] = [fn(data, settings, job, lambda r: report(job.key, r))]
+        else:
+            stack = stack_fn_for(fn)
+            if stack is None:
+                raise TypeError(f"worker function {fn!r} cannot train trials as one stack (it has no .stack)")
+            results = list(stack(data, settings, jobs, report))
     except Exception as e:  # a trial's own failure must never take the study down
-        detail = traceback.format_exc(limit=20)
-        reason = f"{type(e).__name__}: {e}"[:2000]
-        return Outcome(job.key, failure=Failed(job.key, reason, "error", detail), node_id=node_id)
-    return Outcome(job.key, result=result, node_id=node_id, started_at=started)
+        return [Outcome(j.key, failure=_failure(j.key, e), node_id=node_id) for j in jobs]
+    return [Outcome(j.key, result=r, node_id=node_id, started_at=started) for j, r in zip(jobs, results)]
 
 
 class Backend(ABC):
@@ -171,6 +230,16 @@ class Backend(ABC):
     @abstractmethod
     def submit(self, job: TrialJob) -> None:
         """Start ``job``; its events come from :meth:`poll`."""
+
+    def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
+        """Start ``jobs`` (trials with equal :func:`trials.stack_key`) as one stack on one worker.
+
+        Their events are per job, as for :meth:`submit`. Backends that cannot stack run a single
+        job only.
+        """
+        if len(jobs) != 1:
+            raise NotImplementedError(f"{type(self).__name__} cannot stack trials; set resources.stack_trials: 1")
+        self.submit(jobs[0])
 
     @abstractmethod
     def poll(self, timeout: float) -> list[Event]:

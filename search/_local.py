@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from trials import Dataset, EpochReport, TrialSettings
@@ -37,22 +38,26 @@ class LocalBackend(Backend):
         return self.max_concurrent
 
     def submit(self, job: TrialJob) -> None:
-        self._running.add(job.key)
-        self._pool.submit(self._run, job)
+        self.submit_stack([job])
 
-    def _run(self, job: TrialJob) -> None:
-        def report(r: EpochReport) -> bool:
-            self._events.put(Report(job.key, r))
+    def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
+        self._running.update(j.key for j in jobs)
+        self._pool.submit(self._run, list(jobs))
+
+    def _run(self, jobs: list[TrialJob]) -> None:
+        def report(key: str, r: EpochReport) -> bool:
+            self._events.put(Report(key, r))
             with self._lock:
-                return job.key in self._stop
+                return key in self._stop
 
-        outcome = execute(self._fn, self._data, self._settings, job, report)
-        with self._lock:
-            self._stop.discard(job.key)
-            if job.key in self._cancelled:
-                self._cancelled.discard(job.key)
-                return
-        self._events.put(outcome.event())
+        outcomes = execute(self._fn, self._data, self._settings, jobs, report)
+        for outcome in outcomes:
+            with self._lock:
+                self._stop.discard(outcome.key)
+                if outcome.key in self._cancelled:
+                    self._cancelled.discard(outcome.key)
+                    continue
+            self._events.put(outcome.event())
 
     def poll(self, timeout: float) -> list[Event]:
         out: list[Event] = []

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import set_trial_intermediate_values, set_trial_user_attrs
-from trials import TestResult, TrialResult, trial_seed
+from trials import TestResult, TrialResult, resolve_hyperparams, stack_key, trial_seed
 
 from ._backend import Backend, Failed, Finished, Report, TrialJob
 from ._spec import StudySpec
@@ -68,8 +68,13 @@ def count_done(trials: list[FrozenTrial]) -> int:
 
 @dataclass
 class _Running:
+    """A trial this run asked for: ready (not yet submitted, ``task`` is None) or running."""
+
     trial: optuna.Trial
     job: TrialJob
+    alone: bool = False  # must not share a stack (a re-run after its own failure)
+    task: int | None = None  # the backend task (stack) running it
+    stacked: bool = False  # runs in a stack with other trials
     last_step: int = 0
     pruned: bool = False
 
@@ -87,6 +92,10 @@ class Orchestrator:
         An opened backend.
     db:
         Wrapper for storage calls (retry with backoff); identity by default.
+    stack_trials:
+        Up to this many trials whose configurations can share a network (:func:`trials.stack_key`)
+        run as one stack on one worker. The orchestrator keeps up to ``stack_trials`` x capacity
+        trials asked ahead and starts the largest group that fits; 1 runs one trial per task.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class Orchestrator:
         callbacks: Callbacks | None = None,
         db: Callable[[Callable[[], T]], T] | None = None,
         poll_interval: float = 0.05,
+        stack_trials: int = 1,
     ) -> None:
         self.study = study
         self.spec = spec
@@ -107,6 +117,11 @@ class Orchestrator:
         self.poll_interval = poll_interval
         self._dists = distributions(spec)
         self._running: dict[str, _Running] = {}
+        self._ready: list[_Running] = []  # asked, not yet submitted (waiting to fill a stack)
+        self._tasks = 0  # backend tasks submitted so far (a stack is one task)
+        if stack_trials < 1:
+            raise ValueError(f"stack_trials must be >= 1, got {stack_trials}")
+        self.stack_trials = stack_trials
         self._done = 0
         self._critical_depth = 0  # > 0 while a trial's records are being written
         self._interrupt_pending = False  # Ctrl-C arrived during such a write
@@ -131,7 +146,7 @@ class Orchestrator:
                 self._done = count_done(trials)
                 self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
                 while True:
-                    while len(self._running) < self.backend.capacity and self._done + len(self._running) < budget:
+                    while self._lanes_in_use() < self.backend.capacity and (self._ready or self._can_ask()):
                         self._dispatch()
                     if not self._running:
                         break
@@ -184,25 +199,64 @@ class Orchestrator:
             self._interrupt_pending = False
             raise KeyboardInterrupt
 
+    def _lanes_in_use(self) -> int:
+        return len({r.task for r in self._running.values()})
+
+    def _can_ask(self) -> bool:
+        return self._done + len(self._running) + len(self._ready) < self.spec.budget
+
     def _dispatch(self) -> None:
+        """Start one task: ask trials until the pool of ready ones is full, then submit the largest
+        group of them that can share a stack (one trial when ``stack_trials`` is 1)."""
         with self._critical():
-            trial = self._ask()
-            attrs = self._db(lambda: trial.user_attrs)
-            seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
-            if "seed" not in attrs:
-                self._db(lambda: trial.set_user_attr("seed", seed))
-            r = self.spec.resources
-            job = TrialJob(
-                key=f"{trial.number}.{attrs.get('attempt', 0)}",
-                number=trial.number,
-                params=dict(trial.params),
-                seed=seed,
-                attempt=int(attrs.get("attempt", 0)),
-                gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
-            )
-            self._running[job.key] = _Running(trial, job)
-            self.backend.submit(job)
-        self.callbacks.on_trial_start(trial.number, job.params)
+            pool = 1 if self.stack_trials == 1 else self.stack_trials * self.backend.capacity
+            while len(self._ready) < pool and self._can_ask():
+                self._ready.append(self._prepare(self._ask()))
+            group = self._pick()
+            self._tasks += 1
+            for run in group:
+                self._ready.remove(run)
+                run.task, run.stacked = self._tasks, len(group) > 1
+                self._running[run.job.key] = run
+            if len(group) == 1:
+                self.backend.submit(group[0].job)
+            else:
+                self.backend.submit_stack([run.job for run in group])
+        for run in group:
+            self.callbacks.on_trial_start(run.job.number, run.job.params)
+
+    def _prepare(self, trial: optuna.Trial) -> _Running:
+        attrs = self._db(lambda: trial.user_attrs)
+        seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
+        if "seed" not in attrs:
+            self._db(lambda: trial.set_user_attr("seed", seed))
+        r = self.spec.resources
+        job = TrialJob(
+            key=f"{trial.number}.{attrs.get('attempt', 0)}",
+            number=trial.number,
+            params=dict(trial.params),
+            seed=seed,
+            attempt=int(attrs.get("attempt", 0)),
+            gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
+        )
+        return _Running(trial, job, alone=bool(attrs.get("alone", False)))
+
+    def _pick(self) -> list[_Running]:
+        """The largest group of ready trials with one stack key (at most ``stack_trials``; the
+        earliest asked wins a tie)."""
+        groups: dict[Any, list[_Running]] = {}
+        for run in self._ready:
+            groups.setdefault(self._stack_key(run), []).append(run)
+        best = max(groups.values(), key=lambda g: min(len(g), self.stack_trials))
+        return best[: self.stack_trials]
+
+    def _stack_key(self, run: _Running) -> Any:
+        if self.stack_trials == 1 or run.alone:
+            return ("alone", run.job.key)
+        try:
+            return stack_key(resolve_hyperparams(self.spec.settings, run.job.params))
+        except ValueError:  # invalid params: it runs (and fails with the reason) alone
+            return ("alone", run.job.key)
 
     def _ask(self) -> optuna.Trial:
         """``study.ask``, safe to repeat: a storage call retried after its first attempt committed
@@ -224,7 +278,7 @@ class Orchestrator:
                 self._unstarted.pop(0)
                 return trial
             if attempts > 1:
-                ours = {r.trial.number for r in self._running.values()}
+                ours = {r.trial.number for r in [*self._running.values(), *self._ready]}
                 strays = [t for t in self.study._storage.get_all_trials(
                     self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in ours]
                 if strays:
@@ -303,6 +357,7 @@ class Orchestrator:
             "worker_end": ev.finished_at,
             "device": res.device,
             "train_path": res.train_path,
+            "stack_size": int(res.stack_size),
             "curves": {k: [[round(float(x), 6) for x in c] for c in v] for k, v in res.curves.items()},
         }
         value = float(sum(scores) / len(scores)) if scores else math.nan
@@ -318,11 +373,13 @@ class Orchestrator:
         if ev.kind == "cancelled":
             self._running.pop(ev.key, None)
             return
-        retry = ev.kind != "oom" and run.job.attempt < self.spec.retries.max_retries
+        # a stack that failed (even out of memory) re-runs each of its trials alone
+        retry = (ev.kind != "oom" or run.stacked) and run.job.attempt < self.spec.retries.max_retries
         attrs: dict[str, Any] = {"fail_reason": ev.reason}
         if retry:
-            self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again")
-        self._finish(run, TrialState.FAIL, None, attrs, retry=retry)
+            alone = " alone" if run.stacked else ""
+            self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again{alone}")
+        self._finish(run, TrialState.FAIL, None, attrs, retry=retry, alone=run.stacked)
 
     def _finish(
         self,
@@ -332,12 +389,13 @@ class Orchestrator:
         attrs: dict[str, Any],
         *,
         retry: bool = False,
+        alone: bool = False,
     ) -> None:
         trial = run.trial
         with self._critical():
             if retry:
                 attrs["will_retry"] = True
-                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt)
+                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt, alone=alone)
             self._db(lambda: set_trial_user_attrs(self.study._storage, trial._trial_id, attrs))
             self._tell(trial.number, state, value)
             self._running.pop(run.job.key, None)
@@ -356,20 +414,22 @@ class Orchestrator:
 
         self._db(tell)
 
-    def _enqueue_retry(self, number: int, params: dict[str, Any], seed: int, attempt: int) -> None:
-        """Queue the one re-run of trial ``number``; a no-op if it is already queued (a repeated
-        storage call, or a second Ctrl-C in the middle of recording the trial)."""
+    def _enqueue_retry(
+        self, number: int, params: dict[str, Any], seed: int, attempt: int, *, alone: bool = False
+    ) -> None:
+        """Queue the one re-run of trial ``number`` (``alone``: never in a stack with other trials);
+        a no-op if it is already queued (a repeated storage call, or a second Ctrl-C in the middle
+        of recording the trial)."""
 
         def enqueue() -> None:
             waiting = self.study._storage.get_all_trials(
                 self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
             if any(t.user_attrs.get("retry_of") == number for t in waiting):
                 return
-            self.study.enqueue_trial(
-                params,
-                user_attrs={"retry_of": number, "attempt": attempt + 1, "seed": seed},
-                skip_if_exists=False,
-            )
+            user_attrs: dict[str, Any] = {"retry_of": number, "attempt": attempt + 1, "seed": seed}
+            if alone:
+                user_attrs["alone"] = True
+            self.study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
         self._db(enqueue)
 
@@ -422,13 +482,15 @@ class Orchestrator:
         """Ctrl-C: cancel in-flight trials and record them so a resume re-runs them."""
         self.backend.cancel_all()
         self._interrupt_pending = False
-        for run in list(self._running.values()):
+        ready, self._ready = self._ready, []
+        for run in [*self._running.values(), *ready]:
             state = self._db(lambda run=run: self.study._storage.get_trial(run.trial._trial_id).state)
             if state.is_finished():  # told just before a forced (second) Ctrl-C
                 self._running.pop(run.job.key, None)
                 continue
-            reason = f"interrupted ({self._signal}) while running; re-run on resume"
-            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True)
+            what = "while running" if run.task is not None else "before it started"
+            reason = f"interrupted ({self._signal}) {what}; re-run on resume"
+            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True, alone=run.alone)
 
     # -- final refit -------------------------------------------------------------------------------
     def refit_best(self) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,15 +67,19 @@ class _Reporter:
 
 
 def _remote_execute(
-    ctx: tuple[WorkerFn, TrialSettings], data: Dataset, job: TrialJob, control: Any
-) -> Outcome:
+    ctx: tuple[WorkerFn, TrialSettings], data: Dataset, jobs: list[TrialJob], control: Any
+) -> list[Outcome]:
+    """One Ray task: one job, or several trained as one stack; one reporter per job."""
     import ray
 
     fn, settings = ctx
-    reporter = _Reporter(control, job.key)
-    outcome = execute(fn, data, settings, job, reporter, ray.get_runtime_context().get_node_id())
-    reporter.close()  # every report reaches the actor before the result reaches the driver
-    return outcome
+    reporters = {j.key: _Reporter(control, j.key) for j in jobs}
+    outcomes = execute(
+        fn, data, settings, jobs, lambda key, r: reporters[key](r), ray.get_runtime_context().get_node_id()
+    )
+    for reporter in reporters.values():
+        reporter.close()  # every report reaches the actor before the result reaches the driver
+    return outcomes
 
 
 def _warm_up() -> None:
@@ -266,7 +271,7 @@ class RayBackend(Backend):
         warm = ray.remote(_warm_up).options(num_cpus=cpus, num_gpus=gpus or None)
         self._warm_refs = [warm.remote() for _ in range(min(self.capacity * self._split, 64))]
         self._wait_ref: Any = None  # the outstanding long poll of the control actor (Control.wait)
-        self._pending: dict[Any, str] = {}  # ObjectRef -> part key
+        self._pending: dict[Any, tuple[str, ...]] = {}  # ObjectRef -> the part keys its task runs
         self._owner: dict[str, str] = {}  # part key -> job key
         self._groups: dict[str, _FoldGroup] = {}
 
@@ -389,16 +394,27 @@ class RayBackend(Backend):
             parts = []
             for i in range(self.n_folds):
                 part = replace(job, key=f"{job.key}/fold{i}", folds=(i,), gpu_fraction=share)
-                self._launch(self._task, part, job.key)
+                self._launch([part], job.key)
                 parts.append(part.key)
             self._groups[job.key] = _FoldGroup(parts)
             return
-        self._launch(self._task, job, job.key)
+        self._launch([job])
 
-    def _launch(self, task: Any, job: TrialJob, owner: str) -> None:
-        ref = task.remote(self._ctx_ref, self._data_ref, job, self._control)
-        self._pending[ref] = job.key
-        self._owner[job.key] = owner
+    def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
+        if len(jobs) > 1 and self._split > 1:
+            raise NotImplementedError("stacked trials cannot also run their folds as separate tasks "
+                                      "(resources.parallel_folds); set resources.stack_trials: 1")
+        if len(jobs) == 1:
+            self.submit(jobs[0])
+        else:
+            self._launch(list(jobs))
+
+    def _launch(self, jobs: list[TrialJob], owner: str | None = None) -> None:
+        """One task for ``jobs``; ``owner``: the trial a fold part belongs to (else each job owns itself)."""
+        ref = self._task.remote(self._ctx_ref, self._data_ref, jobs, self._control)
+        self._pending[ref] = tuple(j.key for j in jobs)
+        for j in jobs:
+            self._owner[j.key] = owner or j.key
 
     def poll(self, timeout: float) -> list[Event]:
         import ray
@@ -422,32 +438,32 @@ class RayBackend(Backend):
             events.extend(self._on_report(part, pickle.loads(blob)))
         done = []
         for ref in finished:
-            part = self._pending.pop(ref)
-            done.append(part)
-            events.extend(self._on_outcome(part, self._get(ref, part)))
+            parts = self._pending.pop(ref)
+            done.extend(parts)
+            for part, ev in zip(parts, self._get(ref, parts)):
+                events.extend(self._on_outcome(part, ev))
         if done:
             self._control.forget.remote(done)
         return events
 
-    def _get(self, ref: Any, part: str) -> Finished | Failed | None:
+    def _get(self, ref: Any, parts: tuple[str, ...]) -> list[Finished | Failed | None]:
+        """Each part's event from a finished task (``None``: cancelled)."""
         import ray
         from ray import exceptions as rex
 
         try:
-            return ray.get(ref).event()
+            return [o.event() for o in ray.get(ref)]
         except rex.TaskCancelledError:
-            return None
+            return [None] * len(parts)
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.OwnerDiedError, rex.ObjectLostError) as e:
             n = self.worker_crash_retries + 1
-            return Failed(
-                part,
+            reason = (
                 f"the Ray node or worker process running it died ({n} attempt{'s' if n > 1 else ''}; "
-                f"retries.worker_crash_retries: {self.worker_crash_retries}): {type(e).__name__}",
-                "crash",
-                str(e)[:2000],
+                f"retries.worker_crash_retries: {self.worker_crash_retries}): {type(e).__name__}"
             )
+            return [Failed(p, reason, "crash", str(e)[:2000]) for p in parts]
         except rex.RayError as e:
-            return Failed(part, f"{type(e).__name__}: {str(e)[:500]}", "crash")
+            return [Failed(p, f"{type(e).__name__}: {str(e)[:500]}", "crash") for p in parts]
 
     def _on_report(self, part: str, r: EpochReport) -> list[Event]:
         key = self._owner.get(part)
@@ -482,17 +498,19 @@ class RayBackend(Backend):
         self._control.stop.remote(group.parts if group else [key])
 
     def _cancel(self, parts: list[str]) -> None:
+        """Cancel the tasks running any of ``parts`` (fold parts run one per task)."""
         import ray
 
-        for ref, part in list(self._pending.items()):
-            if part in parts:
+        for ref, keys in list(self._pending.items()):
+            if set(keys) & set(parts):
                 ray.cancel(ref, force=True)
                 del self._pending[ref]
-                self._owner.pop(part, None)
+                for part in keys:
+                    self._owner.pop(part, None)
 
     def cancel_all(self) -> list[str]:
         keys = sorted(set(self._owner.values()))
-        self._cancel(list(self._pending.values()))
+        self._cancel([p for parts in self._pending.values() for p in parts])
         self._groups.clear()
         return keys
 

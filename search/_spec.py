@@ -170,6 +170,7 @@ class ResourcesSpec(_Model):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_concurrent: int | None = Field(None, ge=1)
     parallel_folds: bool = False
+    stack_trials: int = Field(1, ge=1, le=64)
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -252,6 +253,10 @@ class StudySpec(_Model):
                 errors.append(f"n_trials: required for strategy {self.strategy}")
         if self.resources.parallel_folds and self.cv.folds == 1:
             errors.append("resources.parallel_folds: needs cv.folds >= 2")
+        if self.resources.parallel_folds and self.resources.stack_trials > 1:
+            errors.append(f"resources.stack_trials: {self.resources.stack_trials} cannot be combined with "
+                          "resources.parallel_folds: true (a stack trains all folds in one task); set one of them "
+                          "back to its default")
         if errors:
             raise ValueError("\n".join(errors))
         return self

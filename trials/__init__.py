@@ -21,6 +21,10 @@ member has its own initialisation, data order, dropout masks, optimizer state, f
 alone. User models (``model.factory``) run through ``torch.func`` (``vmap``) or, when vmap cannot
 trace them, member by member in the same loop.
 
+Several configurations that differ only in ``lr``, ``momentum``, ``weight_decay`` and ``dropout``
+(equal :func:`stack_key`) can train as one stack of k folds x m configurations members
+(:func:`run_trials`); each keeps the result it would have alone.
+
 Scores: a member that diverges (non-finite validation loss) stops at once and reports ``nan``
 ``val_loss``; callers should treat a non-finite trial value as a failed trial.
 """
@@ -37,11 +41,12 @@ from ._config import (
     TrialSettings,
     check_param_names,
     resolve_hyperparams,
+    stack_key,
 )
 from ._data import DataError, Dataset, load_dataset
 from ._results import EpochReport, FoldResult, MemberReport, TestResult, TrialResult
 from ._seeding import trial_seed
-from ._trial import TrialOutOfMemory, refit_and_test, run_trial
+from ._trial import TrialOutOfMemory, refit_and_test, run_trial, run_trials
 
 __all__ = [
     "TUNABLE_PARAMS",
@@ -64,5 +69,7 @@ __all__ = [
     "refit_and_test",
     "resolve_hyperparams",
     "run_trial",
+    "run_trials",
+    "stack_key",
     "trial_seed",
 ]

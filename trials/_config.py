@@ -6,6 +6,7 @@ study file (``search/spec.py`` composes them); their field names are a documente
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ __all__ = [
     "TrialSettings",
     "check_param_names",
     "resolve_hyperparams",
+    "stack_key",
 ]
 
 _FILE_SOURCES = ("npz", "csv", "parquet", "idx")
@@ -220,6 +222,26 @@ class Hyperparams:
     factory: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     """All tuned params as given (passed to a user model factory)."""
+
+
+PER_MEMBER_FIELDS: frozenset[str] = frozenset({"lr", "momentum", "weight_decay", "dropout", "params"})
+"""Hyperparameters that may differ between the members of one stack (one value per member)."""
+
+
+def stack_key(hp: Hyperparams) -> tuple[Any, ...]:
+    """What configurations must share to train in one stack: everything but the per-member values.
+
+    Configurations with equal keys (same optimizer, batch size, network shape, schedule, early
+    stopping) can train as members of one network, each with its own ``lr``, ``momentum``,
+    ``weight_decay`` and ``dropout``. A user model factory builds its modules from all tuned
+    params, so there the params are part of the key.
+    """
+    shared = tuple(
+        (f.name, getattr(hp, f.name)) for f in dataclasses.fields(hp) if f.name not in PER_MEMBER_FIELDS
+    )
+    if hp.factory is not None:
+        shared += (("params", tuple(sorted((k, repr(v)) for k, v in hp.params.items()))),)
+    return shared
 
 
 def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:

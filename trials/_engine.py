@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._config import Hyperparams
+from ._config import Hyperparams, stack_key
 from ._models import FunctionalStack, StackedMLP, build_factory_stack
 from ._optim import PlateauSchedule, StackedOptimizer, step_schedule_factor
 from ._results import EpochReport, FoldResult, MemberReport
@@ -84,25 +84,36 @@ class FeatureSource:
     X, y
         All rows the members index into (``[n, d]`` float32, ``[n]`` int64), on the device.
     mean, scale
-        Per-member statistics ``[M, d]`` (fit on each member's own training rows).
+        Statistics ``[U, d]`` of each distinct training split (fit on its own training rows).
+    scaling
+        Per member, the row of ``mean``/``scale`` it uses (members of different configurations
+        that train the same fold share one); default one row per member.
     precompute_bytes
-        Precompute the ``M`` standardized copies of ``X`` when they fit in this budget.
+        Precompute the ``U`` standardized copies of ``X`` when they fit in this budget.
     """
 
     def __init__(
-        self, X: Tensor, y: Tensor, mean: Tensor, scale: Tensor, precompute_bytes: int = PRECOMPUTE_BYTES
+        self,
+        X: Tensor,
+        y: Tensor,
+        mean: Tensor,
+        scale: Tensor,
+        scaling: Sequence[int] | None = None,
+        precompute_bytes: int = PRECOMPUTE_BYTES,
     ) -> None:
-        m = mean.shape[0]
+        u = mean.shape[0]
+        rows = list(range(u)) if scaling is None else [int(i) for i in scaling]
         self.n, self.d = X.shape
-        if m * X.numel() * X.element_size() <= precompute_bytes:
-            self.X = ((X.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)).reshape(m * self.n, self.d)
-            self.y = y.repeat(m)
-            self.offsets = [i * self.n for i in range(m)]
+        if u * X.numel() * X.element_size() <= precompute_bytes:
+            self.X = ((X.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)).reshape(u * self.n, self.d)
+            self.y = y.repeat(u)
+            self.offsets = [i * self.n for i in rows]
             self.mean = self.scale = None
         else:
             self.X, self.y = X, y
-            self.offsets = [0] * m
-            self.mean, self.scale = mean.unsqueeze(1), scale.unsqueeze(1)
+            self.offsets = [0] * len(rows)
+            t = torch.tensor(rows, device=mean.device)
+            self.mean, self.scale = mean.index_select(0, t).unsqueeze(1), scale.index_select(0, t).unsqueeze(1)
         self._all = (list(self.offsets), self.mean, self.scale)
 
     def gather(self, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -349,10 +360,13 @@ class FitOutcome:
     source: FeatureSource
     mean: Tensor
     scale: Tensor
+    """Statistics of each distinct training split (``source``'s ``mean``/``scale``)."""
     folds: list[FoldResult]
     curves: dict[str, list[list[float]]]
-    epochs_run: int
-    stopped_by_report: bool
+    epochs_run: list[int]
+    """Per member, the epochs it ran."""
+    stopped_by_report: set[int]
+    """Groups whose ``report`` asked them to stop."""
     train_path: str
     eval_index: tuple[Tensor, Tensor, Tensor]
     """Every member's validation rows (``make_eval_index`` for ``source``)."""
@@ -363,9 +377,14 @@ def _eval_chunk(n_members: int, widths: Sequence[int]) -> int:
 
 
 def build_stack(
-    hp: Hyperparams, splits: Sequence[MemberSplit], n_features: int, n_classes: int, device: torch.device
+    hps: Sequence[Hyperparams],
+    splits: Sequence[MemberSplit],
+    n_features: int,
+    n_classes: int,
+    device: torch.device,
 ) -> Stack:
     """The stacked model for ``splits`` (built-in MLP, or the user factory's modules)."""
+    hp = hps[0]
     if hp.factory is not None:
         return build_factory_stack(hp.factory, hp.params, n_features, n_classes, [s.seeds.init for s in splits], device)
     return StackedMLP(
@@ -373,23 +392,36 @@ def build_stack(
         hp.hidden,
         n_classes,
         activation=hp.activation,
-        dropout=hp.dropout,
+        dropout=[h.dropout for h in hps],
         init_seeds=[s.seeds.init for s in splits],
         dropout_seeds=[s.seeds.dropout for s in splits],
         device=device,
     )
 
 
+def _per_member_hyperparams(hp: Hyperparams | Sequence[Hyperparams], n: int) -> list[Hyperparams]:
+    hps = [hp] * n if isinstance(hp, Hyperparams) else list(hp)
+    if len(hps) != n:
+        raise ValueError(f"got {len(hps)} hyperparameter sets for {n} members")
+    key = stack_key(hps[0])
+    for h in hps[1:]:
+        if stack_key(h) != key:
+            diff = sorted(k for (k, a), (_, b) in zip(key, stack_key(h)) if a != b)
+            raise ValueError(f"members of one stack must share {', '.join(diff)} (see trials.stack_key)")
+    return hps
+
+
 def fit_stack(
     X: np.ndarray,
     y: np.ndarray,
     splits: Sequence[MemberSplit],
-    hp: Hyperparams,
+    hp: Hyperparams | Sequence[Hyperparams],
     *,
     n_classes: int,
     device: torch.device,
     seed: int,
-    report: Callable[[EpochReport], bool] | None = None,
+    groups: Sequence[int] | None = None,
+    report: Callable[[int, EpochReport], bool] | None = None,
     on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> FitOutcome:
     """Train one member per split, as one stack, with per-member early stopping.
@@ -397,14 +429,28 @@ def fit_stack(
     Each epoch every live member trains on its own permutation of its own training rows, is
     evaluated on its own validation rows, and updates its early-stopping state (and its
     reduce-on-plateau rate). A member that stops keeps its best weights and leaves the stack
-    (the stack is compacted); training ends when all members stopped, ``max_epochs`` is reached,
-    or ``report`` returns True. At the end every member's best weights are restored.
+    (the stack is compacted); training ends when all members stopped or ``max_epochs`` is
+    reached. At the end every member's best weights are restored.
+
+    Parameters
+    ----------
+    hp
+        The hyperparameters of every member, or one set per member; members may differ only in
+        ``lr``, ``momentum``, ``weight_decay`` and ``dropout`` (equal :func:`stack_key`).
+    groups
+        Per member, the group (configuration) it belongs to, ``0 .. G-1``; default one group.
+    report
+        Called after each epoch as ``report(group, EpochReport)`` for every group with a member
+        that ran the epoch; returning True stops that group's members at once.
 
     Returns
     -------
     FitOutcome
     """
     n_members = len(splits)
+    hps = _per_member_hyperparams(hp, n_members)
+    hp0 = hps[0]
+    group_of = [0] * n_members if groups is None else [int(g) for g in groups]
     d = X.shape[1]
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
@@ -412,44 +458,48 @@ def fit_stack(
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
         yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device)
-        stats = [fit_scaler(X, s.train) for s in splits]
+        # members training the same split (one fold, several configurations) share its scaling
+        distinct: dict[tuple[int, int], int] = {}
+        scaling = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
+        firsts = {u: s for s, u in zip(splits, scaling)}
+        stats = [fit_scaler(X, firsts[u].train) for u in range(len(distinct))]
         mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
         scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
-        source = FeatureSource(Xt, yt, mean, scale)
-        model = build_stack(hp, splits, d, n_classes, device)
+        source = FeatureSource(Xt, yt, mean, scale, scaling)
+        model = build_stack(hps, splits, d, n_classes, device)
         train_path = "stacked" if isinstance(model, StackedMLP) else model.mode
         all_gens = list(model.dropout_gens)
+        base_lr = np.array([h.lr for h in hps])
         optimizer = StackedOptimizer(
             model.trainable(),
-            kind=hp.optimizer,
-            lr=hp.lr,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
+            kind=hp0.optimizer,
+            lr=base_lr,
+            momentum=[h.momentum for h in hps],
+            weight_decay=[h.weight_decay for h in hps],
         )
         best_state = [t.detach().clone() for t in model.state_tensors()]
         eval_full = make_eval_index([s.val for s in splits], source.offsets, device)
         eval_idx, eval_w, eval_n = eval_full
-        widths = [d, *hp.hidden, n_classes] if hp.factory is None else [max(d, 256)]
+        widths = [d, *hp0.hidden, n_classes] if hp0.factory is None else [max(d, 256)]
 
-        mode = "min" if hp.monitor == "val_loss" else "max"
+        mode = "min" if hp0.monitor == "val_loss" else "max"
         plateau = (
-            PlateauSchedule(n_members, mode=mode, factor=hp.plateau_factor, patience=hp.plateau_patience)
-            if hp.lr_schedule == "plateau"
+            PlateauSchedule(n_members, mode=mode, factor=hp0.plateau_factor, patience=hp0.plateau_patience)
+            if hp0.lr_schedule == "plateau"
             else None
         )
         live = list(range(n_members))  # member ids in stack order
         trains = [torch.as_tensor(s.train, dtype=torch.long) for s in splits]
         order_gens = [torch.Generator().manual_seed(s.seeds.order) for s in splits]
-        records = [_MemberRecord(mode, hp.patience, hp.min_delta) for _ in splits]
+        records = [_MemberRecord(mode, h.patience, h.min_delta) for h in hps]
         curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in _METRICS}
-        stopped_by_report = False
+        halted: set[int] = set()  # groups stopped by their report
 
-        for epoch in range(1, hp.max_epochs + 1):
-            if hp.lr_schedule == "step":
-                lr = hp.lr * step_schedule_factor(epoch, hp.step_size, hp.gamma)
-                optimizer.set_lr(np.full(len(live), lr))
+        for epoch in range(1, hp0.max_epochs + 1):
+            if hp0.lr_schedule == "step":
+                optimizer.set_lr(base_lr[live] * step_schedule_factor(epoch, hp0.step_size, hp0.gamma))
             batches = make_epoch_batches(
-                [trains[i] for i in live], [order_gens[i] for i in live], source.offsets, hp.batch_size, device
+                [trains[i] for i in live], [order_gens[i] for i in live], source.offsets, hp0.batch_size, device
             )
             train_sum = train_one_epoch(model, optimizer, source, batches, on_batch)
             vloss, vacc = evaluate(model, source, eval_idx, eval_w, eval_n, _eval_chunk(len(live), widths))
@@ -475,11 +525,11 @@ def fit_stack(
                     lrs[pos] = plateau.step(mids, vals, lrs[pos])
                     optimizer.set_lr(lrs)
             if report is not None:
-                members = tuple(r.report(s.fold) for r, s in zip(records, splits))
-                if report(EpochReport(epoch=epoch, members=members)):
-                    stopped_by_report = True
-                    break
-            keep = [j for j, mid in enumerate(live) if not records[mid].stopped]
+                for g in sorted({group_of[mid] for mid in live}):
+                    members = tuple(records[m].report(splits[m].fold) for m in range(n_members) if group_of[m] == g)
+                    if report(g, EpochReport(epoch=epoch, members=members)):
+                        halted.add(g)
+            keep = [j for j, mid in enumerate(live) if not records[mid].stopped and group_of[mid] not in halted]
             if not keep:
                 break
             if len(keep) < len(live):  # compact: stopped members leave the stack
@@ -500,8 +550,8 @@ def fit_stack(
         scale=scale,
         folds=folds,
         curves=curves,
-        epochs_run=max(r.epochs_run for r in records),
-        stopped_by_report=stopped_by_report,
+        epochs_run=[r.epochs_run for r in records],
+        stopped_by_report=halted,
         train_path=train_path,
         eval_index=eval_full,
     )

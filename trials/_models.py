@@ -38,7 +38,7 @@ class StackedMLP(nn.Module):
     activation
         ``relu`` or ``leaky_relu`` (slope 0.01).
     dropout
-        Dropout probability after each hidden layer.
+        Dropout probability after each hidden layer: one for all members, or one per member.
     init_seeds, dropout_seeds
         One seed per member.
     device
@@ -52,14 +52,17 @@ class StackedMLP(nn.Module):
         n_classes: int,
         *,
         activation: str,
-        dropout: float,
+        dropout: float | Sequence[float],
         init_seeds: Sequence[int],
         dropout_seeds: Sequence[int],
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
         self.activation = activation
-        self.p = float(dropout)
+        ps = [float(dropout)] * len(init_seeds) if isinstance(dropout, (int, float)) else [float(p) for p in dropout]
+        if len(ps) != len(init_seeds):
+            raise ValueError(f"got {len(ps)} dropout rates for {len(init_seeds)} members")
+        self._all_ps = ps
         sizes = [int(n_features), *[int(h) for h in hidden], int(n_classes)]
         gens = [torch.Generator().manual_seed(int(s)) for s in init_seeds]
         per_member: list[list[tuple[Tensor, Tensor]]] = []
@@ -81,6 +84,13 @@ class StackedMLP(nn.Module):
             self.biases.append(nn.Parameter(b.contiguous()))
         dev = torch.device(device)
         self.dropout_gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in dropout_seeds]
+        self._set_dropout(ps)
+
+    def _set_dropout(self, ps: list[float]) -> None:
+        self.ps = ps
+        self.p = ps[0] if len(set(ps)) == 1 else None  # one rate for all: a scalar, as F.dropout uses
+        dev = self.weights[0].device
+        self._keep = torch.tensor([1.0 - p for p in ps], device=dev).view(-1, 1, 1)
 
     @property
     def n_members(self) -> int:
@@ -98,7 +108,7 @@ class StackedMLP(nn.Module):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = F.relu(h) if self.activation == "relu" else F.leaky_relu(h, 0.01)
-                if self.training and self.p > 0.0:
+                if self.training and any(p > 0.0 for p in self.ps):
                     h = self._dropout(h, active)
         return h
 
@@ -106,7 +116,7 @@ class StackedMLP(nn.Module):
         # keep an element where u < 1 - p, u ~ U[0, 1) from the member's own generator; scale the
         # kept ones by 1 / (1 - p) (what F.dropout does). uniform_ is ~2.5x faster on CPU than
         # bernoulli_, which draws one mt19937 number per element through a slower path.
-        keep = 1.0 - self.p
+        keep: float | Tensor = 1.0 - self.p if self.p is not None else self._keep  # [M, 1, 1] per member
         u = torch.empty_like(h)
         for m, g in enumerate(self.dropout_gens):
             if active is None or active[m]:
@@ -130,6 +140,7 @@ class StackedMLP(nn.Module):
             for i, p in enumerate(plist):
                 plist[i] = nn.Parameter(p.detach().index_select(0, keep))
         self.dropout_gens = [self.dropout_gens[k] for k in keep_list]
+        self._set_dropout([self.ps[k] for k in keep_list])
 
     def load_state_tensors(self, tensors: Sequence[Tensor], dropout_gens: list[torch.Generator]) -> None:
         """Replace the whole stack's state by ``tensors`` (as returned by :meth:`state_tensors`)."""
@@ -138,6 +149,7 @@ class StackedMLP(nn.Module):
             self.weights[i] = nn.Parameter(tensors[i].detach().clone())
             self.biases[i] = nn.Parameter(tensors[n + i].detach().clone())
         self.dropout_gens = list(dropout_gens)
+        self._set_dropout(list(self._all_ps))
 
 
 class _OutputShapeError(ValueError):

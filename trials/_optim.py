@@ -37,9 +37,10 @@ class StackedOptimizer:
     kind
         ``"sgd"`` or ``"adam"``.
     lr
-        Initial learning rate of every member.
+        Initial learning rate: one for all members, or one per member.
     momentum, weight_decay
-        As in ``torch.optim.SGD`` (``momentum`` is ignored by Adam).
+        As in ``torch.optim.SGD`` (``momentum`` is ignored by Adam): one for all members, or
+        one per member.
     betas, eps
         Adam's coefficients.
     """
@@ -49,9 +50,9 @@ class StackedOptimizer:
         params: Sequence[Tensor],
         *,
         kind: str,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        lr: float | Sequence[float],
+        momentum: float | Sequence[float] = 0.0,
+        weight_decay: float | Sequence[float] = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
@@ -59,22 +60,34 @@ class StackedOptimizer:
             raise ValueError(f"unknown optimizer {kind!r}; use 'sgd' or 'adam'")
         self.params = list(params)
         self.kind = kind
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         p0 = self.params[0]
         n = p0.shape[0]
         # float64 master copy (torch.optim keeps lr as a Python float); float32 copy for SGD.
-        self.lr = torch.full((n,), float(lr), dtype=torch.float64, device=p0.device)
+        self.lr = torch.as_tensor(_per_member("lr", lr, n), dtype=torch.float64, device=p0.device)
         self._lr32 = self.lr.to(torch.float32)
+        self._momentum = _per_member("momentum", momentum, n)
+        self._weight_decay = _per_member("weight_decay", weight_decay, n)
+        self._coefficients()
         self.state: dict[str, list[Tensor]] = {}
-        if kind == "sgd" and self.momentum != 0.0:
+        if kind == "sgd" and any(m != 0.0 for m in self._momentum):
             self.state["momentum_buffer"] = [torch.zeros_like(p) for p in self.params]
         if kind == "adam":
             self.state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
             self.steps = torch.zeros(n, dtype=torch.float64, device=p0.device)
+
+    def _coefficients(self) -> None:
+        """Momentum and weight decay as the update rules use them: a float when every member has
+        the same value (the exact scalar arithmetic of torch.optim), else a tensor ``[M]``."""
+        dev = self.params[0].device
+
+        def scalar_or_tensor(values: list[float]) -> float | Tensor:
+            return values[0] if len(set(values)) == 1 else torch.tensor(values, device=dev)
+
+        self.momentum = scalar_or_tensor(self._momentum)
+        self.weight_decay = scalar_or_tensor(self._weight_decay)
 
     # ------------------------------------------------------------------ learning rates
     def set_lr(self, lr: np.ndarray | Sequence[float]) -> None:
@@ -112,21 +125,27 @@ class StackedOptimizer:
             g = p.grad
             if g is None:
                 continue
-            if self.weight_decay != 0.0:
-                g = g.add(p, alpha=self.weight_decay)
+            g = self._decayed(g, p)
             mv = None if mask is None else _bcast(mask, p)
             if bufs is not None:
                 buf = bufs[i]
+                mom = self.momentum if isinstance(self.momentum, float) else _bcast(self.momentum, p)
                 if mv is None:
-                    buf.mul_(self.momentum).add_(g)
+                    buf.mul_(mom).add_(g)
                 else:
-                    buf.copy_(torch.where(mv, buf * self.momentum + g, buf))
+                    buf.copy_(torch.where(mv, buf * mom + g, buf))
                 g = buf
             lr = _bcast(self._lr32, p)
             if mv is None:
                 p.addcmul_(g, lr, value=-1.0)
             else:
                 p.copy_(torch.where(mv, torch.addcmul(p, g, lr, value=-1.0), p))
+
+    def _decayed(self, g: Tensor, p: Tensor) -> Tensor:
+        """The gradient with L2 weight decay added (``g + weight_decay * p``, per member)."""
+        if isinstance(self.weight_decay, float):
+            return g if self.weight_decay == 0.0 else g.add(p, alpha=self.weight_decay)
+        return g.addcmul(p, _bcast(self.weight_decay, p))
 
     def _adam(self, mask: Tensor | None) -> None:
         b1, b2 = self.betas
@@ -143,8 +162,7 @@ class StackedOptimizer:
             g = p.grad
             if g is None:
                 continue
-            if self.weight_decay != 0.0:
-                g = g.add(p, alpha=self.weight_decay)
+            g = self._decayed(g, p)
             m, v = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
             mv = None if mask is None else _bcast(mask, p)
             if mv is None:
@@ -166,10 +184,23 @@ class StackedOptimizer:
         self.params = list(params)
         self.lr = self.lr.index_select(0, keep)
         self._lr32 = self.lr.to(torch.float32)
+        ids = keep.tolist()
+        self._momentum = [self._momentum[k] for k in ids]
+        self._weight_decay = [self._weight_decay[k] for k in ids]
+        self._coefficients()
         for name, tensors in self.state.items():
             self.state[name] = [t.index_select(0, keep) for t in tensors]
         if self.kind == "adam":
             self.steps = self.steps.index_select(0, keep)
+
+
+def _per_member(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    out = [float(v) for v in value]
+    if len(out) != n:
+        raise ValueError(f"{name}: got {len(out)} values for {n} members")
+    return out
 
 
 def step_schedule_factor(epoch: int, step_size: int, gamma: float) -> float:

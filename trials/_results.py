@@ -80,6 +80,9 @@ class TrialResult:
         ``stacked`` (built-in MLP), ``vmap`` or ``sequential`` (user model factory).
     stopped_by_report
         The report callback asked to stop (pruning).
+    stack_size
+        Configurations trained in the same stack as this one (1: alone; see
+        :func:`trials.run_trials`); ``duration_s`` is then the whole stack's.
     """
 
     folds: tuple[FoldResult, ...]
@@ -89,6 +92,7 @@ class TrialResult:
     device: str
     train_path: str
     stopped_by_report: bool
+    stack_size: int = 1
 
     def scores(self, metric: str) -> list[float]:
         """``metric`` (``val_loss`` or ``val_accuracy``) of each fold at its best epoch."""

@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ._config import TrialSettings, resolve_hyperparams
+from ._config import TrialSettings, resolve_hyperparams, stack_key
 from ._data import Dataset, holdout_split
 from ._engine import FeatureSource, MemberSplit, evaluate, fit_stack, make_eval_index
 from ._results import EpochReport, TestResult, TrialResult
 from ._seeding import ROLE_REFIT, member_seeds
 
-__all__ = ["TrialOutOfMemory", "refit_and_test", "resolve_device", "run_trial"]
+__all__ = ["TrialOutOfMemory", "refit_and_test", "resolve_device", "run_trial", "run_trials"]
 
 _T = TypeVar("_T")
 
@@ -135,29 +135,100 @@ def run_trial(
     TrialOutOfMemory
         On a CUDA (or host) out-of-memory error.
     """
+    each = None if report is None else (lambda _i, r: report(r))
+    return run_trials(
+        data, [params], settings, seeds=[seed], report=each, device=device, gpu_fraction=gpu_fraction, folds=folds
+    )[0]
+
+
+def run_trials(
+    data: Dataset,
+    params: Sequence[Mapping[str, Any]],
+    settings: TrialSettings,
+    *,
+    seeds: Sequence[int],
+    report: Callable[[int, EpochReport], bool] | None = None,
+    device: str | None = None,
+    gpu_fraction: float | None = None,
+    folds: Sequence[int] | None = None,
+) -> list[TrialResult]:
+    """Train several configurations as one stack: k folds x m configurations members.
+
+    The configurations must have equal :func:`stack_key` (they may differ in ``lr``,
+    ``momentum``, ``weight_decay`` and ``dropout``). Every member is seeded from its own
+    configuration's seed and fold, so each configuration's result is what :func:`run_trial`
+    gives it alone (up to floating-point summation order).
+
+    Parameters
+    ----------
+    params, seeds
+        One entry per configuration.
+    report
+        Called after every epoch as ``report(i, EpochReport)`` for each configuration ``i`` still
+        training; returning True stops that configuration's members at once.
+    data, settings, device, gpu_fraction, folds
+        As for :func:`run_trial`.
+
+    Returns
+    -------
+    list of TrialResult
+        One per configuration, in order (``stack_size`` is ``len(params)``).
+
+    Raises
+    ------
+    ValueError
+        Invalid hyperparameters, configurations that cannot share a stack, a bad fold index.
+    TrialOutOfMemory
+        On a CUDA (or host) out-of-memory error.
+    """
     t0 = time.perf_counter()
-    hp = resolve_hyperparams(settings, params)
+    if not params or len(params) != len(seeds):
+        raise ValueError(f"need one seed per configuration, got {len(params)} configurations and {len(seeds)} seeds")
+    hps = [resolve_hyperparams(settings, p) for p in params]
+    keys = {stack_key(h) for h in hps}
+    if len(keys) > 1:
+        raise ValueError(
+            "these configurations cannot train in one stack: they differ in more than lr, momentum, "
+            "weight_decay and dropout (group them by trials.stack_key)"
+        )
     fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
     if not fold_ids or any(not 0 <= f < len(data.folds) for f in fold_ids) or len(set(fold_ids)) != len(fold_ids):
         raise ValueError(f"folds must be distinct indices into the data set's {len(data.folds)} folds, got {folds}")
     dev = resolve_device(device or settings.training.device)
     _apply_thread_env()
-    splits = [MemberSplit(f, data.folds[f][0], data.folds[f][1], member_seeds(seed, f)) for f in fold_ids]
+    splits, member_hps, groups = [], [], []
+    for i, (hp, seed) in enumerate(zip(hps, seeds)):
+        for f in fold_ids:
+            splits.append(MemberSplit(f, data.folds[f][0], data.folds[f][1], member_seeds(seed, f)))
+            member_hps.append(hp)
+            groups.append(i)
 
-    def train() -> TrialResult:
-        out = fit_stack(data.X, data.y, splits, hp, n_classes=data.n_classes, device=dev, seed=seed, report=report)
-        return TrialResult(
-            folds=tuple(out.folds),
-            curves=out.curves,
-            epochs_run=out.epochs_run,
-            duration_s=0.0,
-            device=str(dev),
-            train_path=out.train_path,
-            stopped_by_report=out.stopped_by_report,
+    def train() -> list[TrialResult]:
+        out = fit_stack(
+            data.X, data.y, splits, member_hps,
+            n_classes=data.n_classes, device=dev, seed=seeds[0], groups=groups, report=report,
         )
+        results = []
+        for i in range(len(hps)):
+            mine = [m for m, g in enumerate(groups) if g == i]
+            results.append(TrialResult(
+                folds=tuple(out.folds[m] for m in mine),
+                curves={k: [v[m] for m in mine] for k, v in out.curves.items()},
+                epochs_run=max(out.epochs_run[m] for m in mine),
+                duration_s=0.0,
+                device=str(dev),
+                train_path=out.train_path,
+                stopped_by_report=i in out.stopped_by_report,
+                stack_size=len(hps),
+            ))
+        return results
 
-    result = _guarded(dev, gpu_fraction, f"batch_size={hp.batch_size} with {len(splits)} stacked member(s)", train)
-    return dataclasses.replace(result, duration_s=time.perf_counter() - t0)
+    what = f"batch_size={hps[0].batch_size} with {len(splits)} stacked member(s)"
+    if len(hps) > 1:
+        what += f" ({len(hps)} configurations x {len(fold_ids)} folds)"
+    results = _guarded(dev, gpu_fraction, what, train)
+    elapsed = time.perf_counter() - t0
+    return [dataclasses.replace(r, duration_s=elapsed) for r in results]
 
 
 def refit_and_test(

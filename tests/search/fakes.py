@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -55,3 +56,33 @@ def flaky(data, settings, job, report):  # type: ignore[no-untyped-def]
 def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
     """Always raises: a deterministic failure."""
     raise ValueError("this configuration always fails")
+
+
+def stackable(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """``quadratic``, with a ``.stack`` so the orchestrator may stack its trials."""
+    return quadratic(data, settings, job, report)
+
+
+def _quadratic_stack(data, settings, jobs, report):  # type: ignore[no-untyped-def]
+    """Each job of the stack like ``quadratic``; ``train_path`` names the stack (``stack-<first number>``)."""
+    tag = f"stack-{jobs[0].number}"
+    out = []
+    for job in jobs:
+        res = quadratic(data, settings, job, lambda r, key=job.key: report(key, r))
+        out.append(dataclasses.replace(res, train_path=tag, stack_size=len(jobs)))
+    return out
+
+
+stackable.stack = _quadratic_stack  # type: ignore[attr-defined]
+
+
+def stack_breaks(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Works for one job; training several as a stack raises (a stack-only failure, e.g. memory)."""
+    return quadratic(data, settings, job, report)
+
+
+def _raise_stack(data, settings, jobs, report):  # type: ignore[no-untyped-def]
+    raise RuntimeError(f"stack of {len(jobs)} trials failed")
+
+
+stack_breaks.stack = _raise_stack  # type: ignore[attr-defined]

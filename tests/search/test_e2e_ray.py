@@ -12,7 +12,8 @@ import ray
 from optuna.trial import TrialState
 
 import storage as st
-from search import RayBackend, ResourceError, run_study
+from search import RayBackend, ResourceError, parse_spec, run_study
+from trials import load_dataset, run_trial
 
 from . import fakes
 
@@ -85,9 +86,20 @@ def test_random_and_tpe_run_the_budget_on_ray(sqlite_url, strategy) -> None:
             "space": {"lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
                       "dropout": {"type": "float", "low": 0.0, "high": 0.3}},
             "tpe": {"n_startup_trials": 2}}
+    if strategy == "random":  # also: trials stacked on the workers (k folds x m configurations)
+        spec["resources"] = {**spec["resources"], "stack_trials": 3}
     res = run_study(spec, storage=sqlite_url, refit=False)
     trials = load(sqlite_url, f"s-{strategy}").trials
     assert res.done == 5 and [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    if strategy == "random":
+        sizes = sorted(t.user_attrs["stack_size"] for t in trials)
+        assert sum(sizes) >= 5 and max(sizes) >= 2, sizes
+        # a stacked trial scores what it scores alone
+        s = parse_spec(spec)
+        data = load_dataset(s.data, s.cv, s.seed)
+        t = next(t for t in trials if t.user_attrs["stack_size"] > 1)
+        alone = run_trial(data, t.params, s.settings, seed=t.user_attrs["seed"])
+        assert t.user_attrs["fold_scores"] == pytest.approx(alone.scores("val_accuracy"), abs=1e-5)
 
 
 def test_pruning_on_ray(sqlite_url) -> None:

@@ -120,3 +120,34 @@ def test_step_schedule_matches_step_lr():
         assert step_schedule_factor(epoch, 3, 0.5) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
         opt.step()
         ref.step()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_per_member_momentum_and_weight_decay_match_torch_optim(kind):
+    """Members with their own lr, momentum and weight decay (configurations stacked together)
+    each match torch.optim run with their own values; with a mask, too."""
+    values = [dict(lr=0.05, momentum=0.9, weight_decay=1e-3), dict(lr=0.2, momentum=0.0, weight_decay=0.0),
+              dict(lr=0.01, momentum=0.5, weight_decay=1e-2)]
+    params = [p.clone().requires_grad_() for p in _init(3)]
+    opt = StackedOptimizer(params, kind=kind, **{k: [v[k] for v in values] for k in values[0]})
+    refs, ref_params = [], []
+    for m, v in enumerate(values):
+        ps = [p[m].clone().requires_grad_() for p in _init(3)]
+        ref_params.append(ps)
+        if kind == "sgd":
+            refs.append(torch.optim.SGD(ps, lr=v["lr"], momentum=v["momentum"], weight_decay=v["weight_decay"]))
+        else:
+            refs.append(torch.optim.Adam(ps, lr=v["lr"], weight_decay=v["weight_decay"]))
+    for step, grads in enumerate(_grads(20, 3)):
+        active = [True, step % 4 != 1, True]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step(torch.tensor(active))
+        for m, (ref, ps) in enumerate(zip(refs, ref_params)):
+            if active[m]:
+                for q, g in zip(ps, grads):
+                    q.grad = g[m].clone()
+                ref.step()
+    for m, ps in enumerate(ref_params):
+        for p, q in zip(params, ps):
+            torch.testing.assert_close(p[m].detach(), q.detach(), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,138 @@
+"""Several trials as one stack (resources.stack_trials) on the in-process backend.
+
+The stack fake runs each job like ``fakes.quadratic`` and tags the results with the stack they
+ran in, so these tests check the orchestrator's grouping, budget and recovery, not the training
+(tests/trials and the Ray end-to-end test check that).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import storage as st
+from search import Callbacks, Interrupted, LocalBackend, parse_spec, resume_study, run_study
+
+from . import fakes
+from .resume_checks import check_invariants, snapshot
+
+# 8 points, 2 batch sizes: trials can share a stack only with the same batch size
+SPACE = {"lr": {"values": [0.001, 0.003, 0.01, 0.03]}, "batch_size": {"choices": [32, 64]}}
+POINTS = [(lr, b) for lr in (0.001, 0.003, 0.01, 0.03) for b in (32, 64)]
+
+
+def spec(stack: int, **kw: object) -> dict:
+    out = {"name": "s", "strategy": "grid", "seed": 3, "space": SPACE, "data": {"source": "digits"},
+           "training": {"max_epochs": 3}, "cv": {"folds": 2}, "resources": {"stack_trials": stack}}
+    out.update(kw)
+    return out
+
+
+def trials_of(url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="s", storage=st.create_storage(url)).get_trials(deepcopy=False)
+
+
+def stacks(trials: list[optuna.trial.FrozenTrial]) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    out: dict[str, list[optuna.trial.FrozenTrial]] = defaultdict(list)
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            out[t.user_attrs["train_path"]].append(t)
+    return out
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_grid_trials_share_stacks_by_batch_size(sqlite_url, lanes) -> None:
+    run_study(spec(4), storage=sqlite_url, backend=LocalBackend(lanes), worker_fn=fakes.stackable, refit=False)
+    trials = trials_of(sqlite_url)
+    check_invariants(trials, budget=8, seed=3, grid=POINTS)
+    assert len(trials) == 8  # nothing ran twice
+    groups = stacks(trials)
+    for members in groups.values():
+        assert len({t.params["batch_size"] for t in members}) == 1, "a stack mixes batch sizes"
+        assert 1 <= len(members) <= 4
+        assert {t.user_attrs["stack_size"] for t in members} == {len(members)}
+    assert max(len(m) for m in groups.values()) >= 2, "nothing was stacked"
+    assert len(groups) < 8
+
+
+def test_stack_trials_1_runs_one_trial_per_task(sqlite_url) -> None:
+    run_study(spec(1), storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.stackable, refit=False)
+    trials = trials_of(sqlite_url)
+    assert len(trials) == 8 and all(t.user_attrs["stack_size"] == 1 for t in trials)
+
+
+def test_random_budget_is_exact_with_a_partial_last_stack(sqlite_url) -> None:
+    s = spec(3, strategy="random", n_trials=7,
+             space={"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}})
+    run_study(s, storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.stackable, refit=False)
+    trials = trials_of(sqlite_url)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 7}
+    assert sorted(len(m) for m in stacks(trials).values()) == [1, 3, 3]
+
+
+def test_a_failed_stack_reruns_its_trials_alone(sqlite_url) -> None:
+    messages: list[str] = []
+
+    class Rec(Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    s = spec(4, retries={"max_retries": 1})
+    run_study(s, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stack_breaks, callbacks=Rec(),
+              refit=False)
+    trials = trials_of(sqlite_url)
+    checked = check_invariants(trials, budget=8, seed=3, grid=POINTS)
+    assert checked.failed, "the stacks should have failed"
+    assert all("stack of" in t.user_attrs["fail_reason"] for t in checked.failed)
+    assert all(t.user_attrs.get("alone") is True for t in checked.retries)
+    assert all(t.user_attrs["stack_size"] == 1 for t in checked.complete)
+    assert any("running it again alone" in m for m in messages)
+
+
+def test_interrupt_records_ready_trials_and_resume_runs_each_once(sqlite_url) -> None:
+    """Ctrl-C while trials wait to fill a stack: they are recorded like running ones (FAIL, one
+    queued re-run each) and the resume completes the grid with nothing run twice."""
+
+    class StopAfterFirst(Callbacks):
+        sent = False
+
+        def on_trial_end(self, trial, done, budget) -> None:  # type: ignore[no-untyped-def]
+            if not self.sent:  # Ctrl-C once, when the first trial is told
+                self.sent = True
+                raise KeyboardInterrupt
+
+    # 1 lane and a pool of 4 over 4 batch sizes x 2 learning rates: a stack holds at most the 2
+    # points of one batch size, so at least 2 pooled trials have not started when Ctrl-C comes.
+    space = {"lr": {"values": [0.001, 0.01]}, "batch_size": {"choices": [16, 32, 64, 128]}}
+    points = [(lr, b) for lr in (0.001, 0.01) for b in (16, 32, 64, 128)]
+    with pytest.raises(Interrupted):
+        run_study(spec(4, space=space), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stackable,
+                  callbacks=StopAfterFirst(), refit=False)
+    trials = trials_of(sqlite_url)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    reasons = [t.user_attrs.get("fail_reason", "") for t in trials if t.state == TrialState.FAIL]
+    assert any("before it started" in r for r in reasons), reasons
+    before = snapshot(trials)
+    resume_study("s", storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.stackable, refit=False)
+    check_invariants(trials_of(sqlite_url), budget=8, seed=3, grid=points, before=before)
+
+
+def test_stack_trials_with_parallel_folds_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"stack_trials: 2 cannot be combined with resources\.parallel_folds"):
+        parse_spec(spec(2, resources={"stack_trials": 2, "parallel_folds": True}))
+
+
+def test_a_worker_function_without_stack_runs_trials_alone(sqlite_url) -> None:
+    messages: list[str] = []
+
+    class Rec(Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    run_study(spec(4), storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.quadratic, callbacks=Rec(),
+              refit=False)
+    assert all(t.user_attrs["stack_size"] == 1 for t in trials_of(sqlite_url))
+    assert any("stack_trials: 4 ignored" in m for m in messages)
