@@ -46,4 +46,5 @@ resources:
   cpus_per_trial: 1
   gpus_per_trial: 0       # fractions pack trials on one GPU, e.g. 0.25
   # max_concurrent: 4     # default: as many as the Ray cluster fits
+  # stack_trials: 4       # train up to 4 trials (same batch size) as one network: small models, GPUs
 """
