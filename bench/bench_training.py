@@ -5,7 +5,8 @@ Usage::
     .venv/bin/python bench/bench_training.py              # full run (~3-5 min on CPU)
     .venv/bin/python bench/bench_training.py --smoke      # tiny sizes, seconds (CI)
     options: --out PATH (default bench/results/training[-smoke].json), --rounds N,
-             --cases digits,digits_b32,digits_small,synthetic, --threads N (default 1)
+             --cases digits,digits_b32,digits_small,synthetic, --threads N (default 1),
+             --configs M (default 3), --device cpu|cuda
 
 Cases: ``digits`` (1797 x 64, MLP 200-200), ``digits_b32`` (the same with batch 32, the issue's
 prototype setting), ``digits_small`` (the same data, MLP 32: a model small enough that per-operation
@@ -78,6 +79,7 @@ LR, MOMENTUM = 0.01, 0.9
 FOLDS = 5
 VARIANTS = ("stacked", "one_by_one", "trials_1", "handwritten", "dataloader", "configs_stacked")
 CONFIGS = 3  # --configs: configurations stacked together in variant configs_stacked
+DEVICE = torch.device("cpu")  # --device
 
 
 def clocks() -> tuple[float, float]:
@@ -98,7 +100,7 @@ def settings(hidden: tuple[int, ...], epochs: int, batch: int = BATCH) -> TrialS
             batch_size=batch,
             max_epochs=epochs,
             patience=epochs + 1,  # never stop early: every run does the same number of epochs
-            device="cpu",
+            device=DEVICE.type,
         ),
     )
 
@@ -137,14 +139,14 @@ def time_handwritten(data, hidden, epochs: int, loader: bool, batch: int) -> lis
     mean, scale = fit_scaler(data.X, train)
     Xs = torch.from_numpy((data.X - mean) / scale)
     y = torch.from_numpy(data.y)
-    Xtr, ytr, Xva, yva = Xs[train], y[train], Xs[val], y[val]
+    Xtr, ytr, Xva, yva = (t.to(DEVICE) for t in (Xs[train], y[train], Xs[val], y[val]))
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     width = data.n_features
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(DROPOUT)]
         width = h
-    model = nn.Sequential(*layers, nn.Linear(width, data.n_classes))
+    model = nn.Sequential(*layers, nn.Linear(width, data.n_classes)).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     gen = torch.Generator().manual_seed(0)
     dl = None
@@ -158,7 +160,7 @@ def time_handwritten(data, hidden, epochs: int, loader: bool, batch: int) -> lis
         if dl is not None:
             batches = iter(dl)
         else:
-            perm = torch.randperm(len(ytr), generator=gen)
+            perm = torch.randperm(len(ytr), generator=gen).to(DEVICE)
             batches = ((Xtr[idx], ytr[idx]) for idx in perm.split(batch))
         for xb, yb in batches:
             loss = F.cross_entropy(model(xb), yb)
@@ -203,6 +205,7 @@ def bench_case(
 
     wall = {v: statistics.median(x[0] for x in samples[v]) for v in VARIANTS}
     cpu = {v: statistics.median(x[1] for x in samples[v]) for v in VARIANTS}
+    on_gpu = DEVICE.type == "cuda"  # CPU time says nothing about GPU work: wall clock there
     return {
         "rows": int(len(data.y) + len(data.y_test)),
         "features": data.n_features,
@@ -215,10 +218,10 @@ def bench_case(
         "epochs_per_run": epochs,
         "rounds": rounds,
         "epochs_timed_per_variant": len(samples["stacked"]),
-        "clock": "cpu",
+        "clock": "wall" if on_gpu else "cpu",
         "epoch_s_cpu": {v: round(t, 6) for v, t in cpu.items()},
         "epoch_s_wall": {v: round(t, 6) for v, t in wall.items()},
-        **ratios(cpu),
+        **ratios(wall if on_gpu else cpu),
         "wall_ratios": ratios(wall),
     }
 
@@ -231,7 +234,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3; smoke 1)")
     parser.add_argument("--cases", default="digits,digits_b32,digits_small,synthetic", help="comma list of cases")
     parser.add_argument("--configs", type=int, default=CONFIGS, help="configurations in variant configs_stacked")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the headline clock is wall time)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     big = (2000, 3) if args.smoke else (60000, 3)
     small_epochs = 3 if args.smoke else 6
@@ -260,7 +266,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "machine": platform.processor() or platform.machine(),
-        "device": "cpu",
+        "device": str(DEVICE),
         "training": {"batch_size": "per case (default 64)", "optimizer": "sgd", "momentum": MOMENTUM,
                      "dropout": DROPOUT, "folds": FOLDS},
         "results": {},
@@ -274,9 +280,9 @@ def main() -> None:
             flush=True,
         )
         report["results"][name] = res = bench_case(name, data, hidden, epochs, rounds, batch, args.configs)
-        e = res["epoch_s_cpu"]
+        e = res[f"epoch_s_{res['clock']}"]
         print(
-            f"{name}: CPU s/epoch  stacked(5)={e['stacked']:.4f}  one-by-one(5)={e['one_by_one']:.4f}  "
+            f"{name}: {res['clock']} s/epoch  stacked(5)={e['stacked']:.4f}  one-by-one(5)={e['one_by_one']:.4f}  "
             f"-> stack speedup {res['stack_speedup']:.2f}x (wall {res['wall_ratios']['stack_speedup']:.2f}x)\n"
             f"{name}: 1 member  trials={e['trials_1']:.4f}  handwritten={e['handwritten']:.4f}  "
             f"dataloader={e['dataloader']:.4f}  -> trials/handwritten {res['trials_vs_handwritten']:.2f} "
