@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from trials import ModelSpec, TrainingSpec, TrialSettings, resolve_hyperparams, run_trial, run_trials, stack_key
+from trials._engine import FeatureSource
 
 SETTINGS = TrialSettings(
     model=ModelSpec(hidden=(24, 24), dropout=0.2),
@@ -84,3 +86,26 @@ def test_stack_key_separates_shape_and_batch_but_not_per_member_values():
     assert stack_key(hp) != stack_key(resolve_hyperparams(SETTINGS, {"batch_size": 64}))
     assert stack_key(hp) != stack_key(resolve_hyperparams(SETTINGS, {"hidden_size": 8}))
     assert stack_key(hp) != stack_key(dataclasses.replace(hp, optimizer="adam"))
+
+
+@pytest.mark.parametrize("precompute_bytes", [1 << 30, 0])
+def test_feature_source_serves_each_member_its_splits_scaling(precompute_bytes):
+    """Members of different configurations that train one fold share that fold's statistics, on
+    both paths (standardized copies precomputed, or standardized per batch), also after compaction."""
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(50, 4, generator=g), torch.arange(50) % 3
+    mean, scale = torch.randn(2, 4, generator=g), torch.rand(2, 4, generator=g) + 0.5
+    scaling = [0, 1, 0, 1]  # 2 configurations x 2 folds
+    source = FeatureSource(X, y, mean, scale, scaling, precompute_bytes=precompute_bytes)
+    rows = torch.randint(0, 50, (4, 7), generator=g)
+
+    def expected(members: list[int]) -> torch.Tensor:
+        s = torch.tensor([scaling[m] for m in members])
+        return (X[rows[members]] - mean[s][:, None]) / scale[s][:, None]
+
+    x, labels = source.gather(rows + torch.tensor(source.offsets)[:, None])
+    torch.testing.assert_close(x, expected([0, 1, 2, 3]))
+    assert torch.equal(labels, y[rows])
+    source.select([1, 2])
+    x, _ = source.gather(rows[[1, 2]] + torch.tensor(source.offsets)[:, None])
+    torch.testing.assert_close(x, expected([1, 2]))
