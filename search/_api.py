@@ -322,11 +322,12 @@ def _execute(
         try:
             backend.open(data, spec.settings, worker_fn)
             stack = spec.resources.stack_trials
-            if stack > 1 and stack_fn_for(worker_fn) is None:
+            if stack > 1 and (stack_fn_for(worker_fn) is None or not backend.can_stack):
                 name = getattr(worker_fn, "__name__", repr(worker_fn))
+                why = (f"worker function {name} cannot train several trials as one stack (give it a .stack function)"
+                       if backend.can_stack else f"{type(backend).__name__} cannot run stacks")
                 (callbacks or Callbacks()).on_message(
-                    f"resources.stack_trials: {stack} ignored: worker function {name} cannot train several "
-                    "trials as one stack (give it a .stack function); trials run one per task")
+                    f"resources.stack_trials: {stack} ignored: {why}; trials run one per task")
                 stack = 1
             orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db, stack_trials=stack)
             orch.run()

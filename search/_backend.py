@@ -148,11 +148,12 @@ def train_stack(
     )
 
 
+train_job.stack = train_stack  # type: ignore[attr-defined]
+
+
 def stack_fn_for(fn: WorkerFn) -> StackFn | None:
-    """How jobs of worker function ``fn`` train as a stack: ``train_stack`` for :func:`train_job`,
-    else ``fn.stack`` if the function has one, else None (its trials run one per job)."""
-    if fn is train_job:
-        return train_stack
+    """How jobs of worker function ``fn`` train as a stack: its ``.stack`` function (``train_stack``
+    for :func:`train_job`), or None: its trials run one per job."""
     return getattr(fn, "stack", None)
 
 
@@ -203,6 +204,8 @@ def execute(
             if stack is None:
                 raise TypeError(f"worker function {fn!r} cannot train trials as one stack (it has no .stack)")
             results = list(stack(data, settings, jobs, report))
+            if len(results) != len(jobs):
+                raise RuntimeError(f"the stack function returned {len(results)} results for {len(jobs)} trials")
     except Exception as e:  # a trial's own failure must never take the study down
         return [Outcome(j.key, failure=_failure(j.key, e), node_id=node_id) for j in jobs]
     return [Outcome(j.key, result=r, node_id=node_id, started_at=started) for j, r in zip(jobs, results)]
@@ -231,11 +234,14 @@ class Backend(ABC):
     def submit(self, job: TrialJob) -> None:
         """Start ``job``; its events come from :meth:`poll`."""
 
+    can_stack: bool = False
+    """Whether :meth:`submit_stack` takes more than one job (the orchestrator stacks only then)."""
+
     def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
         """Start ``jobs`` (trials with equal :func:`trials.stack_key`) as one stack on one worker.
 
-        Their events are per job, as for :meth:`submit`. Backends that cannot stack run a single
-        job only.
+        Their events are per job, as for :meth:`submit`. Backends that cannot stack
+        (``can_stack`` False) run a single job only.
         """
         if len(jobs) != 1:
             raise NotImplementedError(f"{type(self).__name__} cannot stack trials; set resources.stack_trials: 1")

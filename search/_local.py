@@ -21,6 +21,8 @@ class LocalBackend(Backend):
     orchestrator test with a cheap worker function runs in milliseconds.
     """
 
+    can_stack = True
+
     def __init__(self, max_concurrent: int = 1) -> None:
         self.max_concurrent = max_concurrent
 

@@ -32,6 +32,10 @@ __all__ = ["Callbacks", "Interrupted", "Orchestrator", "count_done"]
 T = TypeVar("T")
 
 
+# A ready trial passed over this many times is submitted next (with whatever group it has).
+_MAX_PASSED = 2
+
+
 class Interrupted(Exception):
     """The run was interrupted (Ctrl-C); in-flight trials were recorded for re-running."""
 
@@ -75,6 +79,7 @@ class _Running:
     alone: bool = False  # must not share a stack (a re-run after its own failure)
     task: int | None = None  # the backend task (stack) running it
     stacked: bool = False  # runs in a stack with other trials
+    passed: int = 0  # times it was ready and another group was submitted instead
     last_step: int = 0
     pruned: bool = False
 
@@ -243,20 +248,32 @@ class Orchestrator:
 
     def _pick(self) -> list[_Running]:
         """The largest group of ready trials with one stack key (at most ``stack_trials``; the
-        earliest asked wins a tie)."""
+        earliest asked wins a tie), unless the earliest asked trial was already passed over
+        ``_MAX_PASSED`` times: then its group, so no trial waits for ever."""
         groups: dict[Any, list[_Running]] = {}
         for run in self._ready:
             groups.setdefault(self._stack_key(run), []).append(run)
-        best = max(groups.values(), key=lambda g: min(len(g), self.stack_trials))
-        return best[: self.stack_trials]
+        oldest = self._ready[0]
+        if oldest.passed >= _MAX_PASSED:
+            best = groups[self._stack_key(oldest)]
+        else:
+            best = max(groups.values(), key=lambda g: min(len(g), self.stack_trials))
+        group = best[: self.stack_trials]
+        for run in self._ready:
+            if run not in group:
+                run.passed += 1
+        return group
 
     def _stack_key(self, run: _Running) -> Any:
         if self.stack_trials == 1 or run.alone:
             return ("alone", run.job.key)
         try:
-            return stack_key(resolve_hyperparams(self.spec.settings, run.job.params))
+            hp = resolve_hyperparams(self.spec.settings, run.job.params)
         except ValueError:  # invalid params: it runs (and fails with the reason) alone
             return ("alone", run.job.key)
+        if hp.factory is not None:  # user models train one configuration per stack
+            return ("alone", run.job.key)
+        return stack_key(hp)
 
     def _ask(self) -> optuna.Trial:
         """``study.ask``, safe to repeat: a storage call retried after its first attempt committed
@@ -373,13 +390,15 @@ class Orchestrator:
         if ev.kind == "cancelled":
             self._running.pop(ev.key, None)
             return
-        # a stack that failed (even out of memory) re-runs each of its trials alone
-        retry = (ev.kind != "oom" or run.stacked) and run.job.attempt < self.spec.retries.max_retries
+        # A stack that failed (even out of memory) re-runs each of its trials alone, whatever
+        # retries.max_retries says: the failure may be a stack-mate's. A trial that failed alone
+        # is retried while attempts are left; its re-runs stay alone.
+        retry = run.stacked or (ev.kind != "oom" and run.job.attempt < self.spec.retries.max_retries)
         attrs: dict[str, Any] = {"fail_reason": ev.reason}
         if retry:
             alone = " alone" if run.stacked else ""
             self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again{alone}")
-        self._finish(run, TrialState.FAIL, None, attrs, retry=retry, alone=run.stacked)
+        self._finish(run, TrialState.FAIL, None, attrs, retry=retry, alone=run.stacked or run.alone)
 
     def _finish(
         self,
@@ -395,6 +414,8 @@ class Orchestrator:
         with self._critical():
             if retry:
                 attrs["will_retry"] = True
+                if alone:  # so that a recovery that queues the re-run queues it alone too
+                    attrs["rerun_alone"] = True
                 self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt, alone=alone)
             self._db(lambda: set_trial_user_attrs(self.study._storage, trial._trial_id, attrs))
             self._tell(trial.number, state, value)
@@ -448,20 +469,21 @@ class Orchestrator:
             # a trial killed before its seed was stored never ran: its re-run gets the seed it would have had
             seed = int(t.user_attrs.get("seed", trial_seed(self.spec.seed, t.number)))
             params = self._full_params(t)
+            alone = bool(t.user_attrs.get("alone") or t.user_attrs.get("rerun_alone"))
             if t.state == TrialState.RUNNING and params is None:
                 self._unstarted.append(t._trial_id)
                 self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
             elif t.state == TrialState.RUNNING:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:
-                    self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)))
+                    self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)), alone=alone)
                 attrs = {"fail_reason": reason, "will_retry": True}
                 self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self.study._storage, t._trial_id, attrs))
                 self._tell(t.number, TrialState.FAIL, None)
                 self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
             elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
-                self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)))
+                self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)), alone=alone)
 
     def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
         """The trial's params if every parameter is set (it may have run), else None (it never ran;

@@ -400,6 +400,10 @@ class RayBackend(Backend):
             return
         self._launch([job])
 
+    @property
+    def can_stack(self) -> bool:  # type: ignore[override]
+        return self._split == 1  # a stack trains all folds in one task
+
     def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
         if len(jobs) > 1 and self._split > 1:
             raise NotImplementedError("stacked trials cannot also run their folds as separate tasks "

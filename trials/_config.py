@@ -233,15 +233,10 @@ def stack_key(hp: Hyperparams) -> tuple[Any, ...]:
 
     Configurations with equal keys (same optimizer, batch size, network shape, schedule, early
     stopping) can train as members of one network, each with its own ``lr``, ``momentum``,
-    ``weight_decay`` and ``dropout``. A user model factory builds its modules from all tuned
-    params, so there the params are part of the key.
+    ``weight_decay`` and ``dropout``. Configurations of a user model factory (``factory`` set)
+    never share a stack: the factory builds its modules from all tuned params.
     """
-    shared = tuple(
-        (f.name, getattr(hp, f.name)) for f in dataclasses.fields(hp) if f.name not in PER_MEMBER_FIELDS
-    )
-    if hp.factory is not None:
-        shared += (("params", tuple(sorted((k, repr(v)) for k, v in hp.params.items()))),)
-    return shared
+    return tuple((f.name, getattr(hp, f.name)) for f in dataclasses.fields(hp) if f.name not in PER_MEMBER_FIELDS)
 
 
 def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:

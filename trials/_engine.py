@@ -407,7 +407,10 @@ def _per_member_hyperparams(hp: Hyperparams | Sequence[Hyperparams], n: int) -> 
     for h in hps[1:]:
         if stack_key(h) != key:
             diff = sorted(k for (k, a), (_, b) in zip(key, stack_key(h)) if a != b)
-            raise ValueError(f"members of one stack must share {', '.join(diff)} (see trials.stack_key)")
+            raise ValueError(
+                f"these configurations cannot train in one stack: they differ in {', '.join(diff)} (only lr, "
+                "momentum, weight_decay and dropout may differ; group them by trials.stack_key)"
+            )
     return hps
 
 

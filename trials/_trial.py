@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ._config import TrialSettings, resolve_hyperparams, stack_key
+from ._config import TrialSettings, resolve_hyperparams
 from ._data import Dataset, holdout_split
 from ._engine import FeatureSource, MemberSplit, evaluate, fit_stack, make_eval_index
 from ._results import EpochReport, TestResult, TrialResult
@@ -155,7 +155,7 @@ def run_trials(
     """Train several configurations as one stack: k folds x m configurations members.
 
     The configurations must have equal :func:`stack_key` (they may differ in ``lr``,
-    ``momentum``, ``weight_decay`` and ``dropout``). Every member is seeded from its own
+    ``momentum``, ``weight_decay`` and ``dropout``) and use the built-in MLP. Every member is seeded from its own
     configuration's seed and fold, so each configuration's result is what :func:`run_trial`
     gives it alone (up to floating-point summation order).
 
@@ -185,12 +185,8 @@ def run_trials(
     if not params or len(params) != len(seeds):
         raise ValueError(f"need one seed per configuration, got {len(params)} configurations and {len(seeds)} seeds")
     hps = [resolve_hyperparams(settings, p) for p in params]
-    keys = {stack_key(h) for h in hps}
-    if len(keys) > 1:
-        raise ValueError(
-            "these configurations cannot train in one stack: they differ in more than lr, momentum, "
-            "weight_decay and dropout (group them by trials.stack_key)"
-        )
+    if len(hps) > 1 and hps[0].factory is not None:
+        raise ValueError("configurations of a model.factory train one per stack; call run_trial for each")
     fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
     if not fold_ids or any(not 0 <= f < len(data.folds) for f in fold_ids) or len(set(fold_ids)) != len(fold_ids):
         raise ValueError(f"folds must be distinct indices into the data set's {len(data.folds)} folds, got {folds}")

@@ -59,8 +59,10 @@ def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
 
 
 def stackable(data, settings, job, report):  # type: ignore[no-untyped-def]
-    """``quadratic``, with a ``.stack`` so the orchestrator may stack its trials."""
-    return quadratic(data, settings, job, report)
+    """``quadratic``, with a ``.stack`` so the orchestrator may stack its trials; a trial run alone
+    is tagged ``stack-<number>`` too."""
+    res = quadratic(data, settings, job, report)
+    return res if job.kind == "refit" else dataclasses.replace(res, train_path=f"stack-{job.number}")
 
 
 def _quadratic_stack(data, settings, jobs, report):  # type: ignore[no-untyped-def]
@@ -86,3 +88,21 @@ def _raise_stack(data, settings, jobs, report):  # type: ignore[no-untyped-def]
 
 
 stack_breaks.stack = _raise_stack  # type: ignore[attr-defined]
+
+
+def second_fails_alone(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Stacks always fail; alone, a trial fails on its first re-run (attempt 1) and works after."""
+    if job.attempt == 1:
+        raise RuntimeError(f"trial {job.number} fails alone once")
+    return stackable(data, settings, job, report)
+
+
+second_fails_alone.stack = _raise_stack  # type: ignore[attr-defined]
+
+
+def stack_short(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """A buggy ``.stack`` that returns one result too few."""
+    return stackable(data, settings, job, report)
+
+
+stack_short.stack = lambda data, settings, jobs, report: _quadratic_stack(data, settings, jobs, report)[:-1]  # type: ignore[attr-defined]

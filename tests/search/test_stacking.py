@@ -73,14 +73,16 @@ def test_random_budget_is_exact_with_a_partial_last_stack(sqlite_url) -> None:
     assert sorted(len(m) for m in stacks(trials).values()) == [1, 3, 3]
 
 
-def test_a_failed_stack_reruns_its_trials_alone(sqlite_url) -> None:
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_a_failed_stack_reruns_its_trials_alone(sqlite_url, max_retries) -> None:
+    """Whatever retries.max_retries says: the failure may be a stack-mate's."""
     messages: list[str] = []
 
     class Rec(Callbacks):
         def on_message(self, text: str) -> None:
             messages.append(text)
 
-    s = spec(4, retries={"max_retries": 1})
+    s = spec(4, retries={"max_retries": max_retries})
     run_study(s, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stack_breaks, callbacks=Rec(),
               refit=False)
     trials = trials_of(sqlite_url)
@@ -125,14 +127,58 @@ def test_stack_trials_with_parallel_folds_is_refused() -> None:
         parse_spec(spec(2, resources={"stack_trials": 2, "parallel_folds": True}))
 
 
-def test_a_worker_function_without_stack_runs_trials_alone(sqlite_url) -> None:
+class _NoStacks(LocalBackend):
+    can_stack = False
+
+
+@pytest.mark.parametrize(("backend", "fn", "why"), [
+    (LocalBackend, fakes.quadratic, "worker function quadratic cannot train several trials"),
+    (_NoStacks, fakes.stackable, "_NoStacks cannot run stacks"),
+])
+def test_without_a_stack_function_or_backend_support_trials_run_alone(sqlite_url, backend, fn, why) -> None:
     messages: list[str] = []
 
     class Rec(Callbacks):
         def on_message(self, text: str) -> None:
             messages.append(text)
 
-    run_study(spec(4), storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.quadratic, callbacks=Rec(),
-              refit=False)
+    run_study(spec(4), storage=sqlite_url, backend=backend(2), worker_fn=fn, callbacks=Rec(), refit=False)
     assert all(t.user_attrs["stack_size"] == 1 for t in trials_of(sqlite_url))
-    assert any("stack_trials: 4 ignored" in m for m in messages)
+    assert any("stack_trials: 4 ignored" in m and why in m for m in messages), messages
+
+
+def test_a_rerun_alone_stays_alone_when_it_fails_again(sqlite_url) -> None:
+    run_study(spec(4, retries={"max_retries": 2}), storage=sqlite_url, backend=LocalBackend(1),
+              worker_fn=fakes.second_fails_alone, refit=False)
+    trials = trials_of(sqlite_url)
+    assert Counter(t.state.name for t in trials)["COMPLETE"] == 8
+    retries = [t for t in trials if "retry_of" in t.user_attrs]
+    assert {t.user_attrs["attempt"] for t in retries} == {1, 2}
+    assert all(t.user_attrs.get("alone") is True for t in retries)
+    assert all(t.user_attrs["stack_size"] == 1 for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_a_stack_function_returning_too_few_results_fails_its_trials_not_the_run(sqlite_url) -> None:
+    run_study(spec(4), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stack_short, refit=False)
+    checked = check_invariants(trials_of(sqlite_url), budget=8, seed=3, grid=POINTS)
+    assert checked.failed and all("the stack function returned" in t.user_attrs["fail_reason"]
+                                  for t in checked.failed)
+
+
+def test_pruning_stops_one_trial_of_a_stack(sqlite_url, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_EPOCH_S", "0.005")
+    # the lower the lr, the worse (fakes.score_of): the median pruner stops the worse half
+    s = spec(4, strategy="random", n_trials=16, space={"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+             training={"max_epochs": 12}, pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    run_study(s, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stackable, refit=False)
+    trials = trials_of(sqlite_url)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and all(t.user_attrs["epochs"] < 12 for t in pruned)
+    assert any(t.user_attrs["stack_size"] > 1 for t in pruned), "no trial was pruned inside a stack"
+    # its stack-mates ran on: each stack with a pruned trial also has a trial that ran all epochs
+    for p in pruned:
+        mates = [t for t in complete if t.user_attrs["train_path"] == p.user_attrs["train_path"]]
+        assert all(t.user_attrs["epochs"] == 12 for t in mates)
+    assert any(t.user_attrs["train_path"] == p.user_attrs["train_path"] for p in pruned for t in complete)
+    assert max(t.params["lr"] for t in pruned) < max(t.params["lr"] for t in complete)
