@@ -70,7 +70,7 @@ def count_done(trials: list[FrozenTrial]) -> int:
     return sum(_is_final(t) for t in trials)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the pool and stacks hold these objects
 class _Running:
     """A trial this run asked for: ready (not yet submitted, ``task`` is None) or running."""
 

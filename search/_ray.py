@@ -405,11 +405,11 @@ class RayBackend(Backend):
         return self._split == 1  # a stack trains all folds in one task
 
     def submit_stack(self, jobs: Sequence[TrialJob]) -> None:
-        if len(jobs) > 1 and self._split > 1:
-            raise NotImplementedError("stacked trials cannot also run their folds as separate tasks "
-                                      "(resources.parallel_folds); set resources.stack_trials: 1")
         if len(jobs) == 1:
             self.submit(jobs[0])
+        elif not self.can_stack:
+            raise NotImplementedError("stacked trials cannot also run their folds as separate tasks "
+                                      "(resources.parallel_folds); set resources.stack_trials: 1")
         else:
             self._launch(list(jobs))
 

@@ -464,8 +464,8 @@ def fit_stack(
         # members training the same split (one fold, several configurations) share its scaling
         distinct: dict[tuple[int, int], int] = {}
         scaling = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
-        firsts = {u: s for s, u in zip(splits, scaling)}
-        stats = [fit_scaler(X, firsts[u].train) for u in range(len(distinct))]
+        train_of = {u: s.train for s, u in zip(splits, scaling)}
+        stats = [fit_scaler(X, train_of[u]) for u in range(len(distinct))]
         mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
         scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
         source = FeatureSource(Xt, yt, mean, scale, scaling)

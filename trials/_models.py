@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ._optim import per_member
+
 __all__ = ["FunctionalStack", "StackedMLP", "load_factory"]
 
 
@@ -59,13 +61,11 @@ class StackedMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.activation = activation
-        ps = [float(dropout)] * len(init_seeds) if isinstance(dropout, (int, float)) else [float(p) for p in dropout]
-        if len(ps) != len(init_seeds):
-            raise ValueError(f"got {len(ps)} dropout rates for {len(init_seeds)} members")
+        ps = per_member("dropout", dropout, len(init_seeds))
         self._all_ps = ps
         sizes = [int(n_features), *[int(h) for h in hidden], int(n_classes)]
         gens = [torch.Generator().manual_seed(int(s)) for s in init_seeds]
-        per_member: list[list[tuple[Tensor, Tensor]]] = []
+        member_layers: list[list[tuple[Tensor, Tensor]]] = []
         for g in gens:  # member by member, layer by layer: the order nn.Linear consumes its RNG
             layers = []
             for fan_in, fan_out in itertools.pairwise(sizes):
@@ -74,12 +74,12 @@ class StackedMLP(nn.Module):
                 bound = 1.0 / math.sqrt(fan_in)
                 b = torch.empty(fan_out).uniform_(-bound, bound, generator=g)
                 layers.append((w.t(), b))
-            per_member.append(layers)
+            member_layers.append(layers)
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for layer in range(len(sizes) - 1):
-            w = torch.stack([m[layer][0] for m in per_member]).to(device)
-            b = torch.stack([m[layer][1] for m in per_member]).unsqueeze(1).to(device)
+            w = torch.stack([m[layer][0] for m in member_layers]).to(device)
+            b = torch.stack([m[layer][1] for m in member_layers]).unsqueeze(1).to(device)
             self.weights.append(nn.Parameter(w.contiguous()))
             self.biases.append(nn.Parameter(b.contiguous()))
         dev = torch.device(device)
@@ -89,6 +89,7 @@ class StackedMLP(nn.Module):
     def _set_dropout(self, ps: list[float]) -> None:
         self.ps = ps
         self.p = ps[0] if len(set(ps)) == 1 else None  # one rate for all: a scalar, as F.dropout uses
+        self._dropout_on = any(p > 0.0 for p in ps)
         dev = self.weights[0].device
         self._keep = torch.tensor([1.0 - p for p in ps], device=dev).view(-1, 1, 1)
 
@@ -108,7 +109,7 @@ class StackedMLP(nn.Module):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = F.relu(h) if self.activation == "relu" else F.leaky_relu(h, 0.01)
-                if self.training and any(p > 0.0 for p in self.ps):
+                if self.training and self._dropout_on:
                     h = self._dropout(h, active)
         return h
 

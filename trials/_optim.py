@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["PlateauSchedule", "StackedOptimizer", "step_schedule_factor"]
+__all__ = ["PlateauSchedule", "StackedOptimizer", "per_member", "step_schedule_factor"]
 
 
 def _bcast(t: Tensor, like: Tensor) -> Tensor:
@@ -65,10 +65,10 @@ class StackedOptimizer:
         p0 = self.params[0]
         n = p0.shape[0]
         # float64 master copy (torch.optim keeps lr as a Python float); float32 copy for SGD.
-        self.lr = torch.as_tensor(_per_member("lr", lr, n), dtype=torch.float64, device=p0.device)
+        self.lr = torch.as_tensor(per_member("lr", lr, n), dtype=torch.float64, device=p0.device)
         self._lr32 = self.lr.to(torch.float32)
-        self._momentum = _per_member("momentum", momentum, n)
-        self._weight_decay = _per_member("weight_decay", weight_decay, n)
+        self._momentum = per_member("momentum", momentum, n)
+        self._weight_decay = per_member("weight_decay", weight_decay, n)
         self._coefficients()
         self.state: dict[str, list[Tensor]] = {}
         if kind == "sgd" and any(m != 0.0 for m in self._momentum):
@@ -194,7 +194,8 @@ class StackedOptimizer:
             self.steps = self.steps.index_select(0, keep)
 
 
-def _per_member(name: str, value: float | Sequence[float], n: int) -> list[float]:
+def per_member(name: str, value: float | Sequence[float], n: int) -> list[float]:
+    """``value`` for each of ``n`` members: one value repeated, or one per member (checked)."""
     if isinstance(value, (int, float)):
         return [float(value)] * n
     out = [float(v) for v in value]
