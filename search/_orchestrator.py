@@ -65,6 +65,11 @@ def _is_final(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and not t.user_attrs.get("will_retry", False)
 
 
+def _failures(attrs: dict[str, Any]) -> int:
+    """A run's earlier own failures (``failures``; studies from before it existed counted ``attempt``)."""
+    return int(attrs.get("failures", attrs.get("attempt", 0)))
+
+
 def count_done(trials: list[FrozenTrial]) -> int:
     """Trials that consumed budget: COMPLETE, PRUNED, and FAIL not followed by a retry."""
     return sum(_is_final(t) for t in trials)
@@ -77,6 +82,7 @@ class _Running:
     trial: optuna.Trial
     job: TrialJob
     alone: bool = False  # must not share a stack (a re-run after its own failure)
+    failures: int = 0  # earlier runs of this trial that failed by its own fault (see retries.max_retries)
     task: int | None = None  # the backend task (stack) running it
     stacked: bool = False  # runs in a stack with other trials
     passed: int = 0  # times it was ready and another group was submitted instead
@@ -244,7 +250,7 @@ class Orchestrator:
             attempt=int(attrs.get("attempt", 0)),
             gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
         )
-        return _Running(trial, job, alone=bool(attrs.get("alone", False)))
+        return _Running(trial, job, alone=bool(attrs.get("alone", False)), failures=_failures(attrs))
 
     def _pick(self) -> list[_Running]:
         """The largest group of ready trials with one stack key (at most ``stack_trials``; the
@@ -391,14 +397,16 @@ class Orchestrator:
             self._running.pop(ev.key, None)
             return
         # A stack that failed (even out of memory) re-runs each of its trials alone, whatever
-        # retries.max_retries says: the failure may be a stack-mate's. A trial that failed alone
-        # is retried while attempts are left; its re-runs stay alone.
-        retry = run.stacked or (ev.kind != "oom" and run.job.attempt < self.spec.retries.max_retries)
+        # retries.max_retries says, and the failure does not count as the trial's: it may be a
+        # stack-mate's. A trial that failed alone is retried while it has failed fewer than
+        # max_retries times; its re-runs stay alone.
+        retry = run.stacked or (ev.kind != "oom" and run.failures < self.spec.retries.max_retries)
         attrs: dict[str, Any] = {"fail_reason": ev.reason}
         if retry:
             alone = " alone" if run.stacked else ""
             self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again{alone}")
-        self._finish(run, TrialState.FAIL, None, attrs, retry=retry, alone=run.stacked or run.alone)
+        self._finish(run, TrialState.FAIL, None, attrs, retry=retry, alone=run.stacked or run.alone,
+                     failures=run.failures + (0 if run.stacked else 1))
 
     def _finish(
         self,
@@ -409,21 +417,30 @@ class Orchestrator:
         *,
         retry: bool = False,
         alone: bool = False,
+        failures: int | None = None,
+        notify: bool = True,
     ) -> None:
+        """Record a trial's outcome; with ``retry``, queue its re-run (``alone``: in no stack;
+        ``failures``: the re-run's count of own failures, this run's when None).
+        ``notify=False`` skips ``on_trial_end`` (a trial that never started)."""
         trial = run.trial
         with self._critical():
             if retry:
+                failures = run.failures if failures is None else failures
                 attrs["will_retry"] = True
-                if alone:  # so that a recovery that queues the re-run queues it alone too
+                attrs["rerun_failures"] = failures  # so that a recovery that queues the re-run
+                if alone:  # counts the same failures and queues it alone too
                     attrs["rerun_alone"] = True
-                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt, alone=alone)
+                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
+                                    failures=failures, alone=alone)
             self._db(lambda: set_trial_user_attrs(self.study._storage, trial._trial_id, attrs))
             self._tell(trial.number, state, value)
             self._running.pop(run.job.key, None)
             if not retry:
                 self._done += 1
-        frozen = self._db(lambda: self.study._storage.get_trial(trial._trial_id))
-        self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
+        if notify:
+            frozen = self._db(lambda: self.study._storage.get_trial(trial._trial_id))
+            self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
 
     def _tell(self, number: int, state: TrialState, value: float | None) -> None:
         def tell() -> None:
@@ -436,18 +453,19 @@ class Orchestrator:
         self._db(tell)
 
     def _enqueue_retry(
-        self, number: int, params: dict[str, Any], seed: int, attempt: int, *, alone: bool = False
+        self, number: int, params: dict[str, Any], seed: int, attempt: int, *, failures: int, alone: bool = False
     ) -> None:
-        """Queue the one re-run of trial ``number`` (``alone``: never in a stack with other trials);
-        a no-op if it is already queued (a repeated storage call, or a second Ctrl-C in the middle
-        of recording the trial)."""
+        """Queue the one re-run of trial ``number`` (``attempt`` + 1; ``failures``: its own failures
+        so far; ``alone``: never in a stack with other trials); a no-op if it is already queued (a
+        repeated storage call, or a second Ctrl-C in the middle of recording the trial)."""
 
         def enqueue() -> None:
             waiting = self.study._storage.get_all_trials(
                 self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
             if any(t.user_attrs.get("retry_of") == number for t in waiting):
                 return
-            user_attrs: dict[str, Any] = {"retry_of": number, "attempt": attempt + 1, "seed": seed}
+            user_attrs: dict[str, Any] = {"retry_of": number, "attempt": attempt + 1, "failures": failures,
+                                          "seed": seed}
             if alone:
                 user_attrs["alone"] = True
             self.study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
@@ -470,20 +488,23 @@ class Orchestrator:
             seed = int(t.user_attrs.get("seed", trial_seed(self.spec.seed, t.number)))
             params = self._full_params(t)
             alone = bool(t.user_attrs.get("alone") or t.user_attrs.get("rerun_alone"))
+            attempt = int(t.user_attrs.get("attempt", 0))
             if t.state == TrialState.RUNNING and params is None:
                 self._unstarted.append(t._trial_id)
                 self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
             elif t.state == TrialState.RUNNING:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
-                if needs_retry:
-                    self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)), alone=alone)
+                if needs_retry:  # the orchestrator's end is not the trial's failure
+                    self._enqueue_retry(t.number, params, seed, attempt, failures=_failures(t.user_attrs),
+                                        alone=alone)
                 attrs = {"fail_reason": reason, "will_retry": True}
                 self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self.study._storage, t._trial_id, attrs))
                 self._tell(t.number, TrialState.FAIL, None)
                 self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
             elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
-                self._enqueue_retry(t.number, params, seed, int(t.user_attrs.get("attempt", 0)), alone=alone)
+                failures = int(t.user_attrs.get("rerun_failures", _failures(t.user_attrs) + 1))
+                self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone)
 
     def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
         """The trial's params if every parameter is set (it may have run), else None (it never ran;
@@ -505,14 +526,24 @@ class Orchestrator:
         self.backend.cancel_all()
         self._interrupt_pending = False
         ready, self._ready = self._ready, []
+        waiting: list[int] = []
         for run in [*self._running.values(), *ready]:
             state = self._db(lambda run=run: self.study._storage.get_trial(run.trial._trial_id).state)
             if state.is_finished():  # told just before a forced (second) Ctrl-C
                 self._running.pop(run.job.key, None)
                 continue
-            what = "while running" if run.task is not None else "before it started"
+            started = run.task is not None
+            what = "while running" if started else "before it started"
             reason = f"interrupted ({self._signal}) {what}; re-run on resume"
-            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True, alone=run.alone)
+            # an interrupt is not the trial's failure: its re-run keeps the retries it had
+            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True, alone=run.alone,
+                         notify=started)
+            if not started:
+                waiting.append(run.job.number)
+        if waiting:  # asked, waiting to fill a stack: never started, so no on_trial_start/on_trial_end
+            names = ", ".join(map(str, waiting))
+            self.callbacks.on_message(f"trial{'s' if len(waiting) > 1 else ''} {names} had not started; "
+                                      "each runs once on resume")
 
     # -- final refit -------------------------------------------------------------------------------
     def refit_best(self) -> dict[str, Any] | None:

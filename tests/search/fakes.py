@@ -53,6 +53,13 @@ def flaky(data, settings, job, report):  # type: ignore[no-untyped-def]
     return quadratic(data, settings, job, report)
 
 
+def fails_first_rerun(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Raises on attempt 1 (a trial's first re-run), works on every other attempt."""
+    if job.attempt == 1 and job.kind == "trial":
+        raise RuntimeError(f"trial {job.number} fails on its first re-run")
+    return quadratic(data, settings, job, report)
+
+
 def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
     """Always raises: a deterministic failure."""
     raise ValueError("this configuration always fails")

@@ -65,7 +65,8 @@ def check_invariants(
     - no trial left RUNNING or WAITING; exactly ``budget`` COMPLETE (the test studies neither prune
       nor fail for real); no parameter set COMPLETE twice; for grid, every point COMPLETE once;
     - every FAIL trial is marked ``will_retry`` and has exactly one re-run: same params, same seed,
-      ``retry_of`` = its number, ``attempt`` one more; every re-run points at a FAIL trial;
+      ``retry_of`` = its number, ``attempt`` one more; ``failures`` as the FAIL trial's
+      ``rerun_failures`` says, and unchanged after an interruption; every re-run points at a FAIL trial;
     - a first run's seed is derived from the study seed and its number;
     - ``before``: trials that were COMPLETE before the resume are unchanged.
     """
@@ -89,6 +90,12 @@ def check_invariants(
         assert r.params == f.params, (f.number, f.params, r.params)
         assert r.user_attrs["seed"] == f.user_attrs.get("seed", trial_seed(seed, f.number)), f.number
         assert r.user_attrs["attempt"] == int(f.user_attrs.get("attempt", 0)) + 1
+        if "rerun_failures" in f.user_attrs:
+            assert r.user_attrs["failures"] == f.user_attrs["rerun_failures"], f.number
+        if f.user_attrs["fail_reason"].startswith(("interrupted", "the orchestrator stopped")):
+            # not the trial's failure: the re-run keeps every retry it had
+            had = int(f.user_attrs.get("failures", f.user_attrs.get("attempt", 0)))
+            assert r.user_attrs["failures"] == had, (f.number, f.user_attrs, r.user_attrs)
     for r in retries:
         assert by_number[r.user_attrs["retry_of"]].state == TrialState.FAIL, r.number
     for t in trials:

@@ -140,3 +140,78 @@ def test_resume_unknown_study(sqlite_url, make_spec) -> None:
     run_study(make_spec(n_trials=1), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
     with pytest.raises(st.StudyNotFound, match="nope"):
         resume_study("nope", storage=sqlite_url, backend=LocalBackend(1))
+
+
+def chain(trials: list[optuna.trial.FrozenTrial], first: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial]:
+    """``first`` and its re-runs, in order (``retry_of`` links)."""
+    by_origin = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    out = [first]
+    while out[-1].number in by_origin:
+        out.append(by_origin[out[-1].number])
+    return out
+
+
+def test_an_interrupt_does_not_use_up_a_trials_retries(make_spec, sqlite_url) -> None:
+    """Ctrl-C, resume, then the re-run fails by its own fault: with ``max_retries: 1`` it is still
+    retried, since the interrupt was not the trial's failure."""
+    from search import Callbacks, Interrupted
+
+    class StopAtFirstEnd(Callbacks):
+        sent = False
+
+        def on_trial_end(self, trial, done, budget) -> None:  # type: ignore[no-untyped-def]
+            if not self.sent:  # Ctrl-C once, when the first trial is told
+                self.sent = True
+                raise KeyboardInterrupt
+
+    spec = make_spec(n_trials=4, retries={"max_retries": 1})
+    # 2 lanes: when the first trial is told, the other lane's trial is in flight
+    with pytest.raises(Interrupted):
+        run_study(spec, storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.fails_first_rerun,
+                  callbacks=StopAtFirstEnd(), refit=False)
+    resume_study("t", storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.fails_first_rerun, refit=False)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    assert states(load(sqlite_url))["COMPLETE"] == 4
+    interrupted = [t for t in trials if "interrupted" in t.user_attrs.get("fail_reason", "")]
+    assert interrupted
+    for t in interrupted:
+        first, rerun, again = chain(trials, t)
+        assert rerun.state == TrialState.FAIL and "fails on its first re-run" in rerun.user_attrs["fail_reason"]
+        assert (rerun.user_attrs["attempt"], rerun.user_attrs["failures"]) == (1, 0)
+        assert again.state == TrialState.COMPLETE, "the interrupt used up the trial's one retry"
+        assert (again.user_attrs["attempt"], again.user_attrs["failures"]) == (2, 1)
+        assert again.params == first.params and again.user_attrs["seed"] == first.user_attrs["seed"]
+
+
+@pytest.mark.parametrize("rerun_failures", [None, 0, 1])
+def test_a_stopped_orchestrator_does_not_use_up_a_trials_retries(make_spec, sqlite_url, rerun_failures) -> None:
+    """A trial left RUNNING by a killed orchestrator (``rerun_failures`` None), or one that failed and
+    was marked for a re-run the orchestrator died before queueing: the recovery queues the re-run with
+    the failures the trial had (``rerun_failures``), so with ``max_retries: 1`` one more own failure
+    is retried exactly when none was counted before."""
+    from search import make_pruner, make_sampler, parse_spec
+    from search._strategies import distributions
+
+    spec = make_spec(strategy="grid", n_trials=None, space=GRID, retries={"max_retries": 1})
+    s = parse_spec(spec)
+    study = optuna.create_study(storage=st.create_storage(sqlite_url), study_name="t", direction="maximize",
+                                sampler=make_sampler(s), pruner=make_pruner(s))
+    study.set_user_attr("hpsearch_spec", s.to_dict())
+    left = study.ask(distributions(s))
+    left.set_user_attr("seed", 7)
+    if rerun_failures is not None:
+        left.set_user_attr("fail_reason", "RuntimeError: boom")
+        left.set_user_attr("will_retry", True)
+        left.set_user_attr("rerun_failures", rerun_failures)
+        study.tell(left, state=TrialState.FAIL)
+    run_study(spec, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.fails_first_rerun, refit=False)
+    trials = load(sqlite_url).get_trials(deepcopy=False)
+    first, rerun, *rest = chain(trials, trials[0])
+    assert rerun.state == TrialState.FAIL and (rerun.user_attrs["attempt"], rerun.user_attrs["failures"]) == (
+        1, rerun_failures or 0)
+    if rerun_failures == 1:  # already failed once by its own fault: no second retry
+        assert rest == [] and not rerun.user_attrs.get("will_retry")
+    else:
+        (again,) = rest
+        assert again.state == TrialState.COMPLETE and again.params == first.params
+        assert again.user_attrs["seed"] == 7

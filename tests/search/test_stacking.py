@@ -99,24 +99,42 @@ def test_interrupt_records_ready_trials_and_resume_runs_each_once(sqlite_url) ->
     queued re-run each) and the resume completes the grid with nothing run twice."""
 
     class StopAfterFirst(Callbacks):
-        sent = False
+        def __init__(self) -> None:
+            self.sent = False
+            self.started: set[int] = set()
+            self.ended: list[int] = []
+            self.messages: list[str] = []
+
+        def on_trial_start(self, number, params) -> None:  # type: ignore[no-untyped-def]
+            self.started.add(number)
 
         def on_trial_end(self, trial, done, budget) -> None:  # type: ignore[no-untyped-def]
+            self.ended.append(trial.number)
             if not self.sent:  # Ctrl-C once, when the first trial is told
                 self.sent = True
                 raise KeyboardInterrupt
+
+        def on_message(self, text: str) -> None:
+            self.messages.append(text)
 
     # 1 lane and a pool of 4 over 4 batch sizes x 2 learning rates: a stack holds at most the 2
     # points of one batch size, so at least 2 pooled trials have not started when Ctrl-C comes.
     space = {"lr": {"values": [0.001, 0.01]}, "batch_size": {"choices": [16, 32, 64, 128]}}
     points = [(lr, b) for lr in (0.001, 0.01) for b in (16, 32, 64, 128)]
+    cb = StopAfterFirst()
     with pytest.raises(Interrupted):
         run_study(spec(4, space=space), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.stackable,
-                  callbacks=StopAfterFirst(), refit=False)
+                  callbacks=cb, refit=False)
     trials = trials_of(sqlite_url)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    reasons = [t.user_attrs.get("fail_reason", "") for t in trials if t.state == TrialState.FAIL]
-    assert any("before it started" in r for r in reasons), reasons
+    waited = [t for t in trials if "before it started" in t.user_attrs.get("fail_reason", "")]
+    assert len(waited) >= 2, [t.user_attrs.get("fail_reason") for t in trials]
+    # callbacks pair up: a trial that never started gets no on_trial_end, one message names them all
+    assert set(cb.ended) <= cb.started and not {t.number for t in waited} & cb.started
+    names = ", ".join(str(t.number) for t in sorted(waited, key=lambda t: t.number))
+    assert any(f"trials {names} had not started" in m for m in cb.messages), cb.messages
+    # waiting was not the trials' failure: their re-runs keep every retry
+    assert all(t.user_attrs["rerun_failures"] == 0 for t in waited)
     before = snapshot(trials)
     resume_study("s", storage=sqlite_url, backend=LocalBackend(2), worker_fn=fakes.stackable, refit=False)
     check_invariants(trials_of(sqlite_url), budget=8, seed=3, grid=points, before=before)
@@ -147,15 +165,23 @@ def test_without_a_stack_function_or_backend_support_trials_run_alone(sqlite_url
     assert any("stack_trials: 4 ignored" in m and why in m for m in messages), messages
 
 
-def test_a_rerun_alone_stays_alone_when_it_fails_again(sqlite_url) -> None:
-    run_study(spec(4, retries={"max_retries": 2}), storage=sqlite_url, backend=LocalBackend(1),
+@pytest.mark.parametrize("max_retries", [0, 1])
+def test_a_rerun_alone_stays_alone_when_it_fails_again(sqlite_url, max_retries) -> None:
+    """The stack's failure is not counted as the trial's; its own failure alone is, against max_retries."""
+    run_study(spec(4, retries={"max_retries": max_retries}), storage=sqlite_url, backend=LocalBackend(1),
               worker_fn=fakes.second_fails_alone, refit=False)
     trials = trials_of(sqlite_url)
-    assert Counter(t.state.name for t in trials)["COMPLETE"] == 8
     retries = [t for t in trials if "retry_of" in t.user_attrs]
-    assert {t.user_attrs["attempt"] for t in retries} == {1, 2}
     assert all(t.user_attrs.get("alone") is True for t in retries)
-    assert all(t.user_attrs["stack_size"] == 1 for t in trials if t.state == TrialState.COMPLETE)
+    first_reruns = [t for t in retries if t.user_attrs["attempt"] == 1]
+    assert len(first_reruns) == 8 and all(t.user_attrs["failures"] == 0 for t in first_reruns)
+    if max_retries == 0:  # the failure alone is final
+        assert Counter(t.state.name for t in trials) == {"FAIL": 16}
+        assert all(not t.user_attrs.get("will_retry") for t in first_reruns)
+    else:
+        assert Counter(t.state.name for t in trials)["COMPLETE"] == 8
+        assert {(t.user_attrs["attempt"], t.user_attrs["failures"]) for t in retries} == {(1, 0), (2, 1)}
+        assert all(t.user_attrs["stack_size"] == 1 for t in trials if t.state == TrialState.COMPLETE)
 
 
 def test_a_stack_function_returning_too_few_results_fails_its_trials_not_the_run(sqlite_url) -> None:
