@@ -690,12 +690,15 @@ def write_report(name: str, out_dir: str | Path, *, storage_url: str | None = No
     sections.append(top10)
 
     failed = _Section("Failed trials")
-    fail_rows = sorted((r for r in view["trials"] if r["state"] == "FAIL"), key=lambda r: r["number"])
+    # out-of-memory trials are PRUNED (so that the sampler avoids them) and keep their reason
+    fail_rows = sorted((r for r in view["trials"] if r["state"] == "FAIL" or (
+        r["state"] == "PRUNED" and r.get("fail_reason"))), key=lambda r: r["number"])
     if fail_rows:
         failed.raw(_table(
             ["trial", "reason", "re-run", "retry of"],
             [[str(r["number"]), r.get("fail_reason") or "(no reason stored)",
-              "yes" if by_number.get(r["number"]) and by_number[r["number"]].user_attrs.get("will_retry")
+              "no (recorded PRUNED)" if r["state"] == "PRUNED"
+              else "yes" if by_number.get(r["number"]) and by_number[r["number"]].user_attrs.get("will_retry")
               else "no", r.get("retry_of")] for r in fail_rows],
         ))
     else:

@@ -396,6 +396,13 @@ class Orchestrator:
         if ev.kind == "cancelled":
             self._running.pop(ev.key, None)
             return
+        if ev.kind == "oom" and not run.stacked:
+            # Out of memory alone: it would fail again, so it is not re-run. Optuna's samplers ignore
+            # FAIL trials and would propose the configuration again; a PRUNED trial ranks below every
+            # finished one, so TPE learns to avoid it (the idiom Optuna's maintainers give,
+            # optuna/optuna#3472). The reason stays in fail_reason, with oom=True.
+            self._finish(run, TrialState.PRUNED, None, {"fail_reason": ev.reason, "oom": True})
+            return
         # A stack that failed (even out of memory) re-runs each of its trials alone, whatever
         # retries.max_retries says, and the failure does not count as the trial's: it may be a
         # stack-mate's. A trial that failed alone is retried while it has failed fewer than

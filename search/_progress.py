@@ -53,6 +53,9 @@ class ProgressCallbacks(Callbacks):
                 self._best = v
         if trial.state == TrialState.FAIL:
             self.on_message(f"trial {trial.number} failed: {trial.user_attrs.get('fail_reason', '?')}")
+        elif trial.state == TrialState.PRUNED and trial.user_attrs.get("oom"):
+            self.on_message(f"trial {trial.number} {trial.user_attrs.get('fail_reason', 'ran out of memory')}; "
+                            "recorded as PRUNED so that the sampler avoids its configuration")
         if self._progress is not None:
             best = f"best {self._best:.4g}" if self._best is not None else ""
             self._progress.update(self._task, completed=done, best=best)

@@ -60,6 +60,15 @@ def fails_first_rerun(data, settings, job, report):  # type: ignore[no-untyped-d
     return quadratic(data, settings, job, report)
 
 
+def oom_at_512(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """Runs out of memory (as ``trials`` reports it) when ``batch_size`` is 512, else ``quadratic``."""
+    from trials import TrialOutOfMemory
+
+    if job.kind == "trial" and job.params.get("batch_size") == 512:
+        raise TrialOutOfMemory("out of memory at batch_size=512 on cuda:0: OutOfMemoryError: CUDA out of memory")
+    return quadratic(data, settings, job, report)
+
+
 def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
     """Always raises: a deterministic failure."""
     raise ValueError("this configuration always fails")

@@ -218,3 +218,20 @@ def test_report_and_export_of_an_orchestrated_study(make_spec, sqlite_url: str, 
     assert f"<dt>param lr</dt><dd>{result.best.params['lr']:.6g}</dd>" in dl
     assert (tmp_path / f"curves_trial_{result.best.number}.png").exists()
     assert export_trials("orch", storage_url=sqlite_url) == show_trials(sqlite_url, "orch")
+
+
+def test_report_lists_out_of_memory_trials_recorded_pruned(sqlite_url: str, tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from .studies import DISTRIBUTIONS
+
+    study = build_study(sqlite_url, "oomy", n_complete=2, n_fail=0, n_pruned=1, refit=False)
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 0.01, "dropout": 0.1, "batch_size": 64}, distributions=DISTRIBUTIONS,
+        state=TrialState.PRUNED, user_attrs={"fail_reason": "out of memory at batch_size=64 on cuda:0", "oom": True},
+    ))
+    html = write_report("oomy", tmp_path, storage_url=sqlite_url).read_text()
+    failed = html[html.index("Failed trials"):]
+    assert "out of memory at batch_size=64 on cuda:0" in failed and "no (recorded PRUNED)" in failed
+    assert failed.count("<tr>") == 2  # header + the OOM trial; the ordinary pruned trial is not listed
