@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shlex
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from trials import load_dataset
 from . import __version__
 from ._backend import Backend, WorkerFn, stack_fn_for, train_job
 from ._errors import UsageError
-from ._orchestrator import Callbacks, Orchestrator
+from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
 from ._spec import SpecError, StudySpec, load_spec, parse_spec
 from ._strategies import make_pruner, make_sampler
 
@@ -153,18 +155,57 @@ def _leased(engine: Any, name: str, retry: Callable[[Callable[[], Any]], Any]) -
     try:
         yield lease
     finally:
-        try:
-            lease.release()
-        except Exception as e:  # database gone: the row goes stale and the next run takes it over
-            lease.stop_heartbeat()
-            _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
-                         "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
+        # A Ctrl-C reaches every process of the terminal's group, and a user may press it twice: one
+        # landing in here must not leave the row behind (a resume would wait for it to go stale).
+        for _ in range(3):
+            try:
+                lease.release()
+                break
+            except KeyboardInterrupt:
+                continue
+            except Exception as e:  # database gone: the row goes stale and the next run takes it over
+                lease.stop_heartbeat()
+                _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
+                             "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
+                break
+
+
+class _StopSignals:
+    """SIGTERM stops a run like Ctrl-C (a KeyboardInterrupt) from its first line, also during start-up
+    (the orchestrator defers both while it records a trial). Main thread only; the previous
+    handlers are restored on exit; records which signal it was, for the message."""
+
+    def __init__(self) -> None:
+        self.name = "Ctrl-C"
+        self._previous: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main interpreter
+                return
+            self._previous.setdefault(sig, previous)
+
+    def __enter__(self) -> _StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _open_study(
     storage: optuna.storages.BaseStorage, spec: StudySpec, *, must_exist: bool
-) -> tuple[optuna.Study, list[str]]:
-    """Create the study, or load it and check its stored spec against ``spec``."""
+) -> tuple[optuna.Study, list[str], bool]:
+    """Create the study, or load it and check its stored spec against ``spec``; True if created."""
     messages: list[str] = []
     try:
         study_id = storage.get_study_id_from_name(spec.name)
@@ -179,7 +220,7 @@ def _open_study(
         )
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr("hpsearch_version", __version__)
-        return study, messages
+        return study, messages, True
     n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
     study = optuna.load_study(
         study_name=spec.name, storage=storage,
@@ -191,7 +232,7 @@ def _open_study(
         # created by a run that was killed before it stored the spec (two writes, not one): adopt it
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
         study.set_user_attr("hpsearch_version", __version__)
-        return study, messages
+        return study, messages, False
     if stored is None:
         raise UsageError(
             f"study {spec.name!r} exists but was not created by hpsearch (no stored spec); "
@@ -199,6 +240,12 @@ def _open_study(
         )
     diff = spec_diff(stored, spec.to_dict())
     fixed = [d for d in diff if not d.startswith(_MUTABLE_PREFIXES)]
+    if fixed and n_existing == 0 and not must_exist:
+        # no trial yet (a first run stopped before its first trial, e.g. on a typo'd data path):
+        # nothing to mix, so the corrected spec replaces it (its direction may differ: a new study)
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        study, _, _ = _open_study(storage, spec, must_exist=False)
+        return study, [f"study {spec.name!r} had no trials yet; its spec was replaced ({', '.join(fixed)})"], True
     if fixed:
         raise UsageError(
             f"study {spec.name!r} already exists with a different spec; refusing to mix results. Changed:\n  "
@@ -207,8 +254,28 @@ def _open_study(
         )
     if diff:
         study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        messages.append("updated " + ", ".join(d.split(":")[0] for d in diff))
-    return study, messages
+        messages.append("updated " + ", ".join(diff))
+    return study, messages, False
+
+
+def _nothing_to_do(study: optuna.Study, spec: StudySpec, refit: bool) -> bool:
+    """The budget is used, no trial is left to recover or run, and the final refit (if asked) is stored."""
+    trials = study.get_trials(deepcopy=False)
+    if any(not t.state.is_finished() for t in trials) or count_done(trials) < spec.budget:
+        return False
+    if not refit or not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+        return True
+    stored = study.user_attrs.get("test_result")
+    return bool(stored) and stored.get("trial") == study.best_trial.number
+
+
+def _drop_if_empty(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """Delete study ``name`` if it has no trial (best effort: the error being raised matters more)."""
+    try:
+        if not storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False):
+            optuna.delete_study(study_name=name, storage=storage)
+    except Exception as e:
+        _log.debug("could not drop the empty study %r: %s", name, e)
 
 
 def _check_data(study: optuna.Study, spec: StudySpec, fingerprint: str) -> None:
@@ -302,17 +369,48 @@ def _execute(
                 f"saved; free some space, then run `hpsearch resume {hint}` to continue."
             ) from e
 
+    stops = _StopSignals()
+    try:
+        with stops:
+            return _execute_leased(spec, rdb, url, retry, address=address, backend=backend,
+                                   callbacks=callbacks, worker_fn=worker_fn, must_exist=must_exist, refit=refit)
+    except KeyboardInterrupt as e:  # outside the trial loop: start-up, the final refit, or a second Ctrl-C
+        what = e.args[0] if e.args and isinstance(e.args[0], str) else stops.name  # "SIGTERM" from ray.init
+        raise Interrupted(f"interrupted ({what}); finished trials are saved. "
+                          f"Continue with `hpsearch resume {hint}`") from None
+
+
+def _execute_leased(
+    spec: StudySpec,
+    rdb: optuna.storages.RDBStorage,
+    url: str,
+    retry: Callable[[Callable[[], Any]], Any],
+    *,
+    address: str | None,
+    backend: Backend | None,
+    callbacks: Callbacks | None,
+    worker_fn: WorkerFn,
+    must_exist: bool,
+    refit: bool,
+) -> StudyResult:
     # The lease comes first: a run refused because another one is live must not write the study.
     with _leased(rdb.engine, spec.name, retry) as lease:
-        study, messages = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
-        backend = backend or make_backend(spec, address)
-        # Ray starts first: its workers then import torch while the driver loads the data.
-        backend.start()
+        study, messages, created = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
+        if retry(lambda: _nothing_to_do(study, spec, refit)):  # a finished study: no Ray, no data
+            return retry(lambda: _summarize(study, spec, url, messages))
         try:
-            data = load_dataset(spec.data, spec.cv, spec.seed)
-            retry(lambda: _check_data(study, spec, data.fingerprint()))
-        except BaseException:
-            backend.close()
+            backend = backend or make_backend(spec, address)
+            # Ray starts first: its workers then import torch while the driver loads the data.
+            backend.start()
+            try:
+                data = load_dataset(spec.data, spec.cv, spec.seed)
+                retry(lambda: _check_data(study, spec, data.fingerprint()))
+            except BaseException:
+                backend.close()
+                raise
+        except Exception:
+            if created:  # bad data or resources: leave no empty study behind (Ctrl-C keeps it, to resume)
+                _drop_if_empty(rdb, spec.name)
             raise
 
         def db(fn: Callable[[], T]) -> T:

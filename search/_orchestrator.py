@@ -7,6 +7,7 @@ counters kept here are derived from it at start and updated as this process writ
 
 from __future__ import annotations
 
+import copy
 import math
 import shlex
 import signal
@@ -340,7 +341,12 @@ class Orchestrator:
             self._on_failed(run, ev)
 
     def _on_reports(self, run: _Running, evs: list[Report]) -> None:
-        """Store a trial's new epoch values in one transaction, then ask the pruner once."""
+        """Store a trial's new epoch values in one transaction, asking the pruner at each new step.
+
+        Several epochs may arrive in one poll; each is judged in order, as a plain Optuna loop
+        would (``trial.report(v, step); trial.should_prune()``), and values after the step that
+        pruned the trial are not recorded.
+        """
         if run.pruned:  # the worker learns it at an epoch boundary; record nothing after the prune
             return
         values: dict[int, float] = {}
@@ -356,12 +362,39 @@ class Orchestrator:
             return
         trial_id = run.trial._trial_id
         storage = self.study._storage
+        pruned_at = self._pruned_at(run, values) if self.spec.pruner.type != "none" else None
+        if pruned_at is not None:
+            values = {s: v for s, v in values.items() if s <= pruned_at}
         self._db(lambda: set_trial_intermediate_values(storage, trial_id, values))
-        if self.spec.pruner.type != "none" and self._db(
-            lambda: self.study.pruner.prune(self.study, storage.get_trial(trial_id))
-        ):
+        if pruned_at is not None:
             run.pruned = True
             self.backend.stop(run.job.key)
+
+    def _pruned_at(self, run: _Running, values: dict[int, float]) -> int | None:
+        """The first of the new steps in ``values`` (ascending) at which the pruner prunes, or None.
+
+        The pruner sees, per step, a copy of the stored trial holding the values up to that step:
+        one read of the trial, no write per step.
+        """
+        storage = self.study._storage
+        trial_id = run.trial._trial_id
+        stored: FrozenTrial = self._db(lambda: storage.get_trial(trial_id))
+        # successive halving and hyperband keep a trial's rungs in its system attrs, written at the
+        # step that completes one; the next step must see them, as Trial.should_prune would
+        rungs = self.spec.pruner.type in ("successive_halving", "hyperband")
+        seen = dict(stored.intermediate_values)
+        for i, (step, value) in enumerate(values.items()):
+            seen[step] = value
+            trial = copy.copy(stored)
+            trial.intermediate_values = dict(seen)
+            if rungs and i > 0:
+                trial.system_attrs = self._db(lambda: storage.get_trial_system_attrs(trial_id))
+            prune = self._db(lambda t=trial: self.study.pruner.prune(self.study, t))
+            # at max_epochs the trial has trained every epoch: pruning it would only throw its full
+            # result away (for best-trial selection and the sampler), so it finishes COMPLETE
+            if prune and step < self.spec.training.max_epochs:
+                return step
+        return None
 
     def _on_finished(self, run: _Running, ev: Finished) -> None:
         res = ev.result
@@ -370,7 +403,9 @@ class Orchestrator:
         scores = [float(s) for s in res.scores(metric)]
         attrs: dict[str, Any] = {
             "fold_scores": scores,
-            "value_std": float(statistics.pstdev(scores)) if scores else 0.0,
+            # a diverged fold's nan/inf score fails the trial below; statistics.pstdev cannot take it
+            "value_std": float(statistics.pstdev(scores)) if scores and all(map(math.isfinite, scores))
+            else (math.nan if scores else 0.0),
             "fold_epochs": [int(f.best_epoch) for f in res.folds],
             "epochs": int(res.epochs_run),
             "duration_s": round(float(res.duration_s), 4),

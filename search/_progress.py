@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -35,6 +36,10 @@ class ProgressCallbacks(Callbacks):
 
     def on_start(self, study: optuna.Study, done: int, budget: int, where: str) -> None:
         self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        # a resumed study's best so far is among its stored trials, not only those this run tells
+        stored = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.value is not None and math.isfinite(t.value)]
+        self._best = (max(stored) if self._maximize else min(stored)) if stored else None
         name = escape(study.study_name)  # a study name is any text, never rich markup
         self._console.print(f"study [bold]{name}[/]: {done}/{budget} done; trials run on {escape(where)}")
         if not self.enabled:
@@ -44,7 +49,8 @@ class ProgressCallbacks(Callbacks):
             TimeElapsedColumn(), TextColumn("{task.fields[best]}"), console=self._console, transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task("trials", total=budget, completed=done, best="")
+        best = f"best {self._best:.4g}" if self._best is not None else ""
+        self._task = self._progress.add_task("trials", total=budget, completed=done, best=best)
 
     def on_trial_end(self, trial: FrozenTrial, done: int, budget: int) -> None:
         if trial.state == TrialState.COMPLETE and trial.value is not None:

@@ -11,7 +11,10 @@ import logging
 import math
 import os
 import pickle
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -163,6 +166,27 @@ class _FoldGroup:
         )
 
 
+@contextmanager
+def _own_stop_signals() -> Iterator[None]:
+    """Keep this process's SIGINT/SIGTERM handlers across ``ray.init``, which installs its own
+    (SIGTERM: ``sys.exit(15)``, and a native crash handler that dumps a stack trace and aborts):
+    a SIGTERM then stops hpsearch like Ctrl-C at any moment, and one arriving during ``ray.init``
+    (Ray's ``sys.exit``) is raised as the KeyboardInterrupt it stands for."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt("SIGTERM") from None
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 class RayBackend(Backend):
     """Runs each job as a Ray task with the study's per-trial resources.
 
@@ -228,19 +252,20 @@ class RayBackend(Backend):
             kwargs: dict[str, Any] = dict(
                 include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
             )
-            if address:
-                # attach to an existing cluster: ray.shutdown() in close() only disconnects this driver
-                ray.init(address=address, **kwargs)
-                self._where = f"Ray cluster {address}"
-            else:
-                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                ray.init(
-                    address="local",  # a new local instance, never a stale one found in /tmp/ray
-                    num_cpus=self.num_cpus,
-                    object_store_memory=self.object_store_mb * 1024 * 1024,
-                    **kwargs,
-                )
-                self._where = "local Ray"
+            with _own_stop_signals():
+                if address:
+                    # attach to an existing cluster: ray.shutdown() in close() only disconnects this driver
+                    ray.init(address=address, **kwargs)
+                    self._where = f"Ray cluster {address}"
+                else:
+                    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                    ray.init(
+                        address="local",  # a new local instance, never a stale one found in /tmp/ray
+                        num_cpus=self.num_cpus,
+                        object_store_memory=self.object_store_mb * 1024 * 1024,
+                        **kwargs,
+                    )
+                    self._where = "local Ray"
             self._started = True
         try:
             self._check_resources()

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trials import CVSpec, DataSpec, ModelSpec, TrainingSpec, TrialSettings, check_param_names
+from trials import CVSpec, DataSpec, ModelSpec, TrainingSpec, TrialSettings, check_param_names, resolve_hyperparams
 
 __all__ = [
     "CategoricalParam",
@@ -103,9 +103,14 @@ class CategoricalParam(_Model):
 
 
 def _check_range(p: FloatParam | IntParam, *, integer: bool) -> None:
+    if p.step is not None and p.step <= 0:
+        raise ValueError(f"step: must be > 0 (got {p.step}); use a positive step or leave it out")
     if p.values is not None:
         if not p.values:
             raise ValueError("values: must list at least one value")
+        if len(set(p.values)) != len(p.values):
+            raise ValueError(f"values: has duplicates {list(p.values)}; list each value once (a grid would run "
+                             "the same point twice)")
         if p.log and any(v <= 0 for v in p.values):
             raise ValueError("values: must all be > 0 for log scale")
         if p.low is None and p.high is None:
@@ -122,6 +127,9 @@ def _check_range(p: FloatParam | IntParam, *, integer: bool) -> None:
         has_step = p.step is not None and not (integer and p.step == 1)
         if has_step:
             raise ValueError("step cannot be combined with log: true")
+    if p.step is not None and p.high > p.low and p.step > p.high - p.low:
+        raise ValueError(f"step: {p.step} is larger than high - low ({p.high - p.low:g}), so only low would ever "
+                         "be tried; use a smaller step or leave it out")
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -232,6 +240,8 @@ class StudySpec(_Model):
                 check_param_names([name], self.settings)
             except ValueError as e:
                 errors.append(f"space.{name}: {e}")
+        if not errors:
+            errors += _check_param_values(self.space, self.settings)
         want = "maximize" if self.metric == "val_accuracy" else "minimize"
         if self.direction is not None and self.direction != want:
             errors.append(f"direction: {self.direction} does not fit metric {self.metric}, which is "
@@ -292,6 +302,51 @@ class StudySpec(_Model):
         return self.model_dump(mode="json")
 
 
+# built-in hyperparameters that only take whole numbers: a float range would propose fractions
+_INTEGER_PARAMS = ("batch_size", "hidden_size", "n_layers")
+_PARAM_NAMED = re.compile(r"hyperparameter '([^']+)'")
+
+
+def _check_param_values(space: Mapping[str, Any], settings: TrialSettings) -> list[str]:
+    """Every value the space can propose must be valid for the model (``lr`` > 0, ``dropout`` in
+    [0, 1), integer batch sizes, known optimizers ...): checked here, at load time, on the ends of
+    each range and on every listed value, rather than failing each trial at run time."""
+    errors: list[str] = []
+    for name in _INTEGER_PARAMS:
+        if isinstance(space.get(name), FloatParam):
+            errors.append(f"space.{name}: must be type int or categorical (a float range would propose "
+                          f"fractional values such as {name}=16.5)")
+    candidates: dict[str, list[Any]] = {}
+    for name, p in space.items():
+        if isinstance(p, CategoricalParam):
+            candidates[name] = list(p.choices)
+        else:
+            candidates[name] = [*(p.values or ()), *(v for v in (p.low, p.high) if v is not None)]
+
+    def valid(params: dict[str, Any]) -> bool:
+        try:
+            resolve_hyperparams(settings, params)
+        except ValueError:
+            return False
+        return True
+
+    # the other parameters take a value valid on its own, so that an error names its own parameter
+    base = {n: next((v for v in c if valid({n: v})), c[0]) for n, c in candidates.items() if c}
+    seen: set[str] = set()
+    for name, values in candidates.items():
+        for value in values:
+            try:
+                resolve_hyperparams(settings, {**base, name: value})
+            except ValueError as e:
+                named = _PARAM_NAMED.search(str(e))
+                key = named.group(1) if named and named.group(1) in space else name
+                line = f"space.{key}: {e}; change the range or choices so that every value is valid"
+                if line not in seen:
+                    seen.add(line)
+                    errors.append(line)
+    return errors
+
+
 def _format_errors(err: ValidationError) -> list[str]:
     out: list[str] = []
     for e in err.errors():
@@ -305,8 +360,9 @@ def _format_errors(err: ValidationError) -> list[str]:
             msg = "type: must be float, int or categorical"
             if e["type"] == "union_tag_invalid":
                 msg += f" (got {e.get('input', {}).get('type')!r})" if isinstance(e.get("input"), dict) else ""
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
+        elif e["type"] == "literal_error" or (
+                isinstance(e.get("input"), (str, int, float, bool)) and "got" not in msg):
+            msg = f"{msg} (got {e.get('input')!r})"  # the bad value, so the user can find it
         key = ".".join(loc)
         for line in msg.split("\n"):
             if not key:  # cross-field checks name their own key path
@@ -330,6 +386,20 @@ def parse_spec(raw: Mapping[str, Any], *, source: str | None = None, **overrides
         raise SpecError(_format_errors(err), source) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in keys:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice; keep one of them", key_node.start_mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
     """Read and validate a YAML study file. Raises :class:`SpecError` with one line per problem."""
     path = Path(path)
@@ -337,10 +407,13 @@ def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file; create one with `hpsearch init {path}`"]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError([f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save the file as "
+                         "UTF-8"], str(path)) from None
     except OSError as e:
         raise SpecError([f"{path}: cannot read ({e.strerror})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SpecError([f"not valid YAML: {e}"], str(path)) from None
     if raw is None:

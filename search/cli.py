@@ -1,8 +1,9 @@
 """``hpsearch`` command line: a thin layer over the Python API.
 
 Exit codes: 0 success; 2 bad input (study file, arguments, unknown study, spec change); 3 storage
-problem (unreachable, corrupt, disk full, lease held by another run); 1 an unexpected failure; 130
-interrupted (Ctrl-C or SIGTERM).
+problem (unreachable, corrupt, disk full, lease held by another run); 4 the budget is used up and no
+trial completed (every one failed or was pruned); 1 an unexpected failure; 130 interrupted (Ctrl-C
+or SIGTERM).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -40,17 +42,20 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        name = kwargs.get("name") or kwargs.get("study_name")
+        resume = f"`hpsearch resume {shlex.quote(name)}`" if name else "`hpsearch resume` with the study's name"
         try:
             return fn(*args, **kwargs)
-        except KeyboardInterrupt:  # outside the trial loop (start-up, final refit)
-            _fail("interrupted (Ctrl-C); finished trials are saved and `hpsearch resume NAME` continues "
-                  "the study", 130)
+        except KeyboardInterrupt:  # before the API could say more (it turns the rest into Interrupted)
+            _fail(f"interrupted (Ctrl-C); finished trials are saved and {resume} continues the study", 130)
+        except BrokenPipeError:  # the reader went away (`hpsearch show X | head`): click stops quietly
+            raise
         except Exception as e:
             # Error classes are looked up only in modules already imported, so that `ls`, `show` and
             # `best` never import torch (a DataError cannot come from a module that is not loaded).
             user = (_loaded("search._spec", "SpecError") + _loaded("search._errors", "UsageError")
                     + _loaded("trials", "DataError") + _loaded("search._ray", "ResourceError")
-                    + _loaded("storage", "StudyNotFound"))
+                    + _loaded("storage", "StudyNotFound") + _loaded("storage", "BadStorageURL"))
             if isinstance(e, user):
                 _fail(str(e), 2)
             if isinstance(e, _loaded("storage", "StorageError")):
@@ -61,7 +66,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             if _is_database_error(e):
                 _fail(f"database error: {_database_message(e, kwargs.get('storage'))}; finished trials are "
-                      "saved; fix the database, then `hpsearch resume NAME` continues the study", 3)
+                      f"saved; fix the database, then {resume} continues the study", 3)
             first = (str(e).strip().splitlines() or [""])[0]
             _fail(f"unexpected {type(e).__name__}: {first}\n(set HPSEARCH_DEBUG=1 to see the traceback)", 1)
 
@@ -125,6 +130,12 @@ class _Main(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        except BrokenPipeError:
+            # `hpsearch show X | head -1`: the reader went away; stop quietly with 1, as click does for
+            # a closed pipe inside a command (stdout goes to /dev/null: Python's flush at exit would fail)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except click.exceptions.UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # bare `hpsearch`: the help, as click shows it
                 e.show()
@@ -204,7 +215,8 @@ def run(study_file: Path, study_name: str | None, strategy: str | None, n_trials
 
 @main.command()
 @click.argument("name")
-@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Raise the study's total budget.")
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Set the study's total budget (n_trials): raise it to run more trials.")
 @_run_options
 @_user_errors
 def resume(name: str, n_trials: int | None, storage: str | None, address: str | None,
@@ -225,6 +237,9 @@ def _print_result(result: Any) -> None:
     click.echo(f"study {result.study!r}: {result.done}/{result.budget} trials done ({result.storage})")
     if result.best is None:
         click.echo("no trial completed")
+        if result.done >= result.budget:  # the budget is spent on failures: a script must notice
+            _fail(f"no trial of study {result.study!r} completed; `hpsearch show {shlex.quote(result.study)}` "
+                  "lists why each one failed", 4)
         return
     b = result.best
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in b.params.items())

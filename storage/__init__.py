@@ -8,6 +8,7 @@ from __future__ import annotations
 from storage._attrs import set_trial_intermediate_values, set_trial_user_attrs
 from storage._engine import create_engine, create_storage, engine_kwargs, translate_error
 from storage._errors import (
+    BadStorageURL,
     LeaseHeld,
     LeaseLost,
     StorageError,
@@ -42,6 +43,7 @@ __all__ = [
     "ENV_VAR",
     "LEASE_TABLE",
     "ROW_ATTRS",
+    "BadStorageURL",
     "HeartbeatThread",
     "Lease",
     "LeaseHeld",

@@ -11,6 +11,11 @@ class StorageError(Exception):
     """A problem with the study storage, with a message that says how to fix it."""
 
 
+class BadStorageURL(StorageError, ValueError):
+    """The storage URL itself is wrong (malformed, unsupported database or driver): bad input, not an
+    unreachable or broken database."""
+
+
 class StorageUnavailable(StorageError):
     """The database stayed unreachable for longer than the retry budget."""
 

@@ -8,7 +8,7 @@ import re
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from storage._errors import StorageError
+from storage._errors import BadStorageURL
 
 ENV_VAR = "HPSEARCH_STORAGE"
 """Environment variable consulted when no ``--storage`` flag is given."""
@@ -92,7 +92,7 @@ def resolve_url(url: str | None) -> str:
 
     Raises
     ------
-    StorageError
+    BadStorageURL
         If the URL is malformed or names a database other than SQLite or PostgreSQL (psycopg).
     """
     raw = (url or "").strip() or os.environ.get(ENV_VAR, "").strip() or DEFAULT_URL
@@ -103,9 +103,9 @@ def resolve_url(url: str | None) -> str:
     try:
         parsed = make_url(raw)
     except (ArgumentError, ValueError) as e:
-        raise StorageError(f"malformed storage URL {redact(raw)!r}; expected {EXPECTED_FORMS}") from e
+        raise BadStorageURL(f"malformed storage URL {redact(raw)!r}; expected {EXPECTED_FORMS}") from e
     if "@" in (parsed.host or ""):
-        raise StorageError(
+        raise BadStorageURL(
             f"malformed storage URL {redact(raw)!r}: percent-encode special characters in the "
             f"user name and password ('@' as %40, ':' as %3A); expected {EXPECTED_FORMS}"
         )
@@ -114,10 +114,10 @@ def resolve_url(url: str | None) -> str:
         return raw
     if backend == "postgresql" and driver == "psycopg":
         if not parsed.database:
-            raise StorageError(f"storage URL {redact(raw)!r} names no database; expected {EXPECTED_FORMS}")
+            raise BadStorageURL(f"storage URL {redact(raw)!r} names no database; expected {EXPECTED_FORMS}")
         return raw
     if backend == "postgresql":
         detail = f"driver {driver!r} is not supported (hpsearch uses psycopg 3)"
     else:
         detail = f"database type {backend!r} is not supported"
-    raise StorageError(f"storage URL {redact(raw)!r}: {detail}; expected {EXPECTED_FORMS}")
+    raise BadStorageURL(f"storage URL {redact(raw)!r}: {detail}; expected {EXPECTED_FORMS}")

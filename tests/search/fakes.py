@@ -69,6 +69,15 @@ def oom_at_512(data, settings, job, report):  # type: ignore[no-untyped-def]
     return quadratic(data, settings, job, report)
 
 
+def diverges(data, settings, job, report):  # type: ignore[no-untyped-def]
+    """``quadratic``, except that fold 0's validation loss is nan (training diverged) when lr > 0.1."""
+    res = quadratic(data, settings, job, report)
+    if job.kind == "refit" or float(job.params.get("lr", 0.01)) <= 0.1:
+        return res
+    folds = (dataclasses.replace(res.folds[0], val_loss=math.nan), *res.folds[1:])
+    return dataclasses.replace(res, folds=folds)
+
+
 def broken(data, settings, job, report):  # type: ignore[no-untyped-def]
     """Always raises: a deterministic failure."""
     raise ValueError("this configuration always fails")

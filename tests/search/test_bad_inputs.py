@@ -24,7 +24,7 @@ from search import LocalBackend, run_study
 from search.cli import main
 
 from . import fakes
-from .resume_checks import assert_one_line_error, check_invariants, cli, trials_of
+from .resume_checks import HPSEARCH, assert_one_line_error, check_invariants, cli, trials_of
 
 SPEC: dict[str, Any] = {
     "name": "bad",
@@ -104,21 +104,21 @@ def test_unknown_study_on_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "expect"),
-    [
-        ("mysql://user@host/db", "database type 'mysql' is not supported; expected sqlite:///"),
-        ("garbage", "malformed storage URL 'garbage'"),
-        ("postgresql+pg8000://u@h/db", "driver 'pg8000' is not supported"),
-        ("postgresql://user:s3cret@127.0.0.1:1/db", "cannot reach PostgreSQL at 127.0.0.1:1"),
+    ("url", "expect", "exit_code"),
+    [  # a wrong URL is bad input (2); a database that cannot be reached is a storage problem (3)
+        ("mysql://user@host/db", "database type 'mysql' is not supported; expected sqlite:///", 2),
+        ("garbage", "malformed storage URL 'garbage'", 2),
+        ("postgresql+pg8000://u@h/db", "driver 'pg8000' is not supported", 2),
+        ("postgresql://user:s3cret@127.0.0.1:1/db", "cannot reach PostgreSQL at 127.0.0.1:1", 3),
     ],
     ids=["mysql", "garbage", "other-driver", "closed-port"],
 )
-def test_bad_storage_url(tmp_path: Path, url: str, expect: str) -> None:
+def test_bad_storage_url(tmp_path: Path, url: str, expect: str, exit_code: int) -> None:
     study_file = write(tmp_path / "s.yaml", SPEC)
     for args in (["run", study_file], ["resume", "bad"], ["ls"], ["show", "bad"], ["best", "bad"]):
         t0 = time.monotonic()
         code, _, err = invoke(*args, "--storage", url)
-        assert code == 3, (args, err)
+        assert code == exit_code, (args, err)
         assert_one_line_error(err, expect)
         assert "s3cret" not in err
         assert time.monotonic() - t0 < 15  # refused at once, not after the retry budget
@@ -168,6 +168,34 @@ def test_in_a_real_process_no_traceback(tmp_path: Path) -> None:
     res = cli(["resume", "x", "--storage", "postgresql://postgres@127.0.0.1:1/db"], timeout=60)
     assert res.returncode == 3
     assert_one_line_error(res.stderr, "cannot reach PostgreSQL at 127.0.0.1:1")
+
+
+@pytest.mark.parametrize("args", [["show", "demo"], ["export", "demo", "-f", "json"]])
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, args: list[str]) -> None:
+    """``hpsearch show demo | head -1``: the reader stops after one line; no traceback, no error line."""
+    from .studies import build_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    build_study(url, "demo", n_complete=400)  # more output than a pipe buffers (64 KiB)
+    proc = subprocess.Popen([HPSEARCH, *args, "--storage", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 1) and err == "", err
+
+
+def test_a_budget_spent_on_failures_exits_4(tmp_path: Path, local_runs: None) -> None:
+    """Every trial failed (here: a model factory that cannot be imported): exit 4, not 0, so a script
+    notices; the reasons are in ``hpsearch show``."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    spec = {**SPEC, "model": {"factory": "no_such_module_hpsearch.models:build"}}
+    code, out, err = invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url, "-q")
+    assert code == 4, err
+    assert "no trial completed" in out
+    assert_one_line_error(err, "no trial of study 'bad' completed; `hpsearch show bad` lists why")
+    code, out, _ = invoke("show", "bad", "--storage", url)
+    assert code == 0 and "no_such_module_hpsearch" in out
 
 
 # -- names -------------------------------------------------------------------------------------------------
@@ -237,6 +265,46 @@ def test_dataset_file_changed_between_runs_is_refused(tmp_path: Path, local_runs
     _resume_refused_then_completed(
         data, url, f"the data of study 'bad' changed since its trials were scored (data.path '{data}'",
         "Restore the original data to resume", "--study NEW_NAME")
+
+
+def test_a_first_run_refused_for_its_data_leaves_no_study_and_the_fix_runs(tmp_path: Path, local_runs: None) -> None:
+    """A typo'd data path (or target) stops the first run; the corrected file then runs (before: the
+    empty study kept the bad spec and refused the corrected one as a changed spec)."""
+    data = tmp_path / "digits.csv"
+    _csv(data, slice(0, 400))
+    url = f"sqlite:///{tmp_path}/s.db"
+    for typo in ({"path": str(tmp_path / "digit.csv"), "target": "label"}, {"path": str(data), "target": "labl"}):
+        code, _, err = invoke("run", write(tmp_path / "s.yaml", {**SPEC, "data": {"source": "csv", **typo}}),
+                              "--storage", url, "-q")
+        assert code == 2, err
+        assert invoke("ls", "--storage", url, "-o", "json")[1].count('"name"') == 0, "an empty study was left"
+    spec = {**SPEC, "data": {"source": "csv", "path": str(data), "target": "label"}}
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url, "-q")
+    assert code == 0, err
+    check_invariants(trials_of(url, "bad"), budget=2, seed=1, keys=("lr",))
+
+
+def test_a_study_without_trials_takes_a_changed_spec(tmp_path: Path, local_runs: None) -> None:
+    """A study left with no trial (e.g. killed during start-up) has nothing to mix: a run with a changed
+    spec, even another metric (direction), replaces it and says so."""
+    import optuna
+
+    import storage as st
+    from search import parse_spec
+    from search._api import _open_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    _open_study(st.create_storage(url), parse_spec(SPEC), must_exist=False)  # created, then the run died
+    changed = {**SPEC, "metric": "val_loss", "seed": 2}
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", changed), "--storage", url)
+    assert code == 0, err
+    assert "study 'bad' had no trials yet; its spec was replaced" in err and "metric" in err
+    study = optuna.load_study(study_name="bad", storage=st.create_storage(url))
+    assert study.direction.name == "MINIMIZE" and study.user_attrs["hpsearch_spec"]["seed"] == 2
+    check_invariants(study.get_trials(deepcopy=False), budget=2, seed=2, keys=("lr",))
+    # with trials, a changed spec is still refused
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", SPEC), "--storage", url, "-q")
+    assert code == 2 and "already exists with a different spec" in err
 
 
 # -- environment -------------------------------------------------------------------------------------------

@@ -243,3 +243,31 @@ def test_out_of_memory_is_pruned_not_retried_and_tpe_learns_to_avoid_it(make_spe
     after_startup = [t for t in trials if t.number >= 10]
     assert sum(t.params["batch_size"] == 512 for t in after_startup) <= 8, "TPE kept proposing the OOM size"
     assert any("recorded as PRUNED" in m and "batch_size=512" in m for m in messages), messages
+
+
+def test_a_diverged_fold_fails_its_trial_not_the_run(make_spec, sqlite_url) -> None:
+    """``metric: val_loss`` and a fold whose loss is nan: that trial is FAIL with the reason, the
+    others complete (before: the run crashed computing the folds' spread, and so did every resume)."""
+    space = {"lr": {"values": [0.01, 0.5]}}
+    res = run_study(make_spec(strategy="grid", n_trials=None, space=space, metric="val_loss"), storage=sqlite_url,
+                    backend=LocalBackend(1), worker_fn=fakes.diverges, refit=False)
+    trials = {t.params["lr"]: t for t in load(sqlite_url).get_trials(deepcopy=False)}
+    assert res.done == 2 and len(trials) == 2, "a diverged trial is not re-run"
+    bad, good = trials[0.5], trials[0.01]
+    assert bad.state == TrialState.FAIL and "val_loss is nan (training diverged)" in bad.user_attrs["fail_reason"]
+    assert not bad.user_attrs.get("will_retry")
+    assert good.state == TrialState.COMPLETE and good.user_attrs["value_std"] == 0.0
+
+
+def test_resuming_a_finished_study_starts_no_backend(make_spec, sqlite_url) -> None:
+    """Nothing to run or refit: no Ray start (seconds), no data loading; the summary as stored."""
+    run_study(make_spec(n_trials=3), storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic)
+
+    class Never(LocalBackend):
+        def start(self) -> None:
+            raise AssertionError("a finished study started its backend")
+
+    res = resume_study("t", storage=sqlite_url, backend=Never(1), worker_fn=fakes.quadratic)
+    assert res.done == 3 and res.best is not None and res.best.test_score is not None
+    with pytest.raises(AssertionError, match="started its backend"):  # more budget: it does run
+        resume_study("t", storage=sqlite_url, n_trials=4, backend=Never(1), worker_fn=fakes.quadratic)

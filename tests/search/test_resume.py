@@ -611,6 +611,46 @@ def test_ctrl_c_stops_within_seconds_records_trials_and_leaves_no_ray_process(tm
         assert not proc.cleanup(), "processes left behind after Ctrl-C"
 
 
+def test_sigterm_during_start_up_exits_130_and_leaves_no_lease(tmp_path) -> None:
+    """SIGTERM while the local Ray starts (its ``ray.init`` installs its own handlers: ``sys.exit(15)``
+    and a native one that dumped a stack and aborted with 134): exit 130, the lease row is deleted,
+    so a resume right away is not refused, and it completes the study."""
+    url = f"sqlite:///{tmp_path}/study.db"
+    study_file = write_spec(tmp_path / "study.yaml", real_spec("grid", "early"))
+    env = {"STUDY_PROC_EPOCH_S": "0.25"}  # the default lease staleness (30 s): a refusal would show
+    proc = StudyProc(["run", study_file, "--storage", url, "-q"], env=env)
+    try:
+        # the study exists once the lease is held: Ray starts right after
+        db = tmp_path / "study.db"
+        proc.wait_for(lambda: db.exists() and study_exists(url, "early"), what="the study to be created")
+        os.kill(proc.pid, signal.SIGTERM)
+        code, _, err = proc.finish(timeout=60)
+        assert code == 130, err
+        assert_one_line_error(err, "interrupted (SIGTERM)", "Continue with `hpsearch resume early`")
+        assert lease_age(url, "early") == float("inf"), "the lease row was left behind"
+    finally:
+        assert not proc.cleanup(), "processes left behind after SIGTERM"
+    res = cli(["resume", "early", "--storage", url, "-q"], env=env)
+    assert res.returncode == 0, res.stderr
+    check_invariants(trials_of(url, "early"), budget=6, seed=5, grid=REAL_GRID)
+
+
+def test_a_second_ctrl_c_during_the_lease_release_still_releases_it(fast_dir, monkeypatch) -> None:
+    url = f"sqlite:///{fast_dir}/twice.db"
+    release, calls = st.Lease.release, []
+
+    def interrupted_once(self: st.Lease) -> None:
+        calls.append(1)
+        if len(calls) == 1:  # a Ctrl-C landing in the heartbeat thread's join
+            self.stop_heartbeat()
+            raise KeyboardInterrupt
+        release(self)
+
+    monkeypatch.setattr(st.Lease, "release", interrupted_once)
+    run_study(fake_spec("grid"), storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic, refit=False)
+    assert len(calls) == 2 and lease_age(url, "s") == float("inf")
+
+
 def test_killed_ray_worker_is_rerun_by_ray_under_the_same_trial_number(tmp_path, ray_here) -> None:
     url = f"sqlite:///{tmp_path}/study.db"
     name = "worker-kill"

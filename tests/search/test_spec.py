@@ -59,6 +59,27 @@ def test_demo_and_template_parse() -> None:
         ({"resources": {"gpus_per_trial": 1.5}}, "resources.gpus_per_trial: must be a fraction"),
         ({"space": {"batch_size": {"choices": []}}}, "space.batch_size.choices: must list at least one choice"),
         ({"name": "  "}, "name: must be 1-200 printable characters"),
+        ({"n_trials": -3}, "n_trials: Input should be greater than or equal to 1 (got -3)"),
+        ({"space": {"lr": {"type": "float", "low": "abc", "high": 1}}}, "space.lr.low: Input should be a valid "
+         "number, unable to parse string as a number (got 'abc')"),
+        # values the model cannot take are refused at load time, not trial by trial at run time
+        ({"space": {"lr": {"type": "float", "low": -1, "high": 0.1}}},
+         "space.lr: hyperparameter 'lr' must be in (0.0, inf), got -1.0; change the range or choices"),
+        ({"space": {"dropout": {"type": "float", "low": 0, "high": 2}}},
+         "space.dropout: hyperparameter 'dropout' must be in [0.0, 1.0), got 2.0"),
+        ({"space": {"batch_size": {"choices": [0, 32]}}}, "space.batch_size: hyperparameter 'batch_size' must be >= 1"),
+        ({"space": {"batch_size": {"type": "float", "low": 16, "high": 64}}},
+         "space.batch_size: must be type int or categorical"),
+        ({"space": {"n_layers": {"type": "float", "low": 1, "high": 3}}}, "space.n_layers: must be type int"),
+        ({"space": {"optimizer": {"choices": ["sgd", "adamw"]}}},
+         "space.optimizer: hyperparameter 'optimizer' must be one of ['sgd', 'adam'], got 'adamw'"),
+        ({"space": {"activation": {"choices": ["relu", 3]}}}, "space.activation: hyperparameter 'activation'"),
+        ({"space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "step": -0.01}}},
+         "space.lr.step: must be > 0 (got -0.01)"),
+        ({"space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "step": 1}}},
+         "space.lr.step: 1.0 is larger than high - low (0.09), so only low would ever be tried"),
+        ({"strategy": "grid", "n_trials": None, "space": {"lr": {"values": [0.1, 0.1]}}},
+         "space.lr.values: has duplicates [0.1, 0.1]"),
     ],
 )
 def test_bad_specs_name_the_key(changes: dict[str, object], expected: str) -> None:
@@ -86,6 +107,37 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_spec(bad)
+
+
+def test_every_error_of_the_space_is_named_at_once() -> None:
+    """A bad parameter does not hide the errors of the others."""
+    text = errors_of(space={"lr": {"type": "float", "low": -1, "high": 0.1},
+                            "dropout": {"type": "float", "low": 0, "high": 2}})
+    assert "space.lr: hyperparameter 'lr'" in text and "space.dropout: hyperparameter 'dropout'" in text
+
+
+def test_valid_tuned_model_shape_and_user_names_with_a_factory() -> None:
+    spec = parse_spec({**BASE, "space": {"n_layers": {"type": "int", "low": 1, "high": 3},
+                                         "hidden_size": {"type": "int", "low": 16, "high": 64}}})
+    assert set(spec.space) == {"n_layers", "hidden_size"}
+    spec = parse_spec({**BASE, "model": {"factory": "mymodels:build"},
+                       "space": {"width": {"type": "float", "low": -3, "high": 3}, "lr": BASE["space"]["lr"]}})
+    assert set(spec.space) == {"width", "lr"}  # the factory's own names are its business
+
+
+def test_not_utf8_and_duplicate_keys(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: s\n# caf\xe9\nstrategy: random\n")
+    with pytest.raises(SpecError, match=r"not UTF-8 text \(byte 0xe9 at offset 13\); save the file as UTF-8"):
+        load_spec(latin)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: x\nstrategy: random\nname: y\n")
+    with pytest.raises(SpecError, match="key 'name' is given twice; keep one of them"):
+        load_spec(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(yaml.safe_dump(BASE) + "training:\n  max_epochs: 3\n  max_epochs: 4\n")
+    with pytest.raises(SpecError, match="key 'max_epochs' is given twice"):
+        load_spec(nested)
 
 
 def test_overrides_replace_file_keys() -> None:
