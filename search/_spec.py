@@ -153,6 +153,12 @@ def _infer_param_type(raw: Any) -> Any:
     return raw
 
 
+# which pruner types read each option
+_PRUNER_OPTIONS = {"n_startup_trials": ("median",), "n_warmup_steps": ("median",),
+                   "min_resource": ("successive_halving", "hyperband"),
+                   "reduction_factor": ("successive_halving", "hyperband")}
+
+
 class PrunerSpec(_Model):
     """Stop bad trials early, from the per-epoch mean over folds (Optuna pruners)."""
 
@@ -161,6 +167,18 @@ class PrunerSpec(_Model):
     n_warmup_steps: int = Field(3, ge=0)
     min_resource: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
+
+    @model_validator(mode="after")
+    def _options_of_this_type(self) -> PrunerSpec:
+        """An option the chosen pruner does not read is a mistake to point out, not to ignore."""
+        # a stored spec lists every option with its default: only a changed value is a mistake
+        unused = sorted(k for k, types in _PRUNER_OPTIONS.items() if k in self.model_fields_set
+                        and self.type not in types and getattr(self, k) != type(self).model_fields[k].default)
+        if unused:
+            raise ValueError("\n".join(f"{k}: not used by pruner type {self.type} (only by "
+                                        f"{' or '.join(_PRUNER_OPTIONS[k])}); remove it or change type"
+                                        for k in unused))
+        return self
 
 
 class TPESpec(_Model):

@@ -80,6 +80,8 @@ def test_demo_and_template_parse() -> None:
          "space.lr.step: 1.0 is larger than high - low (0.09), so only low would ever be tried"),
         ({"strategy": "grid", "n_trials": None, "space": {"lr": {"values": [0.1, 0.1]}}},
          "space.lr.values: has duplicates [0.1, 0.1]"),
+        ({"pruner": {"type": "median", "min_resource": 3}},
+         "pruner.min_resource: not used by pruner type median (only by successive_halving or hyperband)"),
     ],
 )
 def test_bad_specs_name_the_key(changes: dict[str, object], expected: str) -> None:
@@ -138,6 +140,13 @@ def test_not_utf8_and_duplicate_keys(tmp_path: Path) -> None:
     nested.write_text(yaml.safe_dump(BASE) + "training:\n  max_epochs: 3\n  max_epochs: 4\n")
     with pytest.raises(SpecError, match="key 'max_epochs' is given twice"):
         load_spec(nested)
+
+
+def test_a_stored_spec_with_every_default_parses_again() -> None:
+    """Stored specs list every option (defaults included); resuming must accept them."""
+    for pruner in ("none", "median", "successive_halving", "hyperband"):
+        spec = parse_spec({**BASE, "pruner": {"type": pruner}})
+        assert parse_spec(spec.to_dict()) == spec
 
 
 def test_overrides_replace_file_keys() -> None:
