@@ -154,20 +154,32 @@ def _leased(engine: Any, name: str, retry: Callable[[Callable[[], Any]], Any]) -
     lease.start_heartbeat()
     try:
         yield lease
-    finally:
-        # A Ctrl-C reaches every process of the terminal's group, and a user may press it twice: one
-        # landing in here must not leave the row behind (a resume would wait for it to go stale).
-        for _ in range(3):
-            try:
-                lease.release()
-                break
-            except KeyboardInterrupt:
-                continue
-            except Exception as e:  # database gone: the row goes stale and the next run takes it over
-                lease.stop_heartbeat()
-                _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
-                             "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
-                break
+    except BaseException:
+        _release(lease, name, stale_after)  # an interrupt in there: the one propagating says it all
+        raise
+    if _release(lease, name, stale_after):
+        raise KeyboardInterrupt  # Ctrl-C while the lease was released after a finished run
+
+
+def _release(lease: st.Lease, name: str, stale_after: float) -> bool:
+    """Release ``lease``; True if a Ctrl-C landed in the release (it is completed first).
+
+    A Ctrl-C reaches every process of the terminal's group, and a user may press it twice: one landing
+    in here must not leave the row behind (a resume would wait for it to go stale).
+    """
+    interrupted = False
+    for _ in range(3):
+        try:
+            lease.release()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception as e:  # database gone: the row goes stale and the next run takes it over
+            lease.stop_heartbeat()
+            _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
+                         "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
+            break
+    return interrupted
 
 
 class _StopSignals:
@@ -400,9 +412,9 @@ def _execute_leased(
             return retry(lambda: _summarize(study, spec, url, messages))
         try:
             backend = backend or make_backend(spec, address)
-            # Ray starts first: its workers then import torch while the driver loads the data.
-            backend.start()
             try:
+                # Ray starts first: its workers then import torch while the driver loads the data.
+                backend.start()
                 data = load_dataset(spec.data, spec.cv, spec.seed)
                 retry(lambda: _check_data(study, spec, data.fingerprint()))
             except BaseException:
@@ -484,7 +496,7 @@ def stored_spec(name: str, storage: str | None = None) -> StudySpec:
     if raw is None:
         raise UsageError(f"study {name!r} has no stored hpsearch spec; it was not created by hpsearch")
     try:
-        return parse_spec(raw, source=f"stored spec of study {name!r}")
+        return parse_spec(raw, source=f"stored spec of study {name!r}", stored=True)
     except SpecError as e:
         raise UsageError(str(e)) from None
 
@@ -504,6 +516,6 @@ def resume_study(
     """Continue study ``name`` from what the database holds (its stored spec); ``n_trials`` raises the budget."""
     spec = stored_spec(name, storage)
     if n_trials is not None:
-        spec = parse_spec(spec.to_dict(), n_trials=n_trials)
+        spec = parse_spec(spec.to_dict(), n_trials=n_trials, stored=True)
     return _execute(spec, storage=storage, address=address, backend=backend, callbacks=callbacks,
                     worker_fn=worker_fn, must_exist=True, allow_sqlite=allow_sqlite, refit=refit)

@@ -125,7 +125,7 @@ class Orchestrator:
         self.spec = spec
         self.backend = backend
         self.callbacks = callbacks or Callbacks()
-        self._db: Callable[[Callable[[], Any]], Any] = db or (lambda fn: fn())
+        self._db_call: Callable[[Callable[[], Any]], Any] = db or (lambda fn: fn())
         self.poll_interval = poll_interval
         self._dists = distributions(spec)
         self._running: dict[str, _Running] = {}
@@ -139,6 +139,14 @@ class Orchestrator:
         self._interrupt_pending = False  # Ctrl-C arrived during such a write
         self._signal = "Ctrl-C"  # what interrupted the run
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
+
+    def _db(self, fn: Callable[[], T]) -> T:
+        """Every storage call of the loop, whole: a Ctrl-C during one takes effect when it returns. A
+        KeyboardInterrupt raised inside a SQLite driver call can leave that connection holding the
+        database's write lock until it is garbage-collected, and the writes that record the
+        interrupted trials then wait for it (seen as a hang in a test sending SIGTERM mid-run)."""
+        with self._critical():
+            return self._db_call(fn)
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:

@@ -37,8 +37,11 @@ class ProgressCallbacks(Callbacks):
     def on_start(self, study: optuna.Study, done: int, budget: int, where: str) -> None:
         self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         # a resumed study's best so far is among its stored trials, not only those this run tells
-        stored = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.value is not None and math.isfinite(t.value)]
+        try:
+            stored = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                      if t.value is not None and math.isfinite(t.value)]
+        except Exception:  # a display detail must not stop a run (the orchestrator retries its own reads)
+            stored = []
         self._best = (max(stored) if self._maximize else min(stored)) if stored else None
         name = escape(study.study_name)  # a study name is any text, never rich markup
         self._console.print(f"study [bold]{name}[/]: {done}/{budget} done; trials run on {escape(where)}")

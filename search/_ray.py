@@ -7,6 +7,7 @@ The dataset is put in the object store once and passed by reference to every tas
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -167,22 +168,30 @@ class _FoldGroup:
 
 
 @contextmanager
-def _own_stop_signals() -> Iterator[None]:
-    """Keep this process's SIGINT/SIGTERM handlers across ``ray.init``, which installs its own
-    (SIGTERM: ``sys.exit(15)``, and a native crash handler that dumps a stack trace and aborts):
-    a SIGTERM then stops hpsearch like Ctrl-C at any moment, and one arriving during ``ray.init``
-    (Ray's ``sys.exit``) is raised as the KeyboardInterrupt it stands for."""
+def _deferred_stop_signals() -> Iterator[list[str]]:
+    """Around ``ray.init``: a SIGINT or SIGTERM is recorded (the list) rather than raised, because an
+    exception in the middle of ``ray.init`` can leave its GCS and raylet running with nothing left to
+    stop them; the caller shuts Ray down and raises it once ``ray.init`` has returned. Ray's own
+    SIGTERM handler (``sys.exit(15)``, set by ``ray.init``) is not installed, and this process's
+    handlers are the same afterwards. Main thread only (elsewhere signals never run here)."""
+    received: list[str] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def record(signum: int, frame: Any) -> None:
+        received.append("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name)
+
+    handlers = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ray_utils = importlib.import_module("ray._private.utils")  # the first import of ray: deferred too
+    set_sigterm_handler = getattr(ray_utils, "set_sigterm_handler", None)
+    if set_sigterm_handler is not None:
+        ray_utils.set_sigterm_handler = lambda handler: None  # type: ignore[assignment]
     try:
-        yield
-    except SystemExit as e:
-        if e.code != signal.SIGTERM:
-            raise
-        raise KeyboardInterrupt("SIGTERM") from None
+        yield received
     finally:
+        if set_sigterm_handler is not None:
+            ray_utils.set_sigterm_handler = set_sigterm_handler  # type: ignore[assignment]
         for sig, handler in handlers.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
@@ -236,9 +245,11 @@ class RayBackend(Backend):
         Called before the driver loads the data, so that Ray's processes start and the workers
         import torch while the driver prepares the study; :meth:`open` calls it if nobody did.
         """
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+        with _deferred_stop_signals() as received:  # a first `import ray` takes a second or two
+            import ray
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        if received:
+            raise KeyboardInterrupt(received[0])
         if getattr(self, "_control", None) is not None:
             return
         self._started = False  # True: this backend connected the driver, so close() disconnects it
@@ -252,7 +263,7 @@ class RayBackend(Backend):
             kwargs: dict[str, Any] = dict(
                 include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
             )
-            with _own_stop_signals():
+            with _deferred_stop_signals() as received:
                 if address:
                     # attach to an existing cluster: ray.shutdown() in close() only disconnects this driver
                     ray.init(address=address, **kwargs)
@@ -267,6 +278,10 @@ class RayBackend(Backend):
                     )
                     self._where = "local Ray"
             self._started = True
+            if received:  # stopped while Ray started: now that it has, shut it down and stop
+                ray.shutdown()
+                self._started = False
+                raise KeyboardInterrupt(received[0])
         try:
             self._check_resources()
         except BaseException:
@@ -308,6 +323,8 @@ class RayBackend(Backend):
         self._ctx_ref = ray.put((fn, settings))
 
     def close(self) -> None:
+        if getattr(self, "_control", None) is None and not getattr(self, "_started", False):
+            return  # start() did not get as far as Ray (e.g. interrupted while importing it)
         import ray
 
         if not ray.is_initialized():

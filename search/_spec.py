@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trials import CVSpec, DataSpec, ModelSpec, TrainingSpec, TrialSettings, check_param_names, resolve_hyperparams
 
@@ -65,8 +66,8 @@ class FloatParam(_Model):
     values: tuple[float, ...] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> FloatParam:
-        _check_range(self, integer=False)
+    def _check(self, info: ValidationInfo) -> FloatParam:
+        _check_range(self, integer=False, strict=_strict(info))
         return self
 
 
@@ -81,8 +82,8 @@ class IntParam(_Model):
     values: tuple[int, ...] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> IntParam:
-        _check_range(self, integer=True)
+    def _check(self, info: ValidationInfo) -> IntParam:
+        _check_range(self, integer=True, strict=_strict(info))
         return self
 
 
@@ -102,13 +103,18 @@ class CategoricalParam(_Model):
         return v
 
 
-def _check_range(p: FloatParam | IntParam, *, integer: bool) -> None:
+def _strict(info: ValidationInfo) -> bool:
+    """False for a spec stored with a study: checks added later must not lock its owner out of it."""
+    return not (info.context or {}).get("stored", False)
+
+
+def _check_range(p: FloatParam | IntParam, *, integer: bool, strict: bool = True) -> None:
     if p.step is not None and p.step <= 0:
         raise ValueError(f"step: must be > 0 (got {p.step}); use a positive step or leave it out")
     if p.values is not None:
         if not p.values:
             raise ValueError("values: must list at least one value")
-        if len(set(p.values)) != len(p.values):
+        if strict and len(set(p.values)) != len(p.values):
             raise ValueError(f"values: has duplicates {list(p.values)}; list each value once (a grid would run "
                              "the same point twice)")
         if p.log and any(v <= 0 for v in p.values):
@@ -127,7 +133,8 @@ def _check_range(p: FloatParam | IntParam, *, integer: bool) -> None:
         has_step = p.step is not None and not (integer and p.step == 1)
         if has_step:
             raise ValueError("step cannot be combined with log: true")
-    if p.step is not None and p.high > p.low and p.step > p.high - p.low:
+    # in decimal, as Optuna compares: 0.3 - 0.1 is 0.19999999999999998 in binary, yet step 0.2 fits
+    if strict and p.step is not None and p.high > p.low and Decimal(str(p.step)) > _span(p):
         raise ValueError(f"step: {p.step} is larger than high - low ({p.high - p.low:g}), so only low would ever "
                          "be tried; use a smaller step or leave it out")
 
@@ -169,8 +176,10 @@ class PrunerSpec(_Model):
     reduction_factor: int = Field(3, ge=2)
 
     @model_validator(mode="after")
-    def _options_of_this_type(self) -> PrunerSpec:
+    def _options_of_this_type(self, info: ValidationInfo) -> PrunerSpec:
         """An option the chosen pruner does not read is a mistake to point out, not to ignore."""
+        if not _strict(info):
+            return self
         # a stored spec lists every option with its default: only a changed value is a mistake
         unused = sorted(k for k, types in _PRUNER_OPTIONS.items() if k in self.model_fields_set
                         and self.type not in types and getattr(self, k) != type(self).model_fields[k].default)
@@ -251,15 +260,15 @@ class StudySpec(_Model):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> StudySpec:
+    def _check(self, info: ValidationInfo) -> StudySpec:
         errors: list[str] = []
         for name in self.space:
             try:
                 check_param_names([name], self.settings)
             except ValueError as e:
                 errors.append(f"space.{name}: {e}")
-        if not errors:
-            errors += _check_param_values(self.space, self.settings)
+        if not errors and _strict(info):
+            errors += _check_param_values(self.space, self.settings, grid=self.strategy == "grid")
         want = "maximize" if self.metric == "val_accuracy" else "minimize"
         if self.direction is not None and self.direction != want:
             errors.append(f"direction: {self.direction} does not fit metric {self.metric}, which is "
@@ -325,10 +334,11 @@ _INTEGER_PARAMS = ("batch_size", "hidden_size", "n_layers")
 _PARAM_NAMED = re.compile(r"hyperparameter '([^']+)'")
 
 
-def _check_param_values(space: Mapping[str, Any], settings: TrialSettings) -> list[str]:
+def _check_param_values(space: Mapping[str, Any], settings: TrialSettings, *, grid: bool) -> list[str]:
     """Every value the space can propose must be valid for the model (``lr`` > 0, ``dropout`` in
-    [0, 1), integer batch sizes, known optimizers ...): checked here, at load time, on the ends of
-    each range and on every listed value, rather than failing each trial at run time."""
+    [0, 1), integer batch sizes, known optimizers ...): checked here, at load time, on what the
+    strategy proposes (grid: the listed values; random and TPE: the ends of each range, ``high``
+    rounded down to a whole number of steps), rather than failing each trial at run time."""
     errors: list[str] = []
     for name in _INTEGER_PARAMS:
         if isinstance(space.get(name), FloatParam):
@@ -338,13 +348,15 @@ def _check_param_values(space: Mapping[str, Any], settings: TrialSettings) -> li
     for name, p in space.items():
         if isinstance(p, CategoricalParam):
             candidates[name] = list(p.choices)
-        else:
-            candidates[name] = [*(p.values or ()), *(v for v in (p.low, p.high) if v is not None)]
+        elif grid and p.values is not None:
+            candidates[name] = list(p.values)
+        elif p.low is not None and p.high is not None:
+            candidates[name] = [p.low, _proposed_high(p)]
 
     def valid(params: dict[str, Any]) -> bool:
         try:
             resolve_hyperparams(settings, params)
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):
             return False
         return True
 
@@ -355,7 +367,7 @@ def _check_param_values(space: Mapping[str, Any], settings: TrialSettings) -> li
         for value in values:
             try:
                 resolve_hyperparams(settings, {**base, name: value})
-            except ValueError as e:
+            except (ValueError, TypeError, OverflowError) as e:
                 named = _PARAM_NAMED.search(str(e))
                 key = named.group(1) if named and named.group(1) in space else name
                 line = f"space.{key}: {e}; change the range or choices so that every value is valid"
@@ -392,16 +404,39 @@ def _format_errors(err: ValidationError) -> list[str]:
     return out
 
 
-def parse_spec(raw: Mapping[str, Any], *, source: str | None = None, **overrides: Any) -> StudySpec:
-    """Validate a study given as a mapping; ``overrides`` (not None) replace top-level keys."""
+def parse_spec(
+    raw: Mapping[str, Any], *, source: str | None = None, stored: bool = False, **overrides: Any
+) -> StudySpec:
+    """Validate a study given as a mapping; ``overrides`` (not None) replace top-level keys.
+
+    ``stored=True`` for a spec stored with a study: checks added after it was stored (which values
+    a parameter may take, duplicate grid values, steps, pruner options) are not applied to it, so
+    its study can always be resumed.
+    """
     if not isinstance(raw, Mapping):
         raise SpecError([f"the top level must be a mapping of keys, got {type(raw).__name__}"], source)
     data = dict(raw)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return StudySpec.model_validate(data)
+        return StudySpec.model_validate(data, context={"stored": stored})
     except ValidationError as err:
         raise SpecError(_format_errors(err), source) from None
+
+
+def _span(p: FloatParam | IntParam) -> Decimal:
+    assert p.low is not None and p.high is not None
+    return Decimal(str(p.high)) - Decimal(str(p.low))
+
+
+def _proposed_high(p: FloatParam | IntParam) -> float | int:
+    """The largest value a sampler proposes: ``high`` rounded down to ``low`` + a whole number of
+    steps, as Optuna's distributions do."""
+    assert p.low is not None and p.high is not None
+    if p.step is None or p.log:
+        return p.high
+    step = Decimal(str(p.step))
+    top = Decimal(str(p.low)) + (_span(p) // step) * step
+    return int(top) if isinstance(p, IntParam) else float(top)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -410,8 +445,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         keys: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`; its keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if key in keys:
+            try:
+                seen = key in keys
+            except TypeError:  # unhashable: SafeLoader itself says so
+                break
+            if seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice; keep one of them", key_node.start_mark)
             keys.add(key)

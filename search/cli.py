@@ -48,8 +48,11 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:  # before the API could say more (it turns the rest into Interrupted)
             _fail(f"interrupted (Ctrl-C); finished trials are saved and {resume} continues the study", 130)
-        except BrokenPipeError:  # the reader went away (`hpsearch show X | head`): click stops quietly
-            raise
+        except BrokenPipeError:
+            if _stdout_closed():  # the reader went away (`hpsearch show X | head`): click stops quietly
+                raise
+            _fail("unexpected BrokenPipeError (a connection closed by its other end)\n"
+                  "(set HPSEARCH_DEBUG=1 to see the traceback)", 1)
         except Exception as e:
             # Error classes are looked up only in modules already imported, so that `ls`, `show` and
             # `best` never import torch (a DataError cannot come from a module that is not loaded).
@@ -71,6 +74,15 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"unexpected {type(e).__name__}: {first}\n(set HPSEARCH_DEBUG=1 to see the traceback)", 1)
 
     return wrapper
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout's reader is gone (a flush fails with EPIPE)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
 
 
 def _loaded(module: str, name: str) -> tuple[type[BaseException], ...]:

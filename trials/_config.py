@@ -7,6 +7,7 @@ study file (``search/spec.py`` composes them); their field names are a documente
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -266,7 +267,8 @@ def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or int(value) != value):
         raise ValueError(f"hyperparameter {name!r} must be an integer, got {value!r}")
     if int(value) < minimum:
         raise ValueError(f"hyperparameter {name!r} must be >= {minimum}, got {value!r}")

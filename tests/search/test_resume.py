@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ from .resume_checks import (
     check_invariants,
     cli,
     count_states,
+    kill_session,
     session_procs,
     snapshot,
     trials_of,
@@ -646,6 +648,43 @@ def test_sigterm_during_start_up_exits_130_and_leaves_no_lease(tmp_path) -> None
     check_invariants(trials_of(url, "early"), budget=6, seed=5, grid=REAL_GRID)
 
 
+def test_ctrl_c_inside_ray_init_leaves_no_ray_process_behind(fast_dir) -> None:
+    """The Python API (a notebook): a Ctrl-C arriving while ``ray.init`` starts the local Ray is held
+    until it returns, then Ray is shut down and the run stops; raised inside ``ray.init`` it had left
+    GCS and raylet running, beyond the reach of ``ray.shutdown``. In a subprocess of its own session
+    (this process may hold a Ray connection already), whose processes must all be gone after it."""
+    script = f"""
+import signal, sys
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+import ray
+from search import Interrupted, RayBackend, run_study
+from tests.search import fakes
+from tests.search.test_resume import fake_spec
+
+real_init = ray.init
+def init_then_ctrl_c(*args, **kwargs):
+    out = real_init(*args, **kwargs)
+    signal.raise_signal(signal.SIGINT)  # lands before ray.init has returned to hpsearch
+    return out
+ray.init = init_then_ctrl_c
+try:
+    run_study(fake_spec("grid"), storage="sqlite:///{fast_dir}/init.db", backend=RayBackend(num_cpus=1),
+              worker_fn=fakes.quadratic)
+except Interrupted as e:
+    print("INTERRUPTED", e)
+print("INITIALIZED", ray.is_initialized())
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+        assert "INTERRUPTED interrupted (Ctrl-C)" in out, out + err
+        assert "INITIALIZED False" in out
+        wait_until(lambda: not session_procs(proc.pid), 15, "the local Ray's processes to exit")
+    finally:
+        assert not kill_session(proc.pid), "processes left behind"
+
+
 def test_a_second_ctrl_c_during_the_lease_release_still_releases_it(fast_dir, monkeypatch) -> None:
     url = f"sqlite:///{fast_dir}/twice.db"
     release, calls = st.Lease.release, []
@@ -658,8 +697,10 @@ def test_a_second_ctrl_c_during_the_lease_release_still_releases_it(fast_dir, mo
         release(self)
 
     monkeypatch.setattr(st.Lease, "release", interrupted_once)
-    run_study(fake_spec("grid"), storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic, refit=False)
+    with pytest.raises(Interrupted):  # the Ctrl-C is not lost (a script looping over studies stops)
+        run_study(fake_spec("grid"), storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic, refit=False)
     assert len(calls) == 2 and lease_age(url, "s") == float("inf")
+    assert Counter(t.state.name for t in trials_of(url, "s")) == {"COMPLETE": 6}
 
 
 def test_killed_ray_worker_is_rerun_by_ray_under_the_same_trial_number(tmp_path, ray_here) -> None:

@@ -149,6 +149,54 @@ def test_a_stored_spec_with_every_default_parses_again() -> None:
         assert parse_spec(spec.to_dict()) == spec
 
 
+@pytest.mark.parametrize("space", [
+    {"dropout": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.2}},  # 0.3 - 0.1 < 0.2 in binary
+    {"dropout": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.3}},  # proposes 0 .. 0.9, never 1.0
+    {"batch_size": {"type": "int", "low": 16, "high": 64, "step": 16}},
+])
+def test_valid_steps_are_accepted(space: dict) -> None:
+    assert set(parse_spec({**BASE, "space": space}).space) == set(space)
+
+
+def test_grid_checks_the_values_it_runs_not_the_range_beside_them() -> None:
+    """low/high may stay in the file for random and TPE (``--strategy``); grid runs only the values."""
+    space = {"dropout": {"type": "float", "low": 0.0, "high": 1.0, "values": [0.1, 0.3]}}
+    assert parse_spec({**BASE, "strategy": "grid", "n_trials": None, "space": space}).grid_size == 2
+    assert "got 1.0" in errors_of(space=space)  # random would propose up to 1.0
+
+
+def test_infinite_or_unhashable_values_are_errors_not_crashes(tmp_path: Path) -> None:
+    assert "space.batch_size: hyperparameter 'batch_size' must be an integer, got inf" in errors_of(
+        space={"batch_size": {"choices": [16, float("inf")]}})
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("name: s\n? [a, b]\n: 1\n")
+    with pytest.raises(SpecError, match=r"(?s)not valid YAML: .*found unhashable key"):
+        load_spec(odd)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(
+        "name: s\nstrategy: random\nn_trials: 2\n"
+        "space: {lr: &range {type: float, low: 0.001, high: 0.1}, momentum: {<<: *range, high: 0.5}}\n")
+    spec = load_spec(merged)
+    assert (spec.space["momentum"].low, spec.space["momentum"].high) == (0.001, 0.5)
+
+
+def test_a_stored_spec_skips_the_checks_added_after_it_was_stored() -> None:
+    """A study created before a check existed must stay resumable: its stored spec is re-parsed with
+    ``stored=True``; the same keys in a new file are refused."""
+    old = {**BASE, "pruner": {"type": "median", "min_resource": 2},
+           "space": {"dropout": {"type": "float", "low": 0.0, "high": 1.0}}}
+    assert "pruner.min_resource: not used" in errors_of(**{k: v for k, v in old.items() if k in ("pruner", "space")})
+    spec = parse_spec(old, stored=True)
+    assert spec.pruner.min_resource == 2 and spec.space["dropout"].high == 1.0
+    grid = {**BASE, "strategy": "grid", "n_trials": None, "space": {"lr": {"values": [0.01, 0.01, 0.1]}}}
+    assert parse_spec(grid, stored=True).grid_size == 3
+    with pytest.raises(SpecError, match="has duplicates"):
+        parse_spec(grid)
+
+
 def test_overrides_replace_file_keys() -> None:
     spec = parse_spec(BASE, n_trials=9, name="other", strategy="tpe")
     assert (spec.n_trials, spec.name, spec.strategy) == (9, "other", "tpe")
