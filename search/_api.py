@@ -190,10 +190,28 @@ class _StopSignals:
     def __init__(self) -> None:
         self.name = "Ctrl-C"
         self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._pending = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self._deferring:
+            self._pending = True
+            return
         raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Writes that belong together (create a study, then store its spec): a stop signal during
+        them takes effect once they are done."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -384,7 +402,7 @@ def _execute(
     stops = _StopSignals()
     try:
         with stops:
-            return _execute_leased(spec, rdb, url, retry, address=address, backend=backend,
+            return _execute_leased(spec, rdb, url, retry, stops, address=address, backend=backend,
                                    callbacks=callbacks, worker_fn=worker_fn, must_exist=must_exist, refit=refit)
     except KeyboardInterrupt as e:  # outside the trial loop: start-up, the final refit, or a second Ctrl-C
         what = e.args[0] if e.args and isinstance(e.args[0], str) else stops.name  # "SIGTERM" from ray.init
@@ -397,6 +415,7 @@ def _execute_leased(
     rdb: optuna.storages.RDBStorage,
     url: str,
     retry: Callable[[Callable[[], Any]], Any],
+    stops: _StopSignals,
     *,
     address: str | None,
     backend: Backend | None,
@@ -407,7 +426,8 @@ def _execute_leased(
 ) -> StudyResult:
     # The lease comes first: a run refused because another one is live must not write the study.
     with _leased(rdb.engine, spec.name, retry) as lease:
-        study, messages, created = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
+        with stops.deferred():  # never a study without its spec (Optuna creates it, then hpsearch stores it)
+            study, messages, created = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
         if retry(lambda: _nothing_to_do(study, spec, refit)):  # a finished study: no Ray, no data
             return retry(lambda: _summarize(study, spec, url, messages))
         try:
@@ -494,7 +514,9 @@ def stored_spec(name: str, storage: str | None = None) -> StudySpec:
     attrs = st.study_attrs(st.create_engine(url, create=False), name)  # never create a file to read
     raw = attrs.get(SPEC_ATTR)
     if raw is None:
-        raise UsageError(f"study {name!r} has no stored hpsearch spec; it was not created by hpsearch")
+        raise UsageError(f"study {name!r} has no stored hpsearch spec: it was not created by hpsearch, or its first "
+                         "run was killed right after creating it; in that case run its study file again "
+                         "(`hpsearch run FILE`), which adopts it")
     try:
         return parse_spec(raw, source=f"stored spec of study {name!r}", stored=True)
     except SpecError as e:
