@@ -200,7 +200,8 @@ def test_pruning_stops_one_trial_of_a_stack(sqlite_url, monkeypatch) -> None:
     trials = trials_of(sqlite_url)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert pruned and all(t.user_attrs["epochs"] < 12 for t in pruned)
+    # pruned before its last epoch (the worker, 5 ms an epoch, may have run on before the stop reached it)
+    assert pruned and all(max(t.intermediate_values) < 12 for t in pruned)
     assert any(t.user_attrs["stack_size"] > 1 for t in pruned), "no trial was pruned inside a stack"
     # its stack-mates ran on: each stack with a pruned trial also has a trial that ran all epochs
     for p in pruned:
