@@ -15,6 +15,7 @@ from storage._errors import (
     StorageUnavailable,
     StudyNotFound,
 )
+from storage._keys import StudyAttr, TrialAttr
 from storage._lease import (
     DEFAULT_STALE_AFTER_S,
     LEASE_TABLE,
@@ -23,6 +24,15 @@ from storage._lease import (
     LeaseInfo,
     ensure_lease_table,
     read_lease,
+)
+from storage._optuna_compat import (
+    artifact_attr_key,
+    rdb_of,
+    record_trial_artifact,
+    study_id,
+    study_storage,
+    suggest,
+    trial_id,
 )
 from storage._queries import (
     ROW_ATTRS,
@@ -34,7 +44,7 @@ from storage._queries import (
     study_names,
     trial_rows,
 )
-from storage._retry import is_transient, retryable, retrying
+from storage._retry import disk_full_reason, is_transient, retryable, retrying
 from storage._url import DEFAULT_URL, ENV_VAR, redact, resolve_url, scrub
 
 __all__ = [
@@ -51,17 +61,23 @@ __all__ = [
     "LeaseLost",
     "StorageError",
     "StorageUnavailable",
+    "StudyAttr",
     "StudyNotFound",
     "StudySummary",
+    "TrialAttr",
     "TrialRow",
+    "artifact_attr_key",
     "best_trial_row",
     "create_engine",
     "create_storage",
+    "disk_full_reason",
     "engine_kwargs",
     "ensure_lease_table",
     "is_transient",
     "list_studies",
+    "rdb_of",
     "read_lease",
+    "record_trial_artifact",
     "redact",
     "resolve_url",
     "retryable",
@@ -70,7 +86,11 @@ __all__ = [
     "set_trial_intermediate_values",
     "set_trial_user_attrs",
     "study_attrs",
+    "study_id",
     "study_names",
+    "study_storage",
+    "suggest",
     "translate_error",
+    "trial_id",
     "trial_rows",
 ]

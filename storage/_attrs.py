@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import optuna
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
+
+from storage._optuna_compat import rdb_of, rdb_session, set_trial_intermediate_value_in, set_trial_user_attr_in
 
 __all__ = ["set_trial_intermediate_values", "set_trial_user_attrs"]
 
@@ -25,20 +25,20 @@ def set_trial_user_attrs(storage: optuna.storages.BaseStorage, trial_id: int, at
     Parameters
     ----------
     storage : optuna.storages.BaseStorage
-        ``study._storage``: an ``RDBStorage``, possibly wrapped in Optuna's cache, or any storage.
+        ``storage.study_storage(study)``: an ``RDBStorage``, possibly wrapped in Optuna's cache, or any storage.
     trial_id : int
-        Optuna's trial id (``trial._trial_id``), not the trial number.
+        Optuna's trial id (``storage.trial_id(trial)``), not the trial number.
     attrs : Mapping[str, Any]
         JSON-serializable values.
     """
-    rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, optuna.storages.RDBStorage):
+    rdb = rdb_of(storage)
+    if rdb is None:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         return
-    with _create_scoped_session(rdb.scoped_session, True) as session:
+    with rdb_session(rdb) as session:
         for key, value in attrs.items():
-            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+            set_trial_user_attr_in(session, rdb, trial_id, key, value)
 
 
 def set_trial_intermediate_values(
@@ -49,11 +49,11 @@ def set_trial_intermediate_values(
     A step already stored is overwritten (so a retried write is harmless). The trial must be
     RUNNING, as for ``Trial.report``. Storages other than ``RDBStorage`` get one call per value.
     """
-    rdb = getattr(storage, "_backend", storage)
-    if not isinstance(rdb, optuna.storages.RDBStorage):
+    rdb = rdb_of(storage)
+    if rdb is None:
         for step, value in values.items():
             storage.set_trial_intermediate_value(trial_id, int(step), float(value))
         return
-    with _create_scoped_session(rdb.scoped_session, True) as session:
+    with rdb_session(rdb) as session:
         for step, value in values.items():
-            rdb._set_trial_intermediate_value_without_commit(session, trial_id, int(step), float(value))
+            set_trial_intermediate_value_in(session, rdb, trial_id, int(step), float(value))

@@ -19,13 +19,14 @@ from typing import Any, Literal
 
 import sqlalchemy
 from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.storages._rdb import models
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from storage._errors import StudyNotFound
+from storage._keys import StudyAttr, TrialAttr
+from storage._optuna_compat import FIXED_PARAMS, models
 from storage._url import redact
 
 _studies = models.StudyModel.__table__
@@ -34,23 +35,21 @@ _study_attrs = models.StudyUserAttributeModel.__table__
 _trials = models.TrialModel.__table__
 _values = models.TrialValueModel.__table__
 _params = models.TrialParamModel.__table__
+_trial_system_attrs = models.TrialSystemAttributeModel.__table__
 _trial_attrs = models.TrialUserAttributeModel.__table__
 
 _ValueType = models.TrialValueModel.TrialValueType
 
-SPEC_ATTR = "hpsearch_spec"
-"""Study user attribute holding the validated spec."""
-
 ROW_ATTRS = (
-    "fold_scores",
-    "value_std",
-    "epochs",
-    "duration_s",
-    "fail_reason",
-    "node",
-    "retry_of",
-    "will_retry",
-    "attempt",
+    TrialAttr.FOLD_SCORES,
+    TrialAttr.VALUE_STD,
+    TrialAttr.EPOCHS,
+    TrialAttr.DURATION_S,
+    TrialAttr.FAIL_REASON,
+    TrialAttr.NODE,
+    TrialAttr.RETRY_OF,
+    TrialAttr.WILL_RETRY,
+    TrialAttr.ATTEMPT,
 )
 """Trial user attributes :func:`trial_rows` reads (``curves`` and the rest are never loaded)."""
 
@@ -323,7 +322,7 @@ def list_studies(engine: Engine) -> list[StudySummary]:
                 .select_from(_trials.join(_trial_attrs, _trial_attrs.c.trial_id == _trials.c.trial_id))
                 .where(
                     _trials.c.state == TrialState.FAIL,
-                    _trial_attrs.c.key == "will_retry",
+                    _trial_attrs.c.key == TrialAttr.WILL_RETRY,
                     _trial_attrs.c.value_json == "true",
                 )
                 .group_by(_trials.c.study_id)
@@ -333,7 +332,7 @@ def list_studies(engine: Engine) -> list[StudySummary]:
             sid: json.loads(value_json)
             for sid, value_json in conn.execute(
                 select(_study_attrs.c.study_id, _study_attrs.c.value_json).where(
-                    _study_attrs.c.key == SPEC_ATTR
+                    _study_attrs.c.key == StudyAttr.SPEC
                 )
             )
         }
@@ -474,6 +473,15 @@ def trial_rows(
                 dist = dists[dist_json] = json_to_distribution(dist_json)
             params.setdefault(trial_id, {})[name] = dist.to_external_repr(internal)
 
+        # a WAITING trial (a queued re-run) has no params rows yet: Optuna keeps them in its
+        # FIXED_PARAMS system attribute until the trial is asked for
+        waiting = [r.trial_id for r in rows if r.state == TrialState.WAITING and r.trial_id not in params]
+        if waiting:
+            fixed_query = select(_trial_system_attrs.c.trial_id, _trial_system_attrs.c.value_json).where(
+                _trial_system_attrs.c.key == FIXED_PARAMS, _trial_system_attrs.c.trial_id.in_(waiting))
+            for trial_id, value_json in conn.execute(fixed_query):
+                params[trial_id] = dict(json.loads(value_json))
+
         attrs: dict[int, dict[str, Any]] = {}
         attr_query = (
             select(_trial_attrs.c.trial_id, _trial_attrs.c.key, _trial_attrs.c.value_json)
@@ -487,8 +495,9 @@ def trial_rows(
     for r in rows:
         a = attrs.get(r.trial_id, {})
         start, complete = _utc(r.datetime_start), _utc(r.datetime_complete)
-        duration = a.get("duration_s")
-        if duration is None and start is not None and complete is not None:
+        duration = a.get(TrialAttr.DURATION_S)
+        # absent: the span in the database; stored as null: unknown (a trial whose orchestrator died)
+        if TrialAttr.DURATION_S not in a and start is not None and complete is not None:
             duration = (complete - start).total_seconds()
         result.append(
             TrialRow(
@@ -496,16 +505,16 @@ def trial_rows(
                 trial_id=r.trial_id,
                 state=r.state.name,
                 value=_value(r.value, r.value_type),
-                value_std=a.get("value_std"),
+                value_std=a.get(TrialAttr.VALUE_STD),
                 params=params.get(r.trial_id, {}),
-                fold_scores=a.get("fold_scores"),
-                epochs=a.get("epochs"),
+                fold_scores=a.get(TrialAttr.FOLD_SCORES),
+                epochs=a.get(TrialAttr.EPOCHS),
                 duration_s=duration,
-                fail_reason=a.get("fail_reason"),
-                node=a.get("node"),
-                retry_of=a.get("retry_of"),
-                will_retry=bool(a.get("will_retry", False)),
-                attempt=a.get("attempt"),
+                fail_reason=a.get(TrialAttr.FAIL_REASON),
+                node=a.get(TrialAttr.NODE),
+                retry_of=a.get(TrialAttr.RETRY_OF),
+                will_retry=bool(a.get(TrialAttr.WILL_RETRY, False)),
+                attempt=a.get(TrialAttr.ATTEMPT),
                 datetime_start=start,
                 datetime_complete=complete,
             )

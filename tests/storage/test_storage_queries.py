@@ -73,9 +73,11 @@ def _check_row(row: TrialRow, frozen: optuna.trial.FrozenTrial) -> None:
     assert row.trial_id == frozen._trial_id
     assert row.state == frozen.state.name
     assert row.value == frozen.value
-    assert row.params == frozen.params
+    # a WAITING trial's params are the ones it was queued with (Optuna shows none until it is asked for)
+    params = frozen.system_attrs.get("fixed_params", {}) if frozen.state == TrialState.WAITING else frozen.params
+    assert row.params == params
     for name, value in row.params.items():
-        assert type(value) is type(frozen.params[name]), name
+        assert type(value) is type(params[name]), name
     attrs = frozen.user_attrs
     assert row.fold_scores == attrs.get("fold_scores")
     assert row.value_std == attrs.get("value_std")
@@ -203,5 +205,22 @@ def test_table_views_skip_heavy_data(storage: optuna.storages.RDBStorage) -> Non
     assert statements
     joined = "\n".join(statements)
     assert "trial_intermediate_values" not in joined
-    assert "trial_system_attributes" not in joined
+    # system attributes are read for WAITING trials' queued params only
+    assert all("'fixed_params'" in st or "fixed_params" in st for st in statements if "trial_system_attributes" in st)
     assert "curves" not in joined and "fold_epochs" not in joined
+
+
+def test_a_queued_re_run_shows_its_params_and_an_unknown_duration_stays_unknown(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    """Before: a WAITING re-run listed empty params (Optuna keeps them in a system attribute until
+    it is asked for), and a trial whose orchestrator died counted the downtime as its seconds."""
+    study = optuna.create_study(study_name="queued", storage=storage)
+    dead = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)})
+    dead.set_user_attr("duration_s", None)
+    dead.set_user_attr("retry_of", None)
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({"lr": dead.params["lr"]}, user_attrs={"retry_of": dead.number})
+    rows = {r.number: r for r in trial_rows(storage.engine, "queued")}
+    assert rows[1].state == "WAITING" and rows[1].params == {"lr": dead.params["lr"]} and rows[1].retry_of == 0
+    assert rows[0].duration_s is None

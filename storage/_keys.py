@@ -1,0 +1,50 @@
+"""The names of the attributes hpsearch stores with studies and trials, in one place.
+
+They are a contract: the orchestrator writes them, ``ls``/``show``/``best``, the report, the
+export and optuna-dashboard read them, and stored studies keep them for ever. A name is only
+ever added. docs/architecture.md says what each one holds.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StudyAttr", "TrialAttr"]
+
+
+class TrialAttr:
+    """Trial user attribute keys (``trial.user_attrs[TrialAttr.FOLD_SCORES]``)."""
+
+    FOLD_SCORES = "fold_scores"
+    VALUE_STD = "value_std"
+    FOLD_EPOCHS = "fold_epochs"
+    EPOCHS = "epochs"
+    DURATION_S = "duration_s"
+    NODE = "node"
+    NODE_ID = "node_id"
+    WORKER_START = "worker_start"
+    WORKER_END = "worker_end"
+    DEVICE = "device"
+    TRAIN_PATH = "train_path"
+    STACK_SIZE = "stack_size"
+    ALONE = "alone"
+    RERUN_ALONE = "rerun_alone"
+    CURVES = "curves"
+    FAIL_REASON = "fail_reason"
+    OOM = "oom"
+    WILL_RETRY = "will_retry"
+    RETRY_OF = "retry_of"
+    ATTEMPT = "attempt"
+    FAILURES = "failures"
+    RERUN_FAILURES = "rerun_failures"
+    SEED = "seed"
+
+
+class StudyAttr:
+    """Study user attribute keys (``study.user_attrs[StudyAttr.SPEC]``)."""
+
+    SPEC = "hpsearch_spec"
+    VERSION = "hpsearch_version"
+    DATA_FINGERPRINT = "hpsearch_data_fingerprint"
+    TEST_RESULT = "test_result"
+    REFIT_ERROR = "hpsearch_refit_error"
+    CLASSES = "hpsearch_classes"
+    """The original class labels in code order (``classes[code]``, as ``trials.decode_labels`` reads them)."""
