@@ -4,7 +4,10 @@ Data loading and validation, the test split, CV folds, the stacked MLP (all fold
 configuration train as one network with a leading member dimension), per-member early stopping,
 and the final refit + test evaluation. ``trials`` never touches the database and never imports Ray.
 
-The public API is re-exported here from small private modules::
+The public API is re-exported here from small private modules; the training entry points
+(:func:`run_trial`, :func:`run_trials`, :func:`refit_and_test`, :class:`TrialOutOfMemory`) are
+imported on first use (PEP 562), so ``import trials`` alone does not import torch (~2.5 s) and the
+driver's checks (:func:`check_data`, :func:`resolve_hyperparams`) stay cheap::
 
     from trials import CVSpec, DataSpec, TrialSettings, load_dataset, refit_and_test, run_trial, trial_seed
 
@@ -31,11 +34,16 @@ Scores: a member that diverges (non-finite validation loss) stops at once and re
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
     DataSpec,
+    HyperparameterError,
     Hyperparams,
+    ModelError,
     ModelSpec,
     TrainingSpec,
     TrialSettings,
@@ -43,12 +51,24 @@ from ._config import (
     resolve_hyperparams,
     stack_key,
 )
-from ._data import DataError, Dataset, load_dataset
+from ._data import DataError, Dataset, check_data, check_metric, decode_labels, encode_labels, load_dataset
+from ._metrics import (
+    LOSSES,
+    METRICS,
+    TASKS,
+    check_task_settings,
+    default_loss,
+    metric_direction,
+    metric_mode,
+    task_metrics,
+)
 from ._results import EpochReport, FoldResult, MemberReport, TestResult, TrialResult
 from ._seeding import trial_seed
-from ._trial import TrialOutOfMemory, refit_and_test, run_trial, run_trials
 
 __all__ = [
+    "LOSSES",
+    "METRICS",
+    "TASKS",
     "TUNABLE_PARAMS",
     "CVSpec",
     "DataError",
@@ -56,20 +76,52 @@ __all__ = [
     "Dataset",
     "EpochReport",
     "FoldResult",
+    "HyperparameterError",
     "Hyperparams",
     "MemberReport",
+    "ModelError",
     "ModelSpec",
     "TestResult",
     "TrainingSpec",
     "TrialOutOfMemory",
     "TrialResult",
     "TrialSettings",
+    "check_data",
+    "check_metric",
+    "check_model",
     "check_param_names",
+    "check_task_settings",
+    "decode_labels",
+    "default_loss",
+    "encode_labels",
     "load_dataset",
+    "metric_direction",
+    "metric_mode",
     "refit_and_test",
     "resolve_hyperparams",
     "run_trial",
     "run_trials",
     "stack_key",
+    "task_metrics",
     "trial_seed",
 ]
+
+# Names of the torch-bound module, imported on first access (``from trials import run_trial`` too).
+_LAZY = {name: "._trial" for name in ("TrialOutOfMemory", "check_model", "refit_and_test", "run_trial", "run_trials")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trials' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from ._trial import TrialOutOfMemory, check_model, refit_and_test, run_trial, run_trials

@@ -9,27 +9,41 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from ._metrics import METRICS, check_task_settings, default_loss
 
 __all__ = [
     "TUNABLE_PARAMS",
     "CVSpec",
     "DataSpec",
+    "HyperparameterError",
     "Hyperparams",
     "ModelSpec",
     "TrainingSpec",
     "TrialSettings",
     "check_param_names",
+    "factory_name",
     "resolve_hyperparams",
     "stack_key",
 ]
 
 _FILE_SOURCES = ("npz", "csv", "parquet", "idx")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+# How a spec stores a Python callable given as a factory: by name only, so it cannot be imported back.
+_CALLABLE_PREFIX = "python callable "
+
+
+def factory_name(factory: str | Callable[..., Any]) -> str:
+    """An import path as given; a callable as ``module:qualname`` (e.g. ``__main__:build``)."""
+    if isinstance(factory, str):
+        return factory
+    module = getattr(factory, "__module__", None) or "?"
+    return f"{module}:{getattr(factory, '__qualname__', None) or type(factory).__name__}"
 
 
 class _Spec(BaseModel):
@@ -42,8 +56,10 @@ class DataSpec(_Spec):
     Attributes
     ----------
     source
-        ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``synthetic``
-        (``make_classification``), ``npz`` (arrays ``X`` and ``y``), ``csv`` / ``parquet``
+        ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``diabetes``
+        (scikit-learn's bundled diabetes regression set, 442 rows, 10 features, no download),
+        ``synthetic`` (``make_classification``, or ``make_regression`` for ``task: regression``),
+        ``npz`` (arrays ``X`` and ``y``), ``csv`` / ``parquet``
         (a ``target`` label column, every other column a numeric feature) or ``idx`` (a directory
         of MNIST-format IDX files, gzipped or not).
     path
@@ -57,7 +73,7 @@ class DataSpec(_Spec):
         Shape of the ``synthetic`` data set (ignored by the other sources).
     """
 
-    source: Literal["digits", "synthetic", "npz", "csv", "parquet", "idx"] = "digits"
+    source: Literal["digits", "diabetes", "synthetic", "npz", "csv", "parquet", "idx"] = "digits"
     path: str | None = None
     target: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -91,24 +107,39 @@ class ModelSpec(_Spec):
     dropout
         Dropout probability after each hidden layer, ``0 <= dropout < 1``.
     factory
-        Optional import path ``package.module:function`` of a user model factory, called as
-        ``factory(params, n_features, n_classes)`` and returning an ``nn.Module`` that maps
-        ``[batch, n_features]`` to ``[batch, n_classes]`` logits. When set, ``hidden``,
-        ``activation`` and ``dropout`` are only passed on through ``params``.
+        Optional user model factory, called as ``factory(params, n_features, n_classes)`` and
+        returning an ``nn.Module`` that maps ``[batch, n_features]`` to ``[batch, n_classes]``
+        logits: an import path ``package.module:function``, or (from Python) the callable itself,
+        which Ray ships to its workers by value (a function defined in a notebook works). A
+        callable is stored with the study by name only (``"python callable __main__:build"``), so
+        such a study resumes from Python, by running the same spec again, not from the CLI. When
+        set, ``hidden``, ``activation`` and ``dropout`` are only passed on through ``params``.
     """
 
     hidden: tuple[int, ...] = (200, 200)
     activation: Literal["relu", "leaky_relu"] = "relu"
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    factory: str | None = None
+    factory: str | Callable[..., Any] | None = None
+
+    @field_serializer("factory", when_used="json")
+    def _factory_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
+        return v if v is None or isinstance(v, str) else _CALLABLE_PREFIX + factory_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"model.hidden must hold positive layer widths, got {list(self.hidden)}")
-        if self.factory is not None and not _FACTORY_RE.match(self.factory):
+        if isinstance(self.factory, str) and self.factory.startswith(_CALLABLE_PREFIX):
+            name = self.factory[len(_CALLABLE_PREFIX):]
             raise ValueError(
-                f"model.factory must be an import path of the form 'package.module:function', got {self.factory!r}"
+                f"model.factory was the Python callable {name}, which a stored study names but cannot import; "
+                "continue it from Python by running the same spec, with that callable, again (run_study), "
+                "or give model.factory an import path 'package.module:function' in a new study"
+            )
+        if isinstance(self.factory, str) and not _FACTORY_RE.match(self.factory):
+            raise ValueError(
+                f"model.factory must be an import path of the form 'package.module:function' (or, from Python, "
+                f"a callable), got {self.factory!r}"
             )
         return self
 
@@ -124,10 +155,14 @@ class TrainingSpec(_Spec):
         Learning rate, SGD momentum, L2 weight decay (added to the gradient, as torch.optim does).
     batch_size
         Rows per optimisation step (per member).
+    loss
+        The training loss: ``cross_entropy`` for classification (the only one, and the default);
+        ``mse`` (the default), ``l1`` or ``huber`` (delta 1) for regression, computed on the target
+        standardized with the member's training rows' mean and std. ``None``: the task's default.
     max_epochs, patience, min_delta, monitor
         Early stopping per member: stop after ``patience`` epochs without an improvement of more
-        than ``min_delta`` in ``monitor`` (``val_loss`` is minimised, ``val_accuracy`` maximised);
-        the best epoch's weights are restored.
+        than ``min_delta`` in ``monitor``, any validation metric of the task (losses and errors
+        are minimised, accuracy, F1, AUC and R² maximised); the best epoch's weights are restored.
     lr_schedule, step_size, gamma, plateau_factor, plateau_patience
         ``none``; ``step`` (multiply by ``gamma`` every ``step_size`` epochs, like ``StepLR``);
         ``plateau`` (multiply by ``plateau_factor`` after ``plateau_patience`` epochs without
@@ -144,7 +179,8 @@ class TrainingSpec(_Spec):
     max_epochs: int = Field(50, ge=1)
     patience: int = Field(5, ge=0)
     min_delta: float = Field(0.0, ge=0.0)
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    loss: Literal["cross_entropy", "mse", "l1", "huber"] | None = None
+    monitor: Literal[METRICS] = "val_loss"  # type: ignore[valid-type]
     lr_schedule: Literal["none", "step", "plateau"] = "none"
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.5, gt=0.0, le=1.0)
@@ -174,11 +210,29 @@ class CVSpec(_Spec):
 
 
 class TrialSettings(_Spec):
-    """Everything except the data that a trial needs: ``model``, ``training`` and ``cv``."""
+    """Everything except the data that a trial needs: ``task``, ``model``, ``training`` and ``cv``.
 
+    ``task`` is ``classification`` (labels, cross-entropy, stratified folds) or ``regression`` (a
+    numeric target, ``training.loss``, plain k-fold); ``training.monitor`` and ``training.loss``
+    must be the task's.
+    """
+
+    task: Literal["classification", "regression"] = "classification"
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     cv: CVSpec = CVSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialSettings:
+        errors = check_task_settings(self.task, metric=None, monitor=self.training.monitor, loss=self.training.loss)
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    @property
+    def loss(self) -> str:
+        """``training.loss``, or the task's default."""
+        return self.training.loss or default_loss(self.task)
 
 
 TUNABLE_PARAMS: frozenset[str] = frozenset(
@@ -220,7 +274,9 @@ class Hyperparams:
     gamma: float
     plateau_factor: float
     plateau_patience: int
-    factory: str | None = None
+    factory: str | Callable[..., Any] | None = None
+    task: str = "classification"
+    loss: str = "cross_entropy"
     params: Mapping[str, Any] = field(default_factory=dict)
     """All tuned params as given (passed to a user model factory)."""
 
@@ -240,8 +296,56 @@ def stack_key(hp: Hyperparams) -> tuple[Any, ...]:
     return tuple((f.name, getattr(hp, f.name)) for f in dataclasses.fields(hp) if f.name not in PER_MEMBER_FIELDS)
 
 
+class HyperparameterError(ValueError):
+    """A tuned hyperparameter has a name or a value one trial cannot use.
+
+    Raised by :func:`check_param_names` and :func:`resolve_hyperparams`; ``str(err)`` is the
+    message for the user, the attributes say which parameter it is about (so that a caller can
+    name its key path without reading the message).
+
+    Attributes
+    ----------
+    name : str
+        The hyperparameter at fault (a key of the tuned params or of the search space).
+    value : Any
+        The value it was given, as given; ``None`` for an unknown name reported by
+        :func:`check_param_names`, which sees the names only.
+    """
+
+    def __init__(self, message: str, name: str, value: Any = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Ray returns a worker's exceptions by pickle)
+        return (type(self), (self.args[0], self.name, self.value))
+
+
+class ModelError(ValueError):
+    """The ``model.factory`` cannot serve this study: it does not import, does not return an
+    ``nn.Module``, fails on a batch, or returns outputs of the wrong shape.
+
+    ``str(err)`` is the message for the user (it names the factory, the configuration and the fix).
+
+    Attributes
+    ----------
+    factory : str
+        The import path ``package.module:function``.
+    params : dict or None
+        The configuration it failed for; ``None`` when it failed before it was called (import).
+    """
+
+    def __init__(self, message: str, factory: str, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.factory = factory
+        self.params = None if params is None else dict(params)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole (Ray returns a worker's exceptions by pickle)
+        return (type(self), (self.args[0], self.factory, self.params))
+
+
 def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:
-    """Raise ``ValueError`` if a name is not tunable for ``settings``.
+    """Raise :class:`HyperparameterError` if a name is not tunable for ``settings``.
 
     Parameters
     ----------
@@ -252,43 +356,44 @@ def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:
 
     Raises
     ------
-    ValueError
-        Naming the first unknown key and listing the allowed names.
+    HyperparameterError
+        Naming the first unknown key (``name``) and listing the allowed names.
     """
     if settings.model.factory is not None:
         return
     for name in names:
         if name not in TUNABLE_PARAMS:
-            raise ValueError(
+            raise HyperparameterError(
                 f"unknown hyperparameter {name!r}; the built-in MLP can tune: "
                 f"{', '.join(sorted(TUNABLE_PARAMS))} (set model.factory to pass other names "
-                "to your own model)"
+                "to your own model)",
+                name,
             )
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or int(value) != value):
-        raise ValueError(f"hyperparameter {name!r} must be an integer, got {value!r}")
+        raise HyperparameterError(f"hyperparameter {name!r} must be an integer, got {value!r}", name, value)
     if int(value) < minimum:
-        raise ValueError(f"hyperparameter {name!r} must be >= {minimum}, got {value!r}")
+        raise HyperparameterError(f"hyperparameter {name!r} must be >= {minimum}, got {value!r}", name, value)
     return int(value)
 
 
 def _as_float(name: str, value: Any, low: float, high: float | None, *, low_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"hyperparameter {name!r} must be a number, got {value!r}")
+        raise HyperparameterError(f"hyperparameter {name!r} must be a number, got {value!r}", name, value)
     v = float(value)
     bad_low = v <= low if low_open else v < low
     if bad_low or (high is not None and v >= high) or v != v:
         rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"hyperparameter {name!r} must be in {rng}, got {value!r}")
+        raise HyperparameterError(f"hyperparameter {name!r} must be in {rng}, got {value!r}", name, value)
     return v
 
 
 def _as_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"hyperparameter {name!r} must be one of {list(choices)}, got {value!r}")
+        raise HyperparameterError(f"hyperparameter {name!r} must be one of {list(choices)}, got {value!r}", name, value)
     return str(value)
 
 
@@ -308,8 +413,9 @@ def resolve_hyperparams(settings: TrialSettings, params: Mapping[str, Any]) -> H
 
     Raises
     ------
-    ValueError
-        For an unknown name (listing the allowed names) or an out-of-range value.
+    HyperparameterError
+        For an unknown name (listing the allowed names) or a value the parameter cannot take
+        (``name`` and ``value`` say which).
     """
     check_param_names(params.keys(), settings)
     t, m = settings.training, settings.model
@@ -320,7 +426,9 @@ def resolve_hyperparams(settings: TrialSettings, params: Mapping[str, Any]) -> H
         layers = _as_int("n_layers", p["n_layers"], 0) if "n_layers" in p else None
         if size is None:
             if not hidden:
-                raise ValueError("n_layers is tuned without hidden_size while model.hidden is empty")
+                raise HyperparameterError(
+                    "n_layers is tuned without hidden_size while model.hidden is empty", "n_layers", p["n_layers"]
+                )
             size = hidden[0]
         if layers is None:
             layers = len(hidden)
@@ -344,5 +452,7 @@ def resolve_hyperparams(settings: TrialSettings, params: Mapping[str, Any]) -> H
         plateau_factor=t.plateau_factor,
         plateau_patience=t.plateau_patience,
         factory=m.factory,
+        task=settings.task,
+        loss=settings.loss,
         params=p,
     )

@@ -6,14 +6,17 @@ import hashlib
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.lib.npyio import NpzFile
 
 from ._config import CVSpec, DataSpec
 from ._idx import find_idx_file, read_idx
 
-__all__ = ["DataError", "Dataset", "load_dataset"]
+__all__ = ["DataError", "Dataset", "check_data", "check_metric", "decode_labels", "encode_labels", "load_dataset"]
 
 
 class DataError(ValueError):
@@ -29,7 +32,8 @@ class Dataset:
     X, y
         The search part (test rows removed): features ``float32 [n, d]`` (not standardized;
         each fold standardizes with statistics of its own training rows during training) and
-        labels ``int64 [n]`` in ``0 .. n_classes-1``.
+        labels ``int64 [n]`` in ``0 .. n_classes-1`` (``classes[y]`` are the labels as given), or
+        for regression the target ``float32 [n]``.
     X_test, y_test
         The test split, touched only by the final refit's single evaluation.
     index, test_index
@@ -38,7 +42,13 @@ class Dataset:
     folds
         ``(train_idx, val_idx)`` pairs of positions into ``X``.
     n_features, n_classes, name
-        Width of ``X``, number of output classes (``max label + 1``), a short description.
+        Width of ``X``, number of outputs of the network (the number of distinct labels; 1 for
+        regression), a short description.
+    task
+        ``classification`` or ``regression``.
+    classes
+        The original labels in code order (``classes[code]``; plain Python values, JSON-able),
+        ``None`` for regression. :func:`decode_labels` maps predictions back.
     """
 
     X: np.ndarray
@@ -51,6 +61,8 @@ class Dataset:
     n_features: int
     n_classes: int
     name: str
+    task: str = "classification"
+    classes: tuple[Any, ...] | None = None
 
     def fingerprint(self) -> str:
         """A digest of what trials are scored on: every array, with its dtype and shape, and the folds.
@@ -65,6 +77,9 @@ class Dataset:
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype.str}{a.shape};".encode())
             h.update(memoryview(a).cast("B"))
+        # labels that were not already 0 .. n-1: which label each code stands for matters too
+        if self.classes is not None and list(self.classes) != list(range(len(self.classes))):
+            h.update(repr(self.classes).encode())
         return h.hexdigest()
 
 
@@ -82,37 +97,79 @@ def _unreadable(path: str, exc: BaseException, kind: str) -> DataError:
     )
 
 
-def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _open_npz(path: str) -> NpzFile:
+    """Open ``path`` as an npz archive holding ``X`` and ``y``; reads the member names, not the arrays.
+
+    The caller closes it (``with _open_npz(path) as z``).
+    """
     if not os.path.isfile(path):
         raise _missing(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "X" not in keys or "y" not in keys:
-                raise DataError(
-                    f"{path!r} must hold arrays named 'X' (features) and 'y' (labels); it holds {keys}. "
-                    "Save it with np.savez(path, X=X, y=y)"
-                )
-            return z["X"], z["y"]
-    except DataError:
-        raise
+        # mmap_mode only matters for a .npy file (mapped, not read, to be refused below); npz ignores it
+        z = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise _unreadable(path, exc, "npz") from exc
+    if isinstance(z, np.ndarray):
+        del z
+        raise DataError(
+            f"{path!r} is a single array (.npy), not an npz archive of arrays 'X' (features) and 'y' (labels). "
+            "Save it with np.savez(path, X=X, y=y)"
+        )
+    keys = list(z.keys())
+    if "X" not in keys or "y" not in keys:
+        z.close()
+        raise DataError(
+            f"{path!r} must hold arrays named 'X' (features) and 'y' (labels); it holds {keys}. "
+            "Save it with np.savez(path, X=X, y=y)"
+        )
+    return z
+
+
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    with _open_npz(path) as z:
+        try:
+            return z["X"], z["y"]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+            raise _unreadable(path, exc, "npz") from exc
+
+
+def _check_target(columns: Sequence[Any], target: str, path: str) -> None:
+    """``target`` must be one of a table's ``columns`` (as the loader or the header/schema names them)."""
+    if target not in columns:
+        cols = [str(c) for c in columns]
+        shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
+        raise DataError(f"target column {target!r} (data.target) not found in {path!r}; columns are: {shown}")
+
+
+def _table_columns(path: str, kind: str) -> list[str]:
+    """The column names of a csv file (its header row only) or a parquet file (its schema only)."""
+    if not os.path.isfile(path):
+        raise _missing(path)
+    try:
+        if kind == "csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]  # the same parser as the loader
+        import pyarrow.parquet as pq
+
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
+        raise _unreadable(path, exc, kind) from exc
+    # a DataFrame's index is stored as columns too, but pandas reads it back as the index
+    index = (schema.pandas_metadata or {}).get("index_columns", [])
+    return [name for name in schema.names if name not in index]
 
 
 def _load_table(path: str, target: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
-    if not os.path.isfile(path):
-        raise _missing(path)
+    _check_target(_table_columns(path, kind), target, path)  # first, as check_data does
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
         raise _unreadable(path, exc, kind) from exc
-    if target not in df.columns:
-        cols = [str(c) for c in df.columns]
-        shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
-        raise DataError(f"target column {target!r} (data.target) not found in {path!r}; columns are: {shown}")
+    _check_target(list(df.columns), target, path)  # as read (pandas restores non-string parquet names)
+    _check_rows(len(df), path)
     features = df.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{path!r} has no feature columns besides the target {target!r}")
@@ -125,27 +182,61 @@ def _load_table(path: str, target: str, kind: str) -> tuple[np.ndarray, np.ndarr
     return features.to_numpy(dtype=np.float64), df[target].to_numpy()
 
 
-def _load_idx(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _check_rows(n: int, path: str) -> None:
+    if n == 0:
+        raise DataError(f"{path!r} has no rows (a header only); add data rows or check data.path")
+
+
+def _table_target(path: str, target: str, kind: str) -> np.ndarray:
+    """The target column of a table only (check_data reads it to check the labels before Ray starts)."""
+    import pandas as pd
+
+    try:
+        if kind == "csv":
+            df = pd.read_csv(path, usecols=[target])
+        else:
+            df = pd.read_parquet(path, columns=[target])
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
+        raise _unreadable(path, exc, kind) from exc
+    _check_rows(len(df), path)
+    return df[target].to_numpy()
+
+
+_IDX_STEMS = {
+    "X": "train-images-idx3-ubyte",
+    "y": "train-labels-idx1-ubyte",
+    "X_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _idx_files(directory: str) -> dict[str, str]:
+    """The paths of the four IDX files in ``directory``, by array (``X``, ``y``, ``X_test``, ``y_test``)."""
     if not os.path.isdir(directory):
         raise _missing(directory, "IDX directory")
-    stems = {
-        "X": "train-images-idx3-ubyte",
-        "y": "train-labels-idx1-ubyte",
-        "X_test": "t10k-images-idx3-ubyte",
-        "y_test": "t10k-labels-idx1-ubyte",
-    }
-    arrays: dict[str, np.ndarray] = {}
-    for key, stem in stems.items():
+    paths: dict[str, str] = {}
+    for key, stem in _IDX_STEMS.items():
         path = find_idx_file(directory, stem)
         if path is None:
             raise DataError(
                 f"IDX file {stem}[.gz] not found in {directory!r} (data.path); an idx source needs "
-                f"{', '.join(s + '[.gz]' for s in stems.values())}"
+                f"{', '.join(s + '[.gz]' for s in _IDX_STEMS.values())}"
             )
+        paths[key] = path
+    return paths
+
+
+def _corrupt_idx(path: str, exc: BaseException) -> DataError:
+    return DataError(f"corrupt IDX file {path!r}: {exc}; re-download or re-extract it")
+
+
+def _load_idx(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for key, path in _idx_files(directory).items():
         try:
             arr = read_idx(path)
         except (OSError, ValueError) as exc:
-            raise DataError(f"corrupt IDX file {path!r}: {exc}; re-download or re-extract it") from exc
+            raise _corrupt_idx(path, exc) from exc
         if key.startswith("X"):
             if arr.ndim < 2:
                 raise DataError(f"IDX image file {path!r} has rank {arr.ndim}; expected images [n, rows, cols]")
@@ -168,13 +259,17 @@ def _load_idx(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return arrays["X"], arrays["y"], arrays["X_test"], arrays["y_test"]
 
 
-def _load_synthetic(spec: DataSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import make_classification
+def _load_synthetic(spec: DataSpec, seed: int, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_classification, make_regression
 
     d, k = spec.n_features, spec.n_classes
     informative = spec.n_informative
     if informative is None:
         informative = min(d, max(2, d // 2, math.ceil(math.log2(2 * k))))
+    if task == "regression":  # a linear target of the informative features, with noise
+        X, y = make_regression(n_samples=spec.n_samples, n_features=d, n_informative=informative, noise=10.0,
+                               random_state=seed)
+        return X, y
     redundant = min(2, d - informative)
     try:
         return make_classification(
@@ -194,9 +289,6 @@ def _load_synthetic(spec: DataSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ validation
-
-
-_MAX_LABEL = 100_000  # labels index the output layer: they must be class numbers 0 .. K-1
 
 
 def _features(X: np.ndarray, where: str) -> np.ndarray:
@@ -219,30 +311,96 @@ def _features(X: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(X, dtype=np.float32)
 
 
-def _labels(y: np.ndarray, where: str) -> np.ndarray:
+def _label_vector(y: np.ndarray, where: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be a vector [n_samples], got shape {y.shape}")
-    fix = "encode classes as integers 0 .. n_classes-1"
-    if y.dtype.kind == "b":
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "iuf":
-        sample = y[:3].tolist()
-        raise DataError(f"{where}: labels must be non-negative integers, found {sample} ({y.dtype}); {fix}")
+    return y
+
+
+def _missing_label(y: np.ndarray) -> int | None:
+    """Row of the first missing label (NaN, None, pandas' NA), or None."""
+    if y.dtype.kind == "f":
+        bad = np.isnan(y)
+    elif y.dtype.kind == "O":
+        bad = np.array([v is None or (isinstance(v, float) and v != v) or str(v) == "<NA>" for v in y], dtype=bool)
+    else:
+        return None
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _class_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Discrete labels as given: integers, booleans or strings (a float column only with whole values)."""
+    y = _label_vector(y, where)
+    if y.dtype.kind not in "biufUSO":
+        raise DataError(f"{where}: labels must be class names or numbers, got dtype {y.dtype}")
+    row = _missing_label(y)
+    if row is not None:
+        raise DataError(f"{where}: label missing (NaN) at row {row}; drop the row or give it a class")
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"{where}: labels must be integers, found {y[i].item()!r} at row {i}; {fix}")
-    if y.size and y.min() < 0:
-        i = int(np.argmin(y))
-        raise DataError(f"{where}: labels must be non-negative, found {y[i].item()!r} at row {i}; {fix}")
-    if y.size and y.max() >= _MAX_LABEL:
-        i = int(np.argmax(y))
-        raise DataError(f"{where}: label {y[i].item()!r} at row {i} is implausibly large; {fix}")
-    return y.astype(np.int64)
+            raise DataError(
+                f"{where}: labels must be discrete classes, found the float {y[i].item()!r} at row {i}; "
+                "for a numeric target set task: regression, else encode the classes as integers or names"
+            )
+    if y.dtype.kind == "O":
+        kinds = {type(v).__name__ for v in y[:1000]}
+        if len({"str" if k == "str_" else k for k in kinds}) > 1:
+            raise DataError(f"{where}: labels mix types ({', '.join(sorted(kinds))}); give every label one type, "
+                            "e.g. all strings")
+        y = y.astype(str) if kinds <= {"str", "str_"} else y
+    return y
+
+
+def _regression_target(y: np.ndarray, where: str) -> np.ndarray:
+    """A numeric, finite target vector, as float32."""
+    y = _label_vector(y, where)
+    if y.dtype.kind not in "biuf":
+        i, v = next(((i, v) for i, v in enumerate(y) if not _is_number(v)), (0, y[0] if y.size else None))
+        v = v.item() if isinstance(v, np.generic) else v
+        raise DataError(
+            f"{where}: a regression target must be numeric, found {v!r} at row {i} (dtype {y.dtype}); "
+            "convert the target to numbers, or set task: classification for class labels"
+        )
+    bad = ~np.isfinite(y.astype(np.float64))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{where}: target is {y[i].item()!r} at row {i}; drop or impute rows without a finite target")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(v, str)
+
+
+def encode_labels(*ys: np.ndarray) -> tuple[list[np.ndarray], tuple[Any, ...]]:
+    """Map discrete labels to ``0 .. n-1`` in ``np.unique`` order, over all of ``ys`` together.
+
+    Returns
+    -------
+    codes, classes
+        One ``int64`` array per input, and the classes (plain Python values, JSON-able):
+        ``classes[code]`` is the original label.
+    """
+    classes, inverse = np.unique(np.concatenate(ys), return_inverse=True)
+    codes, start = [], 0
+    for y in ys:
+        codes.append(inverse[start : start + len(y)].astype(np.int64))
+        start += len(y)
+    return codes, tuple(c.item() if isinstance(c, np.generic) else c for c in classes)
+
+
+def decode_labels(codes: np.ndarray, classes: Sequence[Any]) -> np.ndarray:
+    """The original labels of class numbers ``codes`` (as :func:`encode_labels` made them)."""
+    return np.asarray(classes)[np.asarray(codes, dtype=np.int64)]
 
 
 def _check_lengths(X: np.ndarray, y: np.ndarray, where: str) -> None:
@@ -253,19 +411,86 @@ def _check_lengths(X: np.ndarray, y: np.ndarray, where: str) -> None:
         )
 
 
-def _check_class_counts(y: np.ndarray, need: int, what: str, fix: str) -> None:
+def _class_name(code: int, classes: Sequence[Any] | None) -> str:
+    label = code if classes is None else classes[code]
+    return repr(label) if isinstance(label, str) else str(label)
+
+
+def _check_class_counts(y: np.ndarray, need: int, what: str, fix: str, classes: Sequence[Any] | None = None) -> None:
     counts = np.bincount(y)
     present = np.nonzero(counts)[0]
     small = [int(c) for c in present if counts[c] < need]
     if small:
         c = small[0]
-        raise DataError(f"class {c} has only {counts[c]} sample(s) in {what} but at least {need} are needed; {fix}")
+        raise DataError(f"class {_class_name(c, classes)} has only {counts[c]} sample(s) in {what} but at least "
+                        f"{need} are needed; {fix}")
+
+
+# ------------------------------------------------------------------------------------ check_data
+
+
+def check_metric(n_classes: int, metric: str, where: str) -> None:
+    """``val_auc`` needs exactly two classes; raise :class:`DataError` naming how many there are."""
+    if metric == "val_auc" and n_classes != 2:
+        raise DataError(f"{where}: metric val_auc needs two classes, the labels have {n_classes}; use metric "
+                        "val_f1_macro or val_accuracy")
+
+
+def check_data(data: DataSpec, task: str = "classification", metric: str | None = None) -> None:
+    """Check cheaply, without loading the features, what :func:`load_dataset` would refuse first.
+
+    For a file source: the path exists and is a file (``idx``: a directory) that can be opened;
+    ``npz``: it opens as an archive holding arrays ``X`` and ``y`` (only ``y`` is read);
+    ``csv``: its header row names the ``data.target`` column; ``parquet``: its schema does;
+    ``idx``: the directory holds the train and t10k image and label files (plain or gzipped).
+    For ``npz``, ``csv`` and ``parquet`` the labels (only that column or array) are read and
+    checked for ``task``: rows exist, no label is missing, class labels are discrete (no
+    fractional floats), a regression target is numeric, and a ``metric`` of ``val_auc`` has two
+    classes. ``digits``, ``diabetes`` and ``synthetic`` have nothing to check. The features
+    (NaN, types, lengths) and class sizes are checked only by :func:`load_dataset`.
+
+    Imports neither torch nor scikit-learn (pandas for ``csv`` and pyarrow for ``parquet``, which
+    loading needs anyway), so a driver can call it before it starts Ray.
+
+    Parameters
+    ----------
+    data
+        The data section of a study.
+
+    Raises
+    ------
+    DataError
+        The one :func:`load_dataset` raises for the same problem (same message, naming
+        ``data.path`` or ``data.target`` and the fix).
+    """
+    path = data.path
+    target = _class_labels if task == "classification" else _regression_target
+    y = None
+    if data.source == "npz":
+        with _open_npz(path) as z:  # type: ignore[arg-type]
+            try:
+                y = z["y"]
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+                raise _unreadable(path, exc, "npz") from exc  # type: ignore[arg-type]
+        y = target(y, path)  # type: ignore[arg-type]
+    elif data.source in ("csv", "parquet"):
+        _check_target(_table_columns(path, data.source), data.target, path)  # type: ignore[arg-type]
+        y = target(_table_target(path, data.target, data.source), path)  # type: ignore[arg-type]
+    if y is not None and task == "classification" and metric is not None:
+        check_metric(len(np.unique(y)), metric, path)  # type: ignore[arg-type]
+    if data.source == "idx":
+        for file in _idx_files(path).values():  # type: ignore[arg-type]
+            try:
+                with open(file, "rb"):  # readable (read_idx would fail the same way)
+                    pass
+            except OSError as exc:
+                raise _corrupt_idx(file, exc) from exc
 
 
 # ------------------------------------------------------------------------------------ load_dataset
 
 
-def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
+def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classification") -> Dataset:
     """Load and validate a data set, set aside the test split, then build the CV folds.
 
     Parameters
@@ -276,6 +501,11 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
         Number of folds (``1``: a stratified holdout split of ``cv.val_fraction``).
     seed
         Study seed; fixes the synthetic data, the test split and the folds.
+    task
+        ``classification``: the labels are discrete classes of any type (integers, strings,
+        booleans; a float column only with whole values), mapped to ``0 .. n-1`` in ``np.unique``
+        order (``Dataset.classes``), split stratified. ``regression``: a numeric target, split
+        by plain k-fold.
 
     Returns
     -------
@@ -284,8 +514,9 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
     Raises
     ------
     DataError
-        For a missing or unreadable file, NaN/inf features, non-integer or negative labels,
-        mismatched lengths, a missing target column, or a class too small for the folds.
+        For a missing or unreadable file, a file without rows, NaN/inf features, fractional or
+        missing labels (a non-numeric target for regression), mismatched lengths, a missing target
+        column, or a class too small for the folds.
     """
     where = data.path or data.source
     X_test = y_test = None
@@ -295,8 +526,14 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
         X, y = load_digits(return_X_y=True)
         name = "digits"
     elif data.source == "synthetic":
-        X, y = _load_synthetic(data, seed)
-        name = f"synthetic({data.n_samples}x{data.n_features},{data.n_classes} classes)"
+        X, y = _load_synthetic(data, seed, task)
+        shape = f"{data.n_classes} classes" if task == "classification" else "regression"
+        name = f"synthetic({data.n_samples}x{data.n_features},{shape})"
+    elif data.source == "diabetes":
+        from sklearn.datasets import load_diabetes
+
+        X, y = load_diabetes(return_X_y=True)
+        name = "diabetes"
     elif data.source == "npz":
         X, y = _load_npz(data.path)  # type: ignore[arg-type]
         name = os.path.basename(data.path)  # type: ignore[arg-type]
@@ -309,37 +546,46 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
     else:  # pragma: no cover - guarded by the Literal type
         raise DataError(f"unknown data.source {data.source!r}")
 
+    classify = task == "classification"
+    target = _class_labels if classify else _regression_target
     X = _features(X, where)
-    y = _labels(y, where)
+    y = target(y, where)
     _check_lengths(X, y, where)
     if X_test is not None:
         X_test = _features(X_test, f"{where} (t10k)")
-        y_test = _labels(y_test, f"{where} (t10k)")
+        y_test = target(y_test, f"{where} (t10k)")
         _check_lengths(X_test, y_test, f"{where} (t10k)")
-        n_classes = int(max(y.max(), y_test.max())) + 1
         index = np.arange(len(X))
         test_index = np.arange(len(X), len(X) + len(X_test))
-    else:
-        n_classes = int(y.max()) + 1
-        _check_class_counts(
-            y, 2, f"{where}", "a stratified test split needs at least 2 samples per class; add data or drop the class"
-        )
+    classes: tuple[Any, ...] | None = None
+    if classify:
+        if X_test is not None:
+            (y, y_test), classes = encode_labels(y, y_test)
+        else:
+            (y,), classes = encode_labels(y)
+    if X_test is None:
+        if classify:
+            _check_class_counts(y, 2, f"{where}", "a stratified test split needs at least 2 samples per class; "
+                                "add data or drop the class", classes)
         from sklearn.model_selection import train_test_split  # lazily: see _build_folds
 
         try:
             index, test_index = train_test_split(
-                np.arange(len(X)), test_size=data.test_fraction, stratify=y, random_state=seed, shuffle=True
+                np.arange(len(X)), test_size=data.test_fraction, stratify=y if classify else None,
+                random_state=seed, shuffle=True,
             )
         except ValueError as exc:
+            kind = "stratified " if classify else ""
             raise DataError(
-                f"cannot take a stratified test split of {where}: {exc}; adjust data.test_fraction"
+                f"cannot take a {kind}test split of {where}: {exc}; adjust data.test_fraction"
             ) from exc
         index, test_index = np.sort(index), np.sort(test_index)
         X, y, X_test, y_test = X[index], y[index], X[test_index], y[test_index]
-    if len(np.unique(y)) < 2:
-        raise DataError(f"{where}: only one class (label {int(y.max())}); classification needs at least 2")
+    if classify and len(np.unique(y)) < 2:
+        assert classes is not None
+        raise DataError(f"{where}: only one class (label {classes[int(y.max())]!r}); classification needs at least 2")
 
-    folds = _build_folds(y, cv, seed, where)
+    folds = _build_folds(y, cv, seed, where, classes)
     return Dataset(
         X=X,
         y=y,
@@ -349,38 +595,58 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int) -> Dataset:
         test_index=test_index,
         folds=folds,
         n_features=int(X.shape[1]),
-        n_classes=n_classes,
+        n_classes=len(classes) if classes is not None else 1,
         name=name,
+        task=task,
+        classes=classes,
     )
 
 
-def _build_folds(y: np.ndarray, cv: CVSpec, seed: int, where: str) -> list[tuple[np.ndarray, np.ndarray]]:
+def _build_folds(
+    y: np.ndarray, cv: CVSpec, seed: int, where: str, classes: Sequence[Any] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds of class labels (``classes`` set), plain k-fold of a regression target."""
+    classify = classes is not None
     need = max(cv.folds, 2)
-    _check_class_counts(
-        y,
-        need,
-        f"the search split of {where} (test rows removed)",
-        f"cv.folds={cv.folds} needs at least {need} samples per class; lower cv.folds, merge rare classes or add data",
-    )
+    if classify:
+        _check_class_counts(
+            y,
+            need,
+            f"the search split of {where} (test rows removed)",
+            f"cv.folds={cv.folds} needs at least {need} samples per class; lower cv.folds, merge rare classes or "
+            "add data",
+            classes,
+        )
+    elif len(y) < need:
+        raise DataError(f"the search split of {where} has {len(y)} row(s), fewer than cv.folds={cv.folds} needs "
+                        f"({need}); lower cv.folds or add data")
     # scikit-learn takes ~1.7 s to import; only the driver splits data, so Ray workers, which import
     # this module to train, never load it (their start-up is part of every study's wall time).
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
     rows = np.arange(len(y))
+    kind = "stratified " if classify else ""
     try:
         if cv.folds == 1:
-            tr, va = train_test_split(rows, test_size=cv.val_fraction, stratify=y, random_state=seed, shuffle=True)
+            tr, va = train_test_split(rows, test_size=cv.val_fraction, stratify=y if classify else None,
+                                      random_state=seed, shuffle=True)
             return [(np.sort(tr), np.sort(va))]
-        skf = StratifiedKFold(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed if cv.shuffle else None)
-        return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
+        splitter = StratifiedKFold if classify else KFold
+        kf = splitter(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed if cv.shuffle else None)
+        return [(tr, va) for tr, va in kf.split(np.zeros(len(y)), y)]
     except ValueError as exc:
-        raise DataError(f"cannot build {cv.folds} stratified fold(s) of {where}: {exc}; adjust cv") from exc
+        raise DataError(f"cannot build {cv.folds} {kind}fold(s) of {where}: {exc}; adjust cv") from exc
 
 
-def holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified ``(train, val)`` positions of ``y`` (the refit's inner early-stopping split)."""
+def holdout_split(
+    y: np.ndarray, fraction: float, seed: int, *, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, val)`` positions of ``y`` (the refit's inner early-stopping split), stratified by
+    class unless ``stratify`` is False (a regression target)."""
     from sklearn.model_selection import train_test_split  # lazily: see _build_folds
 
-    _check_class_counts(y, 2, "the refit data", "the refit's validation split needs at least 2 samples per class")
-    tr, va = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed, shuffle=True)
+    if stratify:
+        _check_class_counts(y, 2, "the refit data", "the refit's validation split needs at least 2 samples per class")
+    tr, va = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y if stratify else None,
+                              random_state=seed, shuffle=True)
     return np.sort(tr), np.sort(va)

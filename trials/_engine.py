@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._config import Hyperparams, stack_key
+from ._data import Dataset
+from ._metrics import metric_mode, task_metrics
 from ._models import FunctionalStack, StackedMLP, build_factory_stack
 from ._optim import PlateauSchedule, StackedOptimizer, step_schedule_factor
 from ._results import EpochReport, FoldResult, MemberReport
+from ._scores import Scores, make_scores, sample_loss
 from ._seeding import MemberSeeds
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "fit_stack",
     "make_epoch_batches",
     "make_eval_index",
+    "score_members",
     "train_one_epoch",
 ]
 
@@ -90,6 +95,9 @@ class FeatureSource:
         that train the same fold share one); default one row per member.
     precompute_bytes
         Precompute the ``U`` standardized copies of ``X`` when they fit in this budget.
+    target
+        For a regression target (``y`` float): the ``(mean, scale)`` ``[U]`` of each distinct
+        training split's target; :meth:`target_stats` serves them per member.
     """
 
     def __init__(
@@ -100,9 +108,15 @@ class FeatureSource:
         scale: Tensor,
         scaling: Sequence[int] | None = None,
         precompute_bytes: int = PRECOMPUTE_BYTES,
+        target: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         u = mean.shape[0]
         rows = list(range(u)) if scaling is None else [int(i) for i in scaling]
+        self._target_all: tuple[Tensor, Tensor] | None = None
+        if target is not None:
+            t = torch.tensor(rows, device=mean.device)
+            self._target_all = (target[0].index_select(0, t).unsqueeze(1), target[1].index_select(0, t).unsqueeze(1))
+        self.target = self._target_all
         self.n, self.d = X.shape
         if u * X.numel() * X.element_size() <= precompute_bytes:
             self.X = ((X.unsqueeze(0) - mean.unsqueeze(1)) / scale.unsqueeze(1)).reshape(u * self.n, self.d)
@@ -116,8 +130,12 @@ class FeatureSource:
             self.mean, self.scale = mean.index_select(0, t).unsqueeze(1), scale.index_select(0, t).unsqueeze(1)
         self._all = (list(self.offsets), self.mean, self.scale)
 
+    def target_stats(self) -> tuple[Tensor, Tensor] | None:
+        """Per served member, the regression target's ``(mean, scale)`` ``[M, 1]``; None for labels."""
+        return self.target
+
     def gather(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """Features ``[M, B, d]`` and labels ``[M, B]`` of offset indices ``idx`` ``[M, B]``."""
+        """Features ``[M, B, d]`` and labels (or targets) ``[M, B]`` of offset indices ``idx`` ``[M, B]``."""
         m, b = idx.shape
         flat = idx.reshape(-1)
         x = self.X.index_select(0, flat).view(m, b, self.d)
@@ -129,14 +147,30 @@ class FeatureSource:
         """Serve all members again (undo :meth:`select`)."""
         offsets, self.mean, self.scale = self._all
         self.offsets = list(offsets)
+        self.target = self._target_all
 
     def select(self, keep: list[int]) -> None:
         """Keep only the members at positions ``keep``."""
         self.offsets = [self.offsets[k] for k in keep]
+        if self.target is not None:
+            t = torch.tensor(keep, device=self.target[0].device)
+            self.target = (self.target[0].index_select(0, t), self.target[1].index_select(0, t))
         if self.mean is not None:
             t = torch.tensor(keep, device=self.mean.device)
             self.mean = self.mean.index_select(0, t)
             self.scale = self.scale.index_select(0, t)
+
+
+def fit_target_scaler(y: np.ndarray, trains: Sequence[np.ndarray], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Mean and std (1 where constant) ``[U]`` of a regression target over each training split."""
+    means, scales = [], []
+    for rows in trains:
+        t = np.asarray(y, dtype=np.float64)[rows]
+        sd = float(t.std())
+        means.append(float(t.mean()))
+        scales.append(sd if sd > 1e-12 else 1.0)
+    return (torch.tensor(means, dtype=torch.float32, device=device),
+            torch.tensor(scales, dtype=torch.float32, device=device))
 
 
 # ------------------------------------------------------------------------------------ batches
@@ -241,11 +275,12 @@ def train_one_epoch(
     source: FeatureSource,
     batches: EpochBatches,
     on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
+    loss: str = "cross_entropy",
 ) -> Tensor:
     """Train every member of the stack for one epoch.
 
-    Each member's loss is the mean cross-entropy over its real rows of the step; the stack's loss
-    is the sum over members, so each member's gradient is its own.
+    Each member's loss is the mean ``loss`` (:func:`trials._scores.sample_loss`) over its real rows
+    of the step; the stack's loss is the sum over members, so each member's gradient is its own.
 
     Parameters
     ----------
@@ -260,14 +295,19 @@ def train_one_epoch(
     """
     model.train()
     total = torch.zeros(batches.idx.shape[1], device=batches.idx.device)
+    target = source.target_stats()
+    kind = loss
     for s in range(batches.n_steps):
         if on_batch is not None:
             on_batch(s, batches.rows[s], batches.weight[s])
         x, y = source.gather(batches.idx[s])
         logits = model(x, batches.active[s])
-        m, b, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(m * b, c), y.reshape(m * b), reduction="none").view(m, b)
-        per_member = (ce * batches.weight[s]).sum(1)
+        if kind == "cross_entropy":  # inline: the built-in MLP's hot path
+            m, b, c = logits.shape
+            per = F.cross_entropy(logits.reshape(m * b, c), y.reshape(m * b), reduction="none").view(m, b)
+        else:
+            per = sample_loss(kind, logits, y, target)
+        per_member = (per * batches.weight[s]).sum(1)
         loss = (per_member * batches.inv_count[s]).sum()
         optimizer.zero_grad()
         loss.backward()
@@ -277,6 +317,39 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def score_members(
+    model: Stack,
+    source: FeatureSource,
+    idx: Tensor,
+    weight: Tensor,
+    counts: Tensor,
+    chunk: int = 4096,
+    *,
+    task: str = "classification",
+    loss: str = "cross_entropy",
+    n_outputs: int | None = None,
+) -> dict[str, Tensor]:
+    """Every validation metric of ``task`` for every member on its rows ``idx`` ``[M, V]`` (dropout off).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Metric name (``val_loss``, ``val_accuracy`` ...; see :mod:`trials._scores`) to ``[M]``.
+    """
+    model.eval()
+    scores: Scores | None = None
+    target = source.target_stats()
+    for start in range(0, idx.shape[1], chunk):
+        x, y = source.gather(idx[:, start : start + chunk])
+        w = weight[:, start : start + chunk]
+        out = model(x)
+        if scores is None:
+            scores = make_scores(task, loss, idx.shape[0], n_outputs or out.shape[-1], idx.device)
+        scores.add(out, y, w, target)
+    assert scores is not None, "no rows to evaluate"
+    return scores.result(counts)
+
+
 def evaluate(
     model: Stack, source: FeatureSource, idx: Tensor, weight: Tensor, counts: Tensor, chunk: int = 4096
 ) -> tuple[Tensor, Tensor]:
@@ -287,45 +360,35 @@ def evaluate(
     tuple of torch.Tensor
         ``(loss [M], accuracy [M])``.
     """
-    model.eval()
-    m = idx.shape[0]
-    loss_sum = torch.zeros(m, device=idx.device)
-    correct = torch.zeros(m, device=idx.device)
-    for start in range(0, idx.shape[1], chunk):
-        x, y = source.gather(idx[:, start : start + chunk])
-        w = weight[:, start : start + chunk]
-        logits = model(x)
-        mm, b, c = logits.shape
-        ce = F.cross_entropy(logits.reshape(mm * b, c).float(), y.reshape(-1), reduction="none").view(mm, b)
-        loss_sum += (ce * w).sum(1)
-        correct += ((logits.argmax(-1) == y).to(w.dtype) * w).sum(1)
-    return loss_sum / counts, correct / counts
+    m = score_members(model, source, idx, weight, counts, chunk)
+    return m["val_loss"], m["val_accuracy"]
 
 
 # ------------------------------------------------------------------------------------ fit
 
 
-_METRICS = ("train_loss", "val_loss", "val_accuracy")
-
-
 class _MemberRecord:
-    """One member's early-stopping state: best monitored value and epoch, patience counter."""
+    """One member's early-stopping state: best monitored value and epoch, patience counter.
 
-    def __init__(self, mode: str, patience: int, min_delta: float) -> None:
-        self.mode, self.patience, self.min_delta = mode, patience, min_delta
-        self.best_value = math.inf if mode == "min" else -math.inf
+    An epoch's metrics are a mapping ``train_loss`` and the task's validation metrics to floats.
+    """
+
+    def __init__(self, monitor: str, patience: int, min_delta: float) -> None:
+        self.monitor, self.mode = monitor, metric_mode(monitor)
+        self.patience, self.min_delta = patience, min_delta
+        self.best_value = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
-        self.best: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-        self.last: tuple[float, float, float] = self.best
+        self.best: dict[str, float] = {}
+        self.last: dict[str, float] = {}
         self.wait = 0
         self.stopped = False
         self.epochs_run = 0
 
-    def monitored(self, metrics: tuple[float, float, float]) -> float:
-        return metrics[1] if self.mode == "min" else metrics[2]
+    def monitored(self, metrics: dict[str, float]) -> float:
+        return metrics[self.monitor]
 
-    def update(self, epoch: int, metrics: tuple[float, float, float]) -> bool:
-        """Record an epoch's ``(train_loss, val_loss, val_accuracy)``; True if it is the new best."""
+    def update(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Record an epoch's metrics; True if it is the new best."""
         self.epochs_run, self.last = epoch, metrics
         value = self.monitored(metrics)
         if self.mode == "min":
@@ -339,17 +402,24 @@ class _MemberRecord:
         self.wait = 0 if better else self.wait + 1
         # stop after `patience` epochs without improvement (patience 0: after the first), or when
         # the validation loss is no longer finite (diverged)
-        if self.wait >= max(self.patience, 1) or not math.isfinite(metrics[1]):
+        if self.wait >= max(self.patience, 1) or not math.isfinite(metrics["val_loss"]):
             self.stopped = True
         return better or first
 
     def report(self, fold: int) -> MemberReport:
         """This epoch's values, or the restored best epoch's once stopped."""
-        values = self.best if self.stopped else self.last
-        return MemberReport(fold, *values, stopped=self.stopped)
+        v = self.best if self.stopped else self.last
+        return MemberReport(fold, v["train_loss"], v["val_loss"], v.get("val_accuracy", math.nan),
+                            stopped=self.stopped, metrics=_validation(v))
 
     def result(self, fold: int) -> FoldResult:
-        return FoldResult(fold, self.best_epoch, self.epochs_run, self.best[1], self.best[2])
+        b = self.best
+        return FoldResult(fold, self.best_epoch, self.epochs_run, b.get("val_loss", math.nan),
+                          b.get("val_accuracy", math.nan), metrics=_validation(b))
+
+
+def _validation(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "train_loss"}
 
 
 @dataclass
@@ -414,6 +484,48 @@ def _per_member_hyperparams(hp: Hyperparams | Sequence[Hyperparams], n: int) -> 
     return hps
 
 
+def prepare_members(
+    X: np.ndarray,
+    y: np.ndarray,
+    splits: Sequence[MemberSplit],
+    hps: Sequence[Hyperparams],
+    n_classes: int,
+    device: torch.device,
+) -> tuple[FeatureSource, Tensor, Tensor, Stack, StackedOptimizer]:
+    """What every member needs before its first epoch: the rows on the device, standardized with
+    its training split's statistics (members training the same split share them; a regression's
+    target too), the stacked model and its optimizer. Called inside the caller's seeded RNG context
+    (:func:`fit_stack`, the refit's ``fit_fixed_epochs``), since building the model draws from it.
+
+    Returns
+    -------
+    source, mean, scale, model, optimizer
+        ``mean``/``scale``: statistics of each distinct training split ``[U, d]``.
+    """
+    hp0 = hps[0]
+    regression = hp0.task == "regression"
+    Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if regression else np.int64)).to(device)
+    # members training the same split (one fold, several configurations) share its scaling
+    distinct: dict[tuple[int, int], int] = {}
+    scaling = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
+    train_of = {u: s.train for s, u in zip(splits, scaling)}
+    stats = [fit_scaler(X, train_of[u]) for u in range(len(distinct))]
+    mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
+    scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
+    target = fit_target_scaler(y, [train_of[u] for u in range(len(distinct))], device) if regression else None
+    source = FeatureSource(Xt, yt, mean, scale, scaling, target=target)
+    model = build_stack(hps, splits, X.shape[1], n_classes, device)
+    optimizer = StackedOptimizer(
+        model.trainable(),
+        kind=hp0.optimizer,
+        lr=np.array([h.lr for h in hps]),
+        momentum=[h.momentum for h in hps],
+        weight_decay=[h.weight_decay for h in hps],
+    )
+    return source, mean, scale, model, optimizer
+
+
 def fit_stack(
     X: np.ndarray,
     y: np.ndarray,
@@ -459,33 +571,16 @@ def fit_stack(
     with torch.random.fork_rng(devices=rng_devices):
         # Only user modules draw from the global RNG (vmap dropout); seed it per trial.
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
-        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-        yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(device)
-        # members training the same split (one fold, several configurations) share its scaling
-        distinct: dict[tuple[int, int], int] = {}
-        scaling = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
-        train_of = {u: s.train for s, u in zip(splits, scaling)}
-        stats = [fit_scaler(X, train_of[u]) for u in range(len(distinct))]
-        mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
-        scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
-        source = FeatureSource(Xt, yt, mean, scale, scaling)
-        model = build_stack(hps, splits, d, n_classes, device)
+        source, mean, scale, model, optimizer = prepare_members(X, y, splits, hps, n_classes, device)
         train_path = "stacked" if isinstance(model, StackedMLP) else model.mode
         all_gens = list(model.dropout_gens)
         base_lr = np.array([h.lr for h in hps])
-        optimizer = StackedOptimizer(
-            model.trainable(),
-            kind=hp0.optimizer,
-            lr=base_lr,
-            momentum=[h.momentum for h in hps],
-            weight_decay=[h.weight_decay for h in hps],
-        )
         best_state = [t.detach().clone() for t in model.state_tensors()]
         eval_full = make_eval_index([s.val for s in splits], source.offsets, device)
         eval_idx, eval_w, eval_n = eval_full
         widths = [d, *hp0.hidden, n_classes] if hp0.factory is None else [max(d, 256)]
 
-        mode = "min" if hp0.monitor == "val_loss" else "max"
+        mode = metric_mode(hp0.monitor)
         plateau = (
             PlateauSchedule(n_members, mode=mode, factor=hp0.plateau_factor, patience=hp0.plateau_patience)
             if hp0.lr_schedule == "plateau"
@@ -494,8 +589,9 @@ def fit_stack(
         live = list(range(n_members))  # member ids in stack order
         trains = [torch.as_tensor(s.train, dtype=torch.long) for s in splits]
         order_gens = [torch.Generator().manual_seed(s.seeds.order) for s in splits]
-        records = [_MemberRecord(mode, h.patience, h.min_delta) for h in hps]
-        curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in _METRICS}
+        records = [_MemberRecord(hp0.monitor, h.patience, h.min_delta) for h in hps]
+        names = ("train_loss", *task_metrics(hp0.task, n_classes if hp0.task == "classification" else None))
+        curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in names}
         halted: set[int] = set()  # groups stopped by their report
 
         for epoch in range(1, hp0.max_epochs + 1):
@@ -504,13 +600,15 @@ def fit_stack(
             batches = make_epoch_batches(
                 [trains[i] for i in live], [order_gens[i] for i in live], source.offsets, hp0.batch_size, device
             )
-            train_sum = train_one_epoch(model, optimizer, source, batches, on_batch)
-            vloss, vacc = evaluate(model, source, eval_idx, eval_w, eval_n, _eval_chunk(len(live), widths))
-            tl, vl, va = torch.stack([train_sum, vloss, vacc]).cpu().double().numpy()
+            train_sum = train_one_epoch(model, optimizer, source, batches, on_batch, hp0.loss)
+            scores = score_members(model, source, eval_idx, eval_w, eval_n, _eval_chunk(len(live), widths),
+                                   task=hp0.task, loss=hp0.loss, n_outputs=n_classes)
+            table = torch.stack([train_sum, *(scores[k].to(train_sum.dtype) for k in names[1:])]).cpu().double().numpy()
             improved_pos: list[int] = []
             for j, mid in enumerate(live):
-                cur = (float(tl[j]) / len(trains[mid]), float(vl[j]), float(va[j]))
-                for key, val in zip(_METRICS, cur):
+                cur = {k: float(table[i, j]) for i, k in enumerate(names)}
+                cur["train_loss"] /= len(trains[mid])
+                for key, val in cur.items():
                     curves[key][mid].append(val)
                 if records[mid].update(epoch, cur):
                     improved_pos.append(j)
@@ -558,3 +656,21 @@ def fit_stack(
         train_path=train_path,
         eval_index=eval_full,
     )
+
+
+def score_test(out: Any, data: Dataset, hp: Hyperparams, device: torch.device) -> dict[str, float]:
+    """Every metric of the task for the (one-member) fitted stack ``out`` (a :class:`FitOutcome`, or
+    the refit's ``FixedFit``: anything with ``model``, ``source``, ``mean`` and ``scale``) on the test split.
+
+    The test rows are standardized with the refit training rows' statistics (features and, for
+    regression, the target); metrics are keyed by their validation names (``val_accuracy`` ...).
+    """
+    regression = hp.task == "regression"
+    Xt = torch.from_numpy(np.ascontiguousarray(data.X_test, dtype=np.float32)).to(device)
+    yt = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.float32 if regression else np.int64)).to(device)
+    target = out.source.target_stats()
+    flat = None if target is None else (target[0][:, 0], target[1][:, 0])
+    test_source = FeatureSource(Xt, yt, out.mean, out.scale, target=flat)
+    idx, w, n = make_eval_index([np.arange(len(yt))], test_source.offsets, device)
+    scores = score_members(out.model, test_source, idx, w, n, task=hp.task, loss=hp.loss, n_outputs=data.n_classes)
+    return {k: float(v[0]) for k, v in scores.items()}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ._config import ModelError, factory_name
 from ._optim import per_member
 
 __all__ = ["FunctionalStack", "StackedMLP", "load_factory"]
@@ -253,39 +254,42 @@ class FunctionalStack(nn.Module):
             self.train(was_training)
 
 
-def load_factory(path: str) -> Callable[[dict[str, Any], int, int], nn.Module]:
-    """Import a model factory from ``package.module:function``.
+def load_factory(path: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Import a model factory from ``package.module:function`` (a callable is returned as is).
 
     Raises
     ------
-    ValueError
+    ModelError
         Naming the path and the expected form when it is malformed, cannot be imported, or is
         not callable.
     """
+    if callable(path):
+        return path
     form = "expected an import path of the form 'package.module:function'"
     if not isinstance(path, str) or path.count(":") != 1:
-        raise ValueError(f"model.factory {path!r}: {form}")
+        raise ModelError(f"model.factory {path!r}: {form}", str(path))
     module_name, attr = path.split(":")
     if not module_name or not attr:
-        raise ValueError(f"model.factory {path!r}: {form}")
+        raise ModelError(f"model.factory {path!r}: {form}", str(path))
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(
+        raise ModelError(
             f"model.factory {path!r}: cannot import module {module_name!r} ({exc}); {form}, importable "
-            "on every worker (PYTHONPATH / installed package)"
+            "on every worker (PYTHONPATH / installed package)", path,
         ) from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}; {form}")
+            raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}; {form}",
+                             path)
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"model.factory {path!r} is not callable; {form}")
+        raise ModelError(f"model.factory {path!r} is not callable; {form}", path)
     return obj
 
 
 def build_factory_stack(
-    path: str,
+    path: str | Callable[..., nn.Module],
     params: Mapping[str, Any],
     n_features: int,
     n_classes: int,
@@ -296,22 +300,41 @@ def build_factory_stack(
 
     Tries ``vmap`` first and falls back to member-by-member calls; the returned stack's ``mode``
     says which works.
+
+    Raises
+    ------
+    ModelError
+        The factory does not import, raises, returns something other than an ``nn.Module``, or
+        its module fails on (or returns the wrong shape for) a batch of 2.
+    torch.OutOfMemoryError
+        As raised, so that the caller can tell a configuration too large for the device.
     """
     factory = load_factory(path)
+    name = factory_name(path)
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no tuned parameters"
     modules = []
     for s in init_seeds:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(s))
-            module = factory(dict(params), int(n_features), int(n_classes))
+            try:
+                module = factory(dict(params), int(n_features), int(n_classes))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"model.factory {name!r} raised {type(exc).__name__}: {exc} when called as "
+                                 f"factory(params, n_features={n_features}, n_classes={n_classes}) with "
+                                 f"{shown}; fix the factory for these values, or narrow the space",
+                                 name, params) from exc
         if not isinstance(module, nn.Module):
-            raise ValueError(f"model.factory {path!r} returned {type(module).__name__}, expected a torch.nn.Module")
+            raise ModelError(f"model.factory {name!r} returned {type(module).__name__}, expected a torch.nn.Module",
+                             name, params)
         modules.append(module.to(device).float())
     stack = FunctionalStack(modules, mode="vmap")
     try:
         stack.probe(n_features, n_classes)
         return stack
     except _OutputShapeError as exc:
-        raise ValueError(f"model.factory {path!r}: {exc}") from None
+        raise ModelError(f"model.factory {name!r}: {exc} (with {shown})", name, params) from None
     except torch.OutOfMemoryError:
         raise
     except Exception:  # vmap cannot run this module (e.g. it calls .item()): go member by member
@@ -319,9 +342,10 @@ def build_factory_stack(
     try:
         stack.probe(n_features, n_classes)
     except _OutputShapeError as exc:
-        raise ValueError(f"model.factory {path!r}: {exc}") from None
+        raise ModelError(f"model.factory {name!r}: {exc} (with {shown})", name, params) from None
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:
-        raise ValueError(f"model from model.factory {path!r} fails on a batch [2, {n_features}]: {exc}") from exc
+        raise ModelError(f"model from model.factory {name!r} fails on a batch [2, {n_features}] (with {shown}): "
+                         f"{type(exc).__name__}: {exc}", name, params) from exc
     return stack

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,11 +15,14 @@ import torch
 
 from ._config import TrialSettings, resolve_hyperparams
 from ._data import Dataset, holdout_split
-from ._engine import FeatureSource, MemberSplit, evaluate, fit_stack, make_eval_index
+from ._engine import FitOutcome, MemberSplit, fit_stack, score_test
+from ._export import member_state_dict, state_dict_bytes
+from ._models import build_factory_stack
+from ._refit import FixedFit, fit_fixed_epochs
 from ._results import EpochReport, TestResult, TrialResult
 from ._seeding import ROLE_REFIT, member_seeds
 
-__all__ = ["TrialOutOfMemory", "refit_and_test", "resolve_device", "run_trial", "run_trials"]
+__all__ = ["TrialOutOfMemory", "check_model", "refit_and_test", "resolve_device", "run_trial", "run_trials"]
 
 _T = TypeVar("_T")
 
@@ -44,6 +48,30 @@ def resolve_device(device: str) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     return dev
+
+
+def check_model(settings: TrialSettings, params: Mapping[str, Any], n_features: int, n_classes: int) -> None:
+    """Try the study's model on the CPU before any trial runs: build it for ``params`` and run one
+    training-mode forward and backward pass on a batch of 2, as every trial does first.
+
+    Only a ``model.factory`` is tried (the built-in MLP is checked by :func:`resolve_hyperparams`).
+    A driver calls this once per configuration worth trying, so that a factory that does not
+    import, raises, or returns the wrong shape fails the study at once instead of every trial.
+
+    Raises
+    ------
+    ModelError
+        Naming the factory, the configuration and what went wrong.
+    HyperparameterError
+        For params the model cannot take.
+    """
+    hp = resolve_hyperparams(settings, params)
+    if hp.factory is None:
+        return
+    try:
+        build_factory_stack(hp.factory, hp.params, n_features, n_classes, [0], torch.device("cpu"))
+    except torch.OutOfMemoryError:
+        pass  # the driver's memory says nothing about a worker's device
 
 
 def _apply_thread_env() -> None:
@@ -234,38 +262,58 @@ def refit_and_test(
     *,
     seed: int,
     device: str | None = None,
+    epochs: int | None = None,
 ) -> TestResult:
     """Refit a configuration on all non-test data and evaluate it once on the test split.
 
-    An inner stratified split of ``settings.cv.val_fraction`` of the non-test rows serves early
-    stopping; the best epoch's weights are restored and scored on ``data.X_test``, standardized
-    with the refit training rows' statistics.
+    With ``epochs`` (the default of a study: the median of the CV folds' best epochs), the network
+    trains on every non-test row for exactly that many epochs, with no inner split, and keeps its
+    last weights: it is trained as the folds were, on more rows. With ``epochs=None`` an inner
+    stratified split of ``settings.cv.val_fraction`` of the non-test rows serves early stopping and
+    the best epoch's weights are restored (``refit.epochs: early_stopping``). Either way the test
+    split is standardized with the refit training rows' statistics.
 
     Returns
     -------
     TestResult
+        With the trained network's ``state_dict`` bytes and its feature scaling.
     """
     t0 = time.perf_counter()
     hp = resolve_hyperparams(settings, params)
     dev = resolve_device(device or settings.training.device)
     _apply_thread_env()
-    train, val = holdout_split(data.y, settings.cv.val_fraction, seed)
-    split = MemberSplit(0, train, val, member_seeds(seed, 0, ROLE_REFIT))
+    if epochs is None:
+        train_rows, val_rows = holdout_split(data.y, settings.cv.val_fraction, seed,
+                                             stratify=settings.task == "classification")
+    else:
+        train_rows, val_rows = np.arange(len(data.y)), np.arange(0)
+    split = MemberSplit(0, train_rows, val_rows, member_seeds(seed, 0, ROLE_REFIT))
 
     def train() -> TestResult:
-        out = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed)
-        Xt = torch.from_numpy(np.ascontiguousarray(data.X_test, dtype=np.float32)).to(dev)
-        yt = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.int64)).to(dev)
-        test_source = FeatureSource(Xt, yt, out.mean, out.scale)
-        idx, w, n = make_eval_index([np.arange(len(yt))], test_source.offsets, dev)
-        loss, acc = evaluate(out.model, test_source, idx, w, n)
-        fold = out.folds[0]
+        fitted: FitOutcome | FixedFit
+        if epochs is None:
+            fitted = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed)
+            best_epoch, epochs_run = fitted.folds[0].best_epoch, fitted.folds[0].epochs_run
+        else:
+            fitted = fit_fixed_epochs(data.X, data.y, split, hp, epochs=epochs, n_classes=data.n_classes,
+                                      device=dev, seed=seed)
+            best_epoch = epochs_run = fitted.epochs_run
+        metrics = score_test(fitted, data, hp, dev)
+        target = fitted.source.target_stats()  # regression: the network predicts the standardized target
         return TestResult(
-            test_accuracy=float(acc[0]),
-            test_loss=float(loss[0]),
-            best_epoch=fold.best_epoch,
-            epochs_run=fold.epochs_run,
+            test_accuracy=metrics.get("val_accuracy", math.nan),
+            test_loss=metrics["val_loss"],
+            best_epoch=best_epoch,
+            epochs_run=epochs_run,
             duration_s=0.0,
+            metrics=metrics,
+            train_rows=len(train_rows),
+            val_rows=len(val_rows),
+            state_dict=state_dict_bytes(member_state_dict(fitted.model)),
+            feature_mean=tuple(float(v) for v in fitted.mean[0].cpu().tolist()),
+            feature_scale=tuple(float(v) for v in fitted.scale[0].cpu().tolist()),
+            target_mean=None if target is None else float(target[0].reshape(-1)[0]),
+            target_scale=None if target is None else float(target[1].reshape(-1)[0]),
         )
 
     result = _guarded(dev, None, f"batch_size={hp.batch_size} (refit)", train)
