@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo   -> creates .venv, installs hpsearch, runs the demo study end to end
 #   make test   -> same set-up, then the test suite
+# For the edit-test loop: make test-fast (no real processes, no Ray: under 2 minutes).
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench-smoke clean
+.PHONY: setup demo examples test test-fast lint bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +23,16 @@ demo: setup
 	$(VENV)/bin/hpsearch run examples/digits.yaml --storage sqlite:///demo.db
 	$(VENV)/bin/hpsearch best digits-demo --storage sqlite:///demo.db
 
+# every example but the demo, end to end (CI)
+examples: setup
+	$(VENV)/bin/hpsearch run examples/diabetes.yaml --storage sqlite:///examples.db
+	$(VENV)/bin/hpsearch best diabetes-demo --storage sqlite:///examples.db
+
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow" -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -32,4 +41,4 @@ bench-smoke: setup
 	$(PY) -m bench --smoke --out artifacts/bench-smoke
 
 clean:
-	rm -rf $(VENV) demo.db* artifacts
+	rm -rf $(VENV) demo.db* examples.db* artifacts

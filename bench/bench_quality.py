@@ -19,7 +19,7 @@ its mean, std, min and max over seeds, and the plot (``quality.png``) the mean w
 Usage::
 
     .venv/bin/python -m bench.bench_quality --out bench/results       # 30 trials x 5 seeds x 3 strategies
-    .venv/bin/python -m bench.bench_quality --smoke --out artifacts/bench-smoke   # 4 trials, 1 seed, 2 epochs
+    .venv/bin/python -m bench.bench_quality --smoke --out artifacts/bench-smoke  # 4 trials, 2 epochs, 4-point grid
 """
 
 from __future__ import annotations
@@ -44,15 +44,26 @@ GRID_SPACE: dict[str, Any] = {
     "dropout": {"type": "float", "values": [0.0, 0.25, 0.5]},
     "batch_size": {"type": "categorical", "choices": [32, 128]},
 }
+# --smoke runs 4 trials, and a grid runs each of its points exactly once: a 2 x 2 x 1 grid of 4 points
+SMOKE_GRID_SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "values": [7e-4, 4e-2]},
+    "dropout": {"type": "float", "values": [0.0, 0.25]},
+    "batch_size": {"type": "categorical", "choices": [128]},
+}
 CHECKPOINTS = (5, 10, 15, 20, 30)
 
 
-def run_one(tmp: Path, strategy: str, seed: int, budget: int, max_epochs: int, patience: int) -> dict[str, Any]:
+def grid_size(space: dict[str, Any]) -> int:
+    return math.prod(len(p.get("values", p.get("choices", []))) for p in space.values())
+
+
+def run_one(tmp: Path, strategy: str, seed: int, budget: int, max_epochs: int, patience: int,
+            grid_space: dict[str, Any]) -> dict[str, Any]:
     from search import RayBackend, run_study
 
     name = f"quality-{strategy}-{seed}"
     url = f"sqlite:///{tmp / (name + '.db')}"
-    space = GRID_SPACE if strategy == "grid" else DEFAULT_SPACE
+    space = grid_space if strategy == "grid" else DEFAULT_SPACE
     spec = spec_dict(name, strategy=strategy, n_trials=budget, seed=seed, space=space, max_epochs=max_epochs,
                      patience=patience, max_concurrent=2)
     t0 = time.perf_counter()
@@ -183,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget or (4 if args.smoke else 30)
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2, 3, 4])
     max_epochs = args.max_epochs or (2 if args.smoke else 20)
+    grid_space = SMOKE_GRID_SPACE if args.smoke else GRID_SPACE
+    if "grid" in args.strategies and budget != grid_size(grid_space):
+        print(f"bench_quality: --budget {budget} differs from the grid's {grid_size(grid_space)} points, and a grid "
+              f"runs each point exactly once; use --budget {grid_size(grid_space)} or leave grid out of --strategies",
+              file=sys.stderr)
+        return 2
     report = report_header("bench_quality", args.smoke, argv)
     report.update(budget=budget, seeds=seeds, max_epochs=max_epochs, patience=args.patience, folds=3,
-                  hidden=[128, 128], concurrency=2, space=DEFAULT_SPACE, grid_space=GRID_SPACE)
+                  hidden=[128, 128], concurrency=2, space=DEFAULT_SPACE, grid_space=grid_space)
     runs = []
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for seed in seeds:  # seeds outermost: machine-load drift spreads over all strategies
                 for s in args.strategies:
-                    r = run_one(Path(tmp), s, seed, budget, max_epochs, args.patience)
+                    r = run_one(Path(tmp), s, seed, budget, max_epochs, args.patience, grid_space)
                     runs.append(r)
                     print(f"  seed {seed} {s:<6} best {r['best']:.4f}  ({r['wall_s']:.1f}s)", flush=True)
         finally:

@@ -38,12 +38,12 @@ from optuna.distributions import (
     IntDistribution,
     distribution_to_json,
 )
-from optuna.storages._rdb import models
 from optuna.trial import TrialState, create_trial
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from storage import best_trial_row, create_storage, list_studies, trial_rows
+from storage._optuna_compat import models, study_id
 
 STUDY = "bench"
 DISTS = {
@@ -177,7 +177,7 @@ def build(path: Path, n_trials: int, *, via_optuna: bool = False, batch: int = 1
         if via_optuna:
             study.add_trials(trials)
         else:
-            _bulk_add(storage.engine, study._study_id, trials)
+            _bulk_add(storage.engine, study_id(study), trials)
         if lo == 0:  # Optuna reads back what was written, field by field
             check = optuna.load_study(study_name=STUDY, storage=storage).trials[: len(trials)]
             for mine, theirs in zip(trials, check, strict=True):

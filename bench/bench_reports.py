@@ -4,11 +4,11 @@ Usage::
 
     .venv/bin/python bench/bench_reports.py [--rounds 3]
 
-Starts a local Ray (2 CPUs) and the control actor (``search._control.Control``), then runs the
+Starts a local Ray (2 CPUs) and the control actor (``search.backends._ray_control.Control``), then runs the
 same 8 digits trials (3 folds, MLP [128, 128], 20 epochs, batch sizes 256/32/64/128, twice) back
 to back in one Ray task, three ways per round, interleaved: without reports (``none``), with a
 blocking call on the actor after every epoch (``blocking``, what hpsearch did before) and with
-hpsearch's reporter (``per_epoch``: ``search._ray._Reporter``, which sends every epoch without
+hpsearch's reporter (``per_epoch``: ``search.backends._ray._Reporter``, which sends every epoch without
 waiting and reads the previous reply). Prints the total trial time of each and the median/max time
 a report callback took. Not part of ``python -m bench``: it measures a design decision, not a goal.
 """
@@ -30,7 +30,7 @@ def work(data: Any, settings: Any, params: list[dict[str, Any]], control: Any, m
     """Run ``params`` one after another in this worker; ``mode``: none, blocking or per_epoch."""
     import ray
 
-    from search._ray import _Reporter
+    from search.backends._ray import _Reporter
     from trials import run_trial
 
     lat: list[float] = []
@@ -64,8 +64,8 @@ def main() -> None:
     import ray
 
     from bench.common import ray_init, ray_shutdown, spec_dict
-    from search._control import Control
     from search._spec import parse_spec
+    from search.backends._ray_control import Control
     from trials import load_dataset
 
     spec = parse_spec(spec_dict("probe", n_trials=8))

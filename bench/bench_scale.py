@@ -13,7 +13,7 @@ the per-trial user attributes hpsearch stores including learning curves, 20 inte
   (and ``show`` as a table) as subprocesses, wall time including Python start-up; ``cli_startup_s``
   is ``hpsearch --help`` (imports only) for reference, and ``import_s`` the cumulative import times
   of the heavy modules behind ``import search.cli`` (``python -X importtime``).
-- **In process**: ``search._views.show_study`` / ``best_of`` / ``list_studies``.
+- **In process**: ``search.inspect.show_study`` / ``best_of`` / ``list_studies``.
 
 Times are medians of ``--repeat`` runs (after one warm-up for in-process calls). Goal: show, best and
 ls under 2 s at 10,000 trials (as the CLI, a user's wall time).
@@ -97,7 +97,7 @@ def time_ask(url: str, study_name: str, dists: dict[str, Any], repeat: int) -> d
 
 def bench_size(path: Path, n: int, repeat: int, smoke: bool = False) -> dict[str, Any]:
     from bench.bench_queries import DISTS, STUDY, build
-    from search import _views
+    from search.inspect import _views
 
     out: dict[str, Any] = {"n_trials": n}
     url = f"sqlite:///{path}"

@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: machine description, JSON output, Ray start-up, worker functions.
 
-The worker functions here have the signature of :class:`search._backend.WorkerFn` and are defined at
+The worker functions here have the signature of :class:`search.backends.WorkerFn` and are defined at
 module level in the ``bench`` package, so a Ray worker unpickles them by reference (``bench.common``)
 and must be able to import ``bench``. Ray adds the driver's working directory at ``ray.init`` (and
 the script's directory) to its workers' ``sys.path``; :func:`ray_init` starts Ray from the

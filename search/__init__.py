@@ -1,8 +1,14 @@
 """hpsearch's search side: study spec, strategies, the ask/tell orchestrator, backends, API and CLI.
 
-Public names are re-exported from small private modules::
+Public names are re-exported from small private modules and sub-packages::
 
-    from search import load_spec, run_study, resume_study, LocalBackend, RayBackend
+    from search import load_spec, run_study, resume_study, LocalBackend, RayBackend, SimulatedBackend
+
+Where things are: the study file (``_spec``), strategies (``_strategies``), the ask/tell loop
+(``_orchestrator``), a run (``_api``; its study, lease and settings in ``_open``, ``_session``,
+``_settings``), the final refit's epochs (``_refit``), the saved model (``_artifacts``: where and in
+what format; ``_model``: load, export, predict), where trials run (``backends/``), looking at studies
+(``inspect/``) and the command line (``cli/``).
 
 They are imported on first use (PEP 562), so the read-only CLI commands (``ls``, ``show``, ``best``)
 start without importing torch.
@@ -10,22 +16,23 @@ start without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
+__getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "._api": ("StudyResult", "make_backend", "resume_study", "run_study", "spec_diff", "stored_spec"),
-    "._backend": ("Backend", "Failed", "Finished", "Report", "TrialJob", "train_job", "train_stack"),
-    "._errors": ("UsageError",),
-    "._local": ("LocalBackend",),
+    "._errors": ("NoTrialCompleted", "UsageError"),
+    "._model": ("Predictions", "export_model", "load_model", "load_model_file", "predict"),
     "._orchestrator": ("Callbacks", "Interrupted", "Orchestrator", "count_done"),
-    "._ray": ("RayBackend", "ResourceError"),
     "._spec": ("SpecError", "StudySpec", "load_spec", "parse_spec"),
+    "._stop": ("StopRequested", "StopToken"),
     "._strategies": ("distributions", "make_pruner", "make_sampler", "sampler_seed"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+    ".backends": ("Backend", "Failed", "Finished", "LocalBackend", "RayBackend", "Report", "ResourceError",
+                  "SimulatedBackend", "TrialJob", "train_job", "train_stack"),
+})
 
 __all__ = [
     "Backend",
@@ -34,11 +41,16 @@ __all__ = [
     "Finished",
     "Interrupted",
     "LocalBackend",
+    "NoTrialCompleted",
     "Orchestrator",
+    "Predictions",
     "RayBackend",
     "Report",
     "ResourceError",
+    "SimulatedBackend",
     "SpecError",
+    "StopRequested",
+    "StopToken",
     "StudyResult",
     "StudySpec",
     "TrialJob",
@@ -46,11 +58,15 @@ __all__ = [
     "__version__",
     "count_done",
     "distributions",
+    "export_model",
+    "load_model",
+    "load_model_file",
     "load_spec",
     "make_backend",
     "make_pruner",
     "make_sampler",
     "parse_spec",
+    "predict",
     "resume_study",
     "run_study",
     "sampler_seed",
@@ -60,26 +76,24 @@ __all__ = [
     "train_stack",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'search' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
-
-
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ._api import StudyResult, make_backend, resume_study, run_study, spec_diff, stored_spec
-    from ._backend import Backend, Failed, Finished, Report, TrialJob, train_job, train_stack
-    from ._errors import UsageError
-    from ._local import LocalBackend
+    from ._errors import NoTrialCompleted, UsageError
+    from ._model import Predictions, export_model, load_model, load_model_file, predict
     from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
-    from ._ray import RayBackend, ResourceError
     from ._spec import SpecError, StudySpec, load_spec, parse_spec
+    from ._stop import StopRequested, StopToken
     from ._strategies import distributions, make_pruner, make_sampler, sampler_seed
+    from .backends import (
+        Backend,
+        Failed,
+        Finished,
+        LocalBackend,
+        RayBackend,
+        Report,
+        ResourceError,
+        SimulatedBackend,
+        TrialJob,
+        train_job,
+        train_stack,
+    )

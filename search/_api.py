@@ -7,14 +7,8 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import shlex
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,14 +16,20 @@ from typing import Any, TypeVar
 import optuna
 
 import storage as st
-from trials import load_dataset
+from storage import StudyAttr, TrialAttr
+from trials import Dataset, check_metric, load_dataset
+from trials import check_data as check_data_source
 
-from . import __version__
-from ._backend import Backend, WorkerFn, stack_fn_for, train_job
-from ._errors import UsageError
+from ._artifacts import ModelStore, check_writable, not_saved_hint, resolve_artifacts
+from ._errors import NoTrialCompleted, UsageError
+from ._notify import Notifier
+from ._open import check_data, drop_if_empty, nothing_to_do, open_study, spec_diff
 from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
-from ._spec import SpecError, StudySpec, load_spec, parse_spec
-from ._strategies import make_pruner, make_sampler
+from ._session import Session, leased
+from ._settings import db_retry_attempts, lease_stale_after, notify_backoff_s
+from ._spec import NotifySpec, SpecError, StudySpec, load_spec, parse_spec
+from ._stop import StopToken, stop_on_signals
+from .backends import Backend, WorkerFn, stack_fn_for, train_job
 
 __all__ = [
     "StudyResult",
@@ -38,19 +38,10 @@ __all__ = [
     "resume_study",
     "run_study",
     "spec_diff",
+    "stored_spec",
 ]
 
 T = TypeVar("T")
-_log = logging.getLogger(__name__)
-SPEC_ATTR = "hpsearch_spec"
-DATA_ATTR = "hpsearch_data_fingerprint"
-LEASE_STALE_ENV = "HPSEARCH_LEASE_STALE_S"
-"""Seconds without heartbeat after which another run may take a study's lease over (default 30)."""
-DB_RETRY_ENV = "HPSEARCH_DB_RETRY_ATTEMPTS"
-"""Attempts of a database call that fails transiently before the run stops (default 8, about 60 s)."""
-# keys that may change between invocations of one study: how much and where, not what
-_MUTABLE_PREFIXES = ("n_trials", "resources.")
-
 
 
 @dataclass(frozen=True)
@@ -74,30 +65,13 @@ class StudyResult:
     best: BestTrial | None
     test_result: dict[str, Any] | None = None
     messages: list[str] = field(default_factory=list)
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def spec_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Readable lines ``key: old -> new`` for every leaf that differs."""
-    a, b = _flatten(old), _flatten(new)
-    lines = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k, "<absent>") != b.get(k, "<absent>"):
-            lines.append(f"{k}: {json.dumps(a.get(k, '<absent>'))} -> {json.dumps(b.get(k, '<absent>'))}")
-    return lines
+    refit_error: str | None = None
+    """Why the final refit of the best trial failed (then there is no test score), else None."""
 
 
 def make_backend(spec: StudySpec, address: str | None = None) -> Backend:
     """The Ray backend configured from ``spec.resources`` and ``spec.retries``."""
-    from ._ray import RayBackend
+    from .backends import RayBackend
 
     r = spec.resources
     return RayBackend(
@@ -122,218 +96,20 @@ def _check_cluster_storage(url: str, address: str | None, allow_sqlite: bool) ->
         )
 
 
-def _env_number(name: str, default: float, *, integer: bool = False, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = None
-    if value is None or value <= minimum:
-        kind = "an integer" if integer else "a number"
-        raise UsageError(f"environment variable {name}={raw!r} must be {kind} > {minimum:g}")
-    return value
-
-
-def lease_stale_after() -> float:
-    """Seconds without heartbeat after which a study's lease is taken over (``HPSEARCH_LEASE_STALE_S``)."""
-    return _env_number(LEASE_STALE_ENV, st.DEFAULT_STALE_AFTER_S)
-
-
-def db_retry_attempts() -> int:
-    """Attempts of a transiently failing database call (``HPSEARCH_DB_RETRY_ATTEMPTS``)."""
-    return int(_env_number(DB_RETRY_ENV, 8, integer=True))
-
-
-@contextmanager
-def _leased(engine: Any, name: str, retry: Callable[[Callable[[], Any]], Any]) -> Iterator[st.Lease]:
-    stale_after = lease_stale_after()
-    lease = retry(lambda: st.Lease(engine, name, stale_after=stale_after))
-    retry(lease.acquire)
-    lease.start_heartbeat()
-    try:
-        yield lease
-    except BaseException:
-        _release(lease, name, stale_after)  # an interrupt in there: the one propagating says it all
-        raise
-    if _release(lease, name, stale_after):
-        raise KeyboardInterrupt  # Ctrl-C while the lease was released after a finished run
-
-
-def _release(lease: st.Lease, name: str, stale_after: float) -> bool:
-    """Release ``lease``; True if a Ctrl-C landed in the release (it is completed first).
-
-    A Ctrl-C reaches every process of the terminal's group, and a user may press it twice: one landing
-    in here must not leave the row behind (a resume would wait for it to go stale).
-    """
-    interrupted = False
-    for _ in range(3):
-        try:
-            lease.release()
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-        except Exception as e:  # database gone: the row goes stale and the next run takes it over
-            lease.stop_heartbeat()
-            _log.warning("could not release the lease of study %r (%s); it expires after %g s without "
-                         "heartbeat", name, str(e).splitlines()[0] if str(e) else type(e).__name__, stale_after)
-            break
-    return interrupted
-
-
-class _StopSignals:
-    """SIGTERM stops a run like Ctrl-C (a KeyboardInterrupt) from its first line, also during start-up
-    (the orchestrator defers both while it records a trial). Main thread only; the previous
-    handlers are restored on exit; records which signal it was, for the message."""
-
-    def __init__(self) -> None:
-        self.name = "Ctrl-C"
-        self._previous: dict[int, Any] = {}
-        self._deferring = False
-        self._pending = False
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if self._deferring:
-            self._pending = True
-            return
-        raise KeyboardInterrupt
-
-    @contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Writes that belong together (create a study, then store its spec): a stop signal during
-        them takes effect once they are done."""
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        if self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main interpreter
-                return
-            self._previous.setdefault(sig, previous)
-
-    def __enter__(self) -> _StopSignals:
-        self.install()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def _open_study(
-    storage: optuna.storages.BaseStorage, spec: StudySpec, *, must_exist: bool
-) -> tuple[optuna.Study, list[str], bool]:
-    """Create the study, or load it and check its stored spec against ``spec``; True if created."""
-    messages: list[str] = []
-    try:
-        study_id = storage.get_study_id_from_name(spec.name)
-    except KeyError:
-        study_id = None
-    if study_id is None:
-        if must_exist:
-            raise UsageError(f"no study named {spec.name!r}")
-        study = optuna.create_study(
-            storage=storage, study_name=spec.name, direction=spec.study_direction,
-            sampler=make_sampler(spec), pruner=make_pruner(spec),
-        )
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        study.set_user_attr("hpsearch_version", __version__)
-        return study, messages, True
-    n_existing = len(storage.get_all_trials(study_id, deepcopy=False))
-    study = optuna.load_study(
-        study_name=spec.name, storage=storage,
-        sampler=make_sampler(spec, n_existing_trials=n_existing), pruner=make_pruner(spec),
-    )
-    stored = study.user_attrs.get(SPEC_ATTR)
-    if stored is None and not must_exist and n_existing == 0 and not study.user_attrs \
-            and study.direction.name.lower() == spec.study_direction:
-        # created by a run that was killed before it stored the spec (two writes, not one): adopt it
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        study.set_user_attr("hpsearch_version", __version__)
-        return study, messages, False
-    if stored is None:
-        raise UsageError(
-            f"study {spec.name!r} exists but was not created by hpsearch (no stored spec); "
-            "choose another name with --study NAME"
-        )
-    diff = spec_diff(stored, spec.to_dict())
-    fixed = [d for d in diff if not d.startswith(_MUTABLE_PREFIXES)]
-    if fixed and n_existing == 0 and not must_exist:
-        # no trial yet (a first run stopped before its first trial, e.g. on a typo'd data path):
-        # nothing to mix, so the corrected spec replaces it (its direction may differ: a new study)
-        optuna.delete_study(study_name=spec.name, storage=storage)
-        study, _, _ = _open_study(storage, spec, must_exist=False)
-        return study, [f"study {spec.name!r} had no trials yet; its spec was replaced ({', '.join(fixed)})"], True
-    if fixed:
-        raise UsageError(
-            f"study {spec.name!r} already exists with a different spec; refusing to mix results. Changed:\n  "
-            + "\n  ".join(fixed)
-            + "\nRun it under a new name (--study NEW_NAME), or undo the change to resume it."
-        )
-    if diff:
-        study.set_user_attr(SPEC_ATTR, spec.to_dict())
-        messages.append("updated " + ", ".join(diff))
-    return study, messages, False
-
-
-def _nothing_to_do(study: optuna.Study, spec: StudySpec, refit: bool) -> bool:
-    """The budget is used, no trial is left to recover or run, and the final refit (if asked) is stored."""
-    trials = study.get_trials(deepcopy=False)
-    if any(not t.state.is_finished() for t in trials) or count_done(trials) < spec.budget:
-        return False
-    if not refit or not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
-        return True
-    stored = study.user_attrs.get("test_result")
-    return bool(stored) and stored.get("trial") == study.best_trial.number
-
-
-def _drop_if_empty(storage: optuna.storages.BaseStorage, name: str) -> None:
-    """Delete study ``name`` if it has no trial (best effort: the error being raised matters more)."""
-    try:
-        if not storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False):
-            optuna.delete_study(study_name=name, storage=storage)
-    except Exception as e:
-        _log.debug("could not drop the empty study %r: %s", name, e)
-
-
-def _check_data(study: optuna.Study, spec: StudySpec, fingerprint: str) -> None:
-    """Refuse to continue a study on data other than what its trials were scored on.
-
-    The first run stores the data's fingerprint (:meth:`trials.Dataset.fingerprint`); a study
-    created before fingerprints existed adopts the data of its next run.
-    """
-    stored = study.user_attrs.get(DATA_ATTR)
-    if stored is None:
-        study.set_user_attr(DATA_ATTR, fingerprint)
-        return
-    if stored != fingerprint:
-        d = spec.data
-        what = f"data.path {d.path!r}" if d.path else f"data.source {d.source!r}"
-        raise UsageError(
-            f"the data of study {spec.name!r} changed since its trials were scored ({what}: fingerprint "
-            f"{fingerprint[:12]} now, {stored[:12]} when the study started); continuing would mix scores of "
-            "two data sets. Restore the original data to resume, or run the new data as a new study "
-            "(--study NEW_NAME)"
-        )
+def _finished(result: StudyResult) -> StudyResult:
+    """``result``, unless no trial completed: then :class:`NoTrialCompleted` (the CLI exits 4)."""
+    if result.best is None:
+        raise NoTrialCompleted(
+            f"no trial of study {result.study!r} completed; `hpsearch show {shlex.quote(result.study)}` lists why "
+            f"({result.done}/{result.budget} trials done: each one failed or was pruned)",
+            study=result.study, result=result)
+    return result
 
 
 def _summarize(study: optuna.Study, spec: StudySpec, url: str, messages: list[str]) -> StudyResult:
-    from ._orchestrator import count_done
 
     trials = study.get_trials(deepcopy=False)
-    test = study.user_attrs.get("test_result")
+    test = study.user_attrs.get(StudyAttr.TEST_RESULT)
     best = None
     try:
         bt = study.best_trial
@@ -342,29 +118,14 @@ def _summarize(study: optuna.Study, spec: StudySpec, url: str, messages: list[st
     if bt is not None:
         best = BestTrial(
             number=bt.number, value=float(bt.value), params=dict(bt.params),  # type: ignore[arg-type]
-            fold_scores=list(bt.user_attrs.get("fold_scores", [])),
-            value_std=bt.user_attrs.get("value_std"),
+            fold_scores=list(bt.user_attrs.get(TrialAttr.FOLD_SCORES, [])),
+            value_std=bt.user_attrs.get(TrialAttr.VALUE_STD),
             test_score=test.get("test_score") if test and test.get("trial") == bt.number else None,
         )
-    return StudyResult(spec.name, st.redact(url), count_done(trials), spec.budget, best, test, messages)
-
-
-_DISK_FULL = ("database or disk is full", "no space left on device", "disk full", "could not extend file")
-
-
-def _disk_full(exc: BaseException) -> str | None:
-    """The driver's words if ``exc`` (or what caused it) says the disk is full, else None."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc.__cause__  # the driver's error, not the retry summary
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        for text in (str(getattr(cur, "orig", "") or ""), str(cur)):
-            low = text.lower()
-            if any(m in low for m in _DISK_FULL):
-                line = next(ln.strip() for ln in text.splitlines() if any(m in ln.lower() for m in _DISK_FULL))
-                return line.split(") ", 1)[-1] if line.startswith("(") else line
-        cur = cur.__cause__ or cur.__context__
-    return None
+    failed = study.user_attrs.get(StudyAttr.REFIT_ERROR)
+    refit_error = failed.get("reason") if failed and bt is not None and failed.get("trial") == bt.number else None
+    return StudyResult(spec.name, st.redact(url), count_done(trials), spec.budget, best, test, messages,
+                       refit_error)
 
 
 def _execute(
@@ -378,44 +139,66 @@ def _execute(
     must_exist: bool,
     allow_sqlite: bool,
     refit: bool,
+    stop: StopToken | None,
+    artifacts: str | None = None,
 ) -> StudyResult:
     url = st.resolve_url(storage)
     if backend is None:
         _check_cluster_storage(url, address, allow_sqlite)
+    # the model's directory is checked before anything runs: a refit that cannot save it is hours lost
+    art_dir = resolve_artifacts(url, artifacts) if refit else None
+    if art_dir is not None:
+        check_writable(art_dir)
     attempts = db_retry_attempts()
     lease_stale_after()  # a malformed setting fails before anything is written
+    if spec.notify is not None:
+        notify_backoff_s()  # a malformed setting fails before anything runs, not in the posting thread
     rdb = st.create_storage(url)
     hint = shlex.quote(spec.name)  # pasted into a shell in the "run `hpsearch resume NAME`" hint
-
-    def retry(fn: Callable[[], T]) -> T:
-        try:
-            return st.retrying(fn, url=url, study_name=hint, attempts=attempts)
-        except st.StorageUnavailable as e:
-            full = _disk_full(e)
-            if full is None:
-                raise
-            raise st.StorageError(
-                f"the disk holding the database {st.redact(url)} is full ({full}). Finished trials are "
-                f"saved; free some space, then run `hpsearch resume {hint}` to continue."
-            ) from e
-
-    stops = _StopSignals()
+    token = stop if stop is not None else StopToken()
+    session = Session(url, hint, token, attempts)
+    notifier = Notifier(spec.notify, spec.name, rdb.engine) if spec.notify is not None else None
+    if notifier is not None:
+        callbacks = notifier.callbacks(callbacks)
     try:
-        with stops:
-            return _execute_leased(spec, rdb, url, retry, stops, address=address, backend=backend,
-                                   callbacks=callbacks, worker_fn=worker_fn, must_exist=must_exist, refit=refit)
-    except KeyboardInterrupt as e:  # outside the trial loop: start-up, the final refit, or a second Ctrl-C
-        what = e.args[0] if e.args and isinstance(e.args[0], str) else stops.name  # "SIGTERM" from ray.init
+        with stop_on_signals(token):
+            result = _execute_leased(spec, rdb, session, address=address, backend=backend, callbacks=callbacks,
+                                     worker_fn=worker_fn, must_exist=must_exist, refit=refit, art_dir=art_dir)
+    except KeyboardInterrupt as e:  # outside the trial loop: start-up, the final refit, or a forced stop
+        what = token.reason or (e.args[0] if e.args and isinstance(e.args[0], str) else "Ctrl-C")
         raise Interrupted(f"interrupted ({what}); finished trials are saved. "
                           f"Continue with `hpsearch resume {hint}`") from None
+    except Interrupted:  # a stop asked for: nothing to notify
+        raise
+    except Exception as e:
+        if notifier is not None:  # NoTrialCompleted included: the budget is used up, with no result
+            notifier.failed(st.scrub(str(e) or type(e).__name__, url))
+        raise
+    else:
+        if notifier is not None:
+            notifier.finished(f"{result.done}/{result.budget} trials done")
+        return result
+    finally:
+        if notifier is not None:
+            notifier.close()
+
+
+def _check_model(spec: StudySpec, data: Dataset) -> None:
+    """Try a ``model.factory`` on the driver before any trial runs (see :func:`trials.check_model`):
+    a factory that cannot serve the study then fails it at once, and leaves no study behind,
+    rather than failing (and retrying) every trial on the workers."""
+    if spec.model.factory is None:
+        return
+    from trials import check_model
+
+    for params in spec.probe_params():
+        check_model(spec.settings, params, int(data.X.shape[1]), int(data.n_classes))
 
 
 def _execute_leased(
     spec: StudySpec,
     rdb: optuna.storages.RDBStorage,
-    url: str,
-    retry: Callable[[Callable[[], Any]], Any],
-    stops: _StopSignals,
+    session: Session,
     *,
     address: str | None,
     backend: Backend | None,
@@ -423,32 +206,36 @@ def _execute_leased(
     worker_fn: WorkerFn,
     must_exist: bool,
     refit: bool,
+    art_dir: str | None = None,
 ) -> StudyResult:
+    call, token, url = session.call, session.stop, session.url
     # The lease comes first: a run refused because another one is live must not write the study.
-    with _leased(rdb.engine, spec.name, retry) as lease:
-        with stops.deferred():  # never a study without its spec (Optuna creates it, then hpsearch stores it)
-            study, messages, created = retry(lambda: _open_study(rdb, spec, must_exist=must_exist))
-        if retry(lambda: _nothing_to_do(study, spec, refit)):  # a finished study: no Ray, no data
-            return retry(lambda: _summarize(study, spec, url, messages))
+    with leased(rdb.engine, spec.name, session):
+        study, messages, created = call(lambda: open_study(rdb, spec, must_exist=must_exist))
+        token.check()
+        if call(lambda: nothing_to_do(study, spec, refit)):  # a finished study: no Ray, no data
+            return _finished(call(lambda: _summarize(study, spec, url, messages)))
         try:
+            # a missing file or column, or labels that do not fit the task, are said before Ray starts (seconds)
+            check_data_source(spec.data, spec.task, spec.metric)
             backend = backend or make_backend(spec, address)
             try:
                 # Ray starts first: its workers then import torch while the driver loads the data.
                 backend.start()
-                data = load_dataset(spec.data, spec.cv, spec.seed)
-                retry(lambda: _check_data(study, spec, data.fingerprint()))
+                token.check()  # a stop during start-up takes effect between its steps
+                data = load_dataset(spec.data, spec.cv, spec.seed, spec.task)
+                if spec.task == "classification":
+                    check_metric(data.n_classes, spec.metric, data.name)
+                token.check()
+                call(lambda: check_data(study, spec, data.fingerprint(), data.classes))
+                _check_model(spec, data)
             except BaseException:
                 backend.close()
                 raise
         except Exception:
-            if created:  # bad data or resources: leave no empty study behind (Ctrl-C keeps it, to resume)
-                _drop_if_empty(rdb, spec.name)
+            if created:  # bad data or resources: leave no empty study behind (a stop keeps it, to resume)
+                drop_if_empty(rdb, spec.name)
             raise
-
-        def db(fn: Callable[[], T]) -> T:
-            lease.check()  # never write a study another orchestrator has taken over
-            return retry(fn)
-
         try:
             backend.open(data, spec.settings, worker_fn)
             stack = spec.resources.stack_trials
@@ -459,13 +246,33 @@ def _execute_leased(
                 (callbacks or Callbacks()).on_message(
                     f"resources.stack_trials: {stack} ignored: {why}; trials run one per task")
                 stack = 1
-            orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=db, stack_trials=stack)
+            models = None if art_dir is None else ModelStore(art_dir, _model_info(data))
+            orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=call, stack_trials=stack, stop=token,
+                                models=models)
             orch.run()
             if refit:
-                orch.refit_best()
+                test = orch.refit_best()
+                if art_dir is None and test is not None and not test.get("model_artifact"):
+                    messages.append(not_saved_hint(url))
         finally:
             backend.close()
-    return retry(lambda: _summarize(study, spec, url, messages))
+    result = call(lambda: _summarize(study, spec, url, messages))
+    token.check()  # a Ctrl-C during that last read is not lost either (a script looping over studies stops)
+    return _finished(result)
+
+
+def _model_info(data: Dataset) -> dict[str, Any]:
+    """What a saved model records about its data: the shape of one sample and the class labels."""
+    # the label of output i: the data's own labels (plain Python values); none for a regression; 0 .. K-1
+    # for a Dataset built without them
+    classes = list(data.classes) if data.classes is not None else [] if data.n_classes == 1 else list(
+        range(data.n_classes))
+    return {
+        "n_features": int(data.n_features),
+        "n_classes": int(data.n_classes),
+        "classes": classes,
+        "input_shape": [int(data.n_features)],
+    }
 
 
 def run_study(
@@ -481,6 +288,8 @@ def run_study(
     worker_fn: WorkerFn = train_job,
     allow_sqlite: bool = False,
     refit: bool = True,
+    stop: StopToken | None = None,
+    artifacts: str | None = None,
 ) -> StudyResult:
     """Run a study to its budget; an existing study of the same name and spec is resumed.
 
@@ -496,23 +305,36 @@ def run_study(
         Override the file's ``name``, ``strategy`` and ``n_trials``.
     backend:
         Where trials run; default :class:`~search.RayBackend` from ``spec.resources``.
+    stop:
+        A :class:`~search.StopToken` whose ``set`` stops the run as Ctrl-C does (in-flight trials are
+        recorded and re-run by a resume); for runs outside the main thread, where signals never arrive.
+    artifacts:
+        Directory the final refit's model is saved to (an Optuna artifact store); else
+        ``HPSEARCH_ARTIFACTS``; else ``<sqlite file>.artifacts`` beside a SQLite database. Without one
+        (PostgreSQL) the model is not saved and ``messages`` says what to pass. Checked writable
+        before anything runs (:class:`UsageError` otherwise).
     """
-    overrides = {"name": study_name, "strategy": strategy, "n_trials": n_trials}
+    overrides: dict[str, Any] = {"name": study_name, "strategy": strategy, "n_trials": n_trials}
     if isinstance(spec, StudySpec):
-        spec = parse_spec(spec.to_dict(), **overrides) if any(overrides.values()) else spec
+        if any(overrides.values()):
+            # model_dump keeps a callable model.factory (to_dict names it only, as the study stores it);
+            # neither keeps notify (it is never stored): pass it on
+            notify = spec.notify.model_dump(mode="json") if spec.notify is not None else None
+            spec = parse_spec(spec.model_dump(), notify=notify, **overrides)
     elif isinstance(spec, dict):
         spec = parse_spec(spec, **overrides)
     else:
         spec = load_spec(spec, **overrides)
     return _execute(spec, storage=storage, address=address, backend=backend, callbacks=callbacks,
-                    worker_fn=worker_fn, must_exist=False, allow_sqlite=allow_sqlite, refit=refit)
+                    worker_fn=worker_fn, must_exist=False, allow_sqlite=allow_sqlite, refit=refit, stop=stop,
+                    artifacts=artifacts)
 
 
 def stored_spec(name: str, storage: str | None = None) -> StudySpec:
     """The spec stored with study ``name``."""
     url = st.resolve_url(storage)
     attrs = st.study_attrs(st.create_engine(url, create=False), name)  # never create a file to read
-    raw = attrs.get(SPEC_ATTR)
+    raw = attrs.get(StudyAttr.SPEC)
     if raw is None:
         raise UsageError(f"study {name!r} has no stored hpsearch spec: it was not created by hpsearch, or its first "
                          "run was killed right after creating it; in that case run its study file again "
@@ -520,7 +342,7 @@ def stored_spec(name: str, storage: str | None = None) -> StudySpec:
     try:
         return parse_spec(raw, source=f"stored spec of study {name!r}", stored=True)
     except SpecError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"study {name!r} cannot be resumed from its stored spec: " + "; ".join(e.errors)) from None
 
 
 def resume_study(
@@ -534,10 +356,24 @@ def resume_study(
     worker_fn: WorkerFn = train_job,
     allow_sqlite: bool = False,
     refit: bool = True,
+    stop: StopToken | None = None,
+    artifacts: str | None = None,
+    notify: NotifySpec | None = None,
 ) -> StudyResult:
-    """Continue study ``name`` from what the database holds (its stored spec); ``n_trials`` raises the budget."""
+    """Continue study ``name`` from what the database holds (its stored spec); ``n_trials`` raises the budget.
+
+    ``artifacts`` as for :func:`run_study`. ``notify``: where to post when it finishes, fails or stalls;
+    a stored spec never holds its study file's ``notify`` section (a webhook URL is often a secret),
+    so a resume notifies only when given one.
+    """
     spec = stored_spec(name, storage)
+    if n_trials is not None and spec.strategy == "grid" and n_trials != spec.grid_size:
+        raise UsageError(f"--n-trials {n_trials}: study {name!r} is a grid of {spec.grid_size} points, and grid runs "
+                         "every point exactly once; resume it without --n-trials")
     if n_trials is not None:
         spec = parse_spec(spec.to_dict(), n_trials=n_trials, stored=True)
+    if notify is not None:
+        spec = spec.model_copy(update={"notify": notify})
     return _execute(spec, storage=storage, address=address, backend=backend, callbacks=callbacks,
-                    worker_fn=worker_fn, must_exist=True, allow_sqlite=allow_sqlite, refit=refit)
+                    worker_fn=worker_fn, must_exist=True, allow_sqlite=allow_sqlite, refit=refit, stop=stop,
+                    artifacts=artifacts)

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+from typing import Any
+
+__all__ = ["NoTrialCompleted", "UsageError"]
 
 
 class UsageError(Exception):
     """A request that cannot be carried out as asked; the message says what to do instead."""
+
+
+class NoTrialCompleted(Exception):
+    """The study's budget is used up and no trial completed: every one failed or was pruned.
+
+    Attributes
+    ----------
+    study : str
+        The study's name.
+    result : search.StudyResult
+        What the run ended with (``best`` is None); ``hpsearch show NAME`` lists each trial's reason.
+    """
+
+    def __init__(self, message: str, *, study: str, result: Any) -> None:
+        super().__init__(message)
+        self.study = study
+        self.result = result

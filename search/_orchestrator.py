@@ -10,28 +10,43 @@ from __future__ import annotations
 import copy
 import math
 import shlex
-import signal
 import statistics
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from storage import set_trial_intermediate_values, set_trial_user_attrs
+from storage import (
+    StudyAttr,
+    TrialAttr,
+    record_trial_artifact,
+    set_trial_intermediate_values,
+    set_trial_user_attrs,
+    study_id,
+    study_storage,
+    suggest,
+)
+from storage import trial_id as trial_id_of
 from trials import TestResult, TrialResult, resolve_hyperparams, stack_key, trial_seed
 
-from ._backend import Backend, Failed, Finished, Report, TrialJob
+from . import __version__
+from ._artifacts import ArtifactStoreError, ModelStore, pack_model
+from ._refit import cv_epochs
 from ._spec import StudySpec
+from ._stop import StopRequested, StopToken
 from ._strategies import distributions
+from .backends import Backend, Failed, Finished, Report, TrialJob
 
 __all__ = ["Callbacks", "Interrupted", "Orchestrator", "count_done"]
 
 T = TypeVar("T")
 
+
+_MIN_REFIT_TIMEOUT_S = 600.0
 
 # A ready trial passed over this many times is submitted next (with whatever group it has).
 _MAX_PASSED = 2
@@ -63,12 +78,12 @@ class Callbacks:
 def _is_final(t: FrozenTrial) -> bool:
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return t.state == TrialState.FAIL and not t.user_attrs.get("will_retry", False)
+    return t.state == TrialState.FAIL and not t.user_attrs.get(TrialAttr.WILL_RETRY, False)
 
 
 def _failures(attrs: dict[str, Any]) -> int:
     """A run's earlier own failures (``failures``; studies from before it existed counted ``attempt``)."""
-    return int(attrs.get("failures", attrs.get("attempt", 0)))
+    return int(attrs.get(TrialAttr.FAILURES, attrs.get(TrialAttr.ATTEMPT, 0)))
 
 
 def count_done(trials: list[FrozenTrial]) -> int:
@@ -108,6 +123,11 @@ class Orchestrator:
         Up to this many trials whose configurations can share a network (:func:`trials.stack_key`)
         run as one stack on one worker. The orchestrator keeps up to ``stack_trials`` x capacity
         trials asked ahead and starts the largest group that fits; 1 runs one trial per task.
+    stop:
+        The run's :class:`~search.StopToken`, checked between polls: once set, :meth:`run` records
+        the in-flight trials for re-running and raises :class:`Interrupted`.
+    models:
+        The artifact store the final refit's model is saved to (:meth:`refit_best`); None: not saved.
     """
 
     def __init__(
@@ -120,8 +140,12 @@ class Orchestrator:
         db: Callable[[Callable[[], T]], T] | None = None,
         poll_interval: float = 0.05,
         stack_trials: int = 1,
+        stop: StopToken | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         self.study = study
+        self._store = study_storage(study)  # for writes of several items in one transaction
+        self._sid = study_id(study)
         self.spec = spec
         self.backend = backend
         self.callbacks = callbacks or Callbacks()
@@ -135,89 +159,50 @@ class Orchestrator:
             raise ValueError(f"stack_trials must be >= 1, got {stack_trials}")
         self.stack_trials = stack_trials
         self._done = 0
-        self._critical_depth = 0  # > 0 while a trial's records are being written
-        self._interrupt_pending = False  # Ctrl-C arrived during such a write
-        self._signal = "Ctrl-C"  # what interrupted the run
+        self.stop = stop if stop is not None else StopToken()
+        self.models = models  # where the refit model is saved (None: not saved)
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
 
     def _db(self, fn: Callable[[], T]) -> T:
-        """Every storage call of the loop, whole: a Ctrl-C during one takes effect when it returns. A
-        KeyboardInterrupt raised inside a SQLite driver call can leave that connection holding the
-        database's write lock until it is garbage-collected, and the writes that record the
-        interrupted trials then wait for it (seen as a hang in a test sending SIGTERM mid-run)."""
-        with self._critical():
-            return self._db_call(fn)
+        """Every storage call of the loop (retried, lease checked: the ``db`` wrapper)."""
+        return self._db_call(fn)
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> None:
-        """Run trials until the budget is used up. Raises :class:`Interrupted` on Ctrl-C.
+        """Run trials until the budget is used up. Raises :class:`Interrupted` when stopped.
 
-        In the main thread, Ctrl-C (SIGINT) is deferred while a trial's records are being written
-        (asking for a trial, telling its outcome, queueing its re-run), so an interrupt never
-        leaves a trial half-recorded; a second Ctrl-C interrupts at once.
+        The stop token is checked between polls, never inside a storage call, so a trial is
+        recorded whole: a first Ctrl-C (or ``stop.set``) cancels the in-flight trials, records
+        them FAIL with a queued re-run and raises :class:`Interrupted`. A forced stop (a second
+        Ctrl-C) raises at once, without recording: the next resume re-runs what was in flight.
         """
         budget = self.spec.budget
-        with self._sigint_deferral():
-            try:
-                with self._critical():
-                    trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-                    self._recover(trials)
-                    trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-                self._done = count_done(trials)
-                self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
-                while True:
-                    while self._lanes_in_use() < self.backend.capacity and (self._ready or self._can_ask()):
-                        self._dispatch()
-                    if not self._running:
-                        break
-                    self._handle_all(self.backend.poll(self.poll_interval))
-                with self._critical():
-                    self._drop_unstarted()
-            except KeyboardInterrupt:
-                self._interrupt()
-                raise Interrupted(
-                    f"interrupted; {self._done}/{budget} trials done. "
-                    f"Continue with `hpsearch resume {shlex.quote(self.spec.name)}`"
-                ) from None
-
-    # -- Ctrl-C --------------------------------------------------------------------------------------
-    @contextmanager
-    def _sigint_deferral(self) -> Iterator[None]:
-        """Install the deferring SIGINT/SIGTERM handler for the duration of :meth:`run` (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous: dict[int, Any] = {}
         try:
-            # SIGTERM (``kill PID``, ``docker stop``, a scheduler's preemption) stops the run like Ctrl-C
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_sigint)
-        except ValueError:  # not the main interpreter
-            pass
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self._signal = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if self._critical_depth and not self._interrupt_pending:
-            self._interrupt_pending = True  # raised when the current write is complete
-            return
-        raise KeyboardInterrupt
-
-    @contextmanager
-    def _critical(self) -> Iterator[None]:
-        """A group of writes that must not be cut by Ctrl-C (only by a second Ctrl-C or a kill)."""
-        self._critical_depth += 1
-        try:
-            yield
-        finally:
-            self._critical_depth -= 1
-        if self._critical_depth == 0 and self._interrupt_pending:
-            self._interrupt_pending = False
-            raise KeyboardInterrupt
+            trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+            self._recover(trials)
+            trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+            self._done = count_done(trials)
+            self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
+            while True:
+                self.stop.check()
+                while self._lanes_in_use() < self.backend.capacity and (self._ready or self._can_ask()):
+                    self._dispatch()
+                if not self._running:
+                    break
+                self._handle_all(self.backend.poll(self.poll_interval))
+            self._drop_unstarted()
+        except StopRequested as e:
+            self._interrupt(e.reason)
+            raise Interrupted(
+                f"interrupted ({e.reason}); {self._done}/{budget} trials done. "
+                f"Continue with `hpsearch resume {shlex.quote(self.spec.name)}`"
+            ) from None
+        except KeyboardInterrupt:  # forced: in-flight trials stay RUNNING; the resume re-runs them
+            self.backend.cancel_all()
+            raise Interrupted(
+                f"interrupted at once ({self.stop.reason or 'Ctrl-C'}, twice); {self._done}/{budget} trials done; "
+                f"trials in flight run again on resume. Continue with `hpsearch resume {shlex.quote(self.spec.name)}`"
+            ) from None
 
     def _lanes_in_use(self) -> int:
         return len({r.task for r in self._running.values()})
@@ -228,38 +213,37 @@ class Orchestrator:
     def _dispatch(self) -> None:
         """Start one task: ask trials until the pool of ready ones is full, then submit the largest
         group of them that can share a stack (one trial when ``stack_trials`` is 1)."""
-        with self._critical():
-            pool = 1 if self.stack_trials == 1 else self.stack_trials * self.backend.capacity
-            while len(self._ready) < pool and self._can_ask():
-                self._ready.append(self._prepare(self._ask()))
-            group = self._pick()
-            self._tasks += 1
-            for run in group:
-                self._ready.remove(run)
-                run.task, run.stacked = self._tasks, len(group) > 1
-                self._running[run.job.key] = run
-            if len(group) == 1:
-                self.backend.submit(group[0].job)
-            else:
-                self.backend.submit_stack([run.job for run in group])
+        pool = 1 if self.stack_trials == 1 else self.stack_trials * self.backend.capacity
+        while len(self._ready) < pool and self._can_ask():
+            self._ready.append(self._prepare(self._ask()))
+        group = self._pick()
+        self._tasks += 1
+        for run in group:
+            self._ready.remove(run)
+            run.task, run.stacked = self._tasks, len(group) > 1
+            self._running[run.job.key] = run
+        if len(group) == 1:
+            self.backend.submit(group[0].job)
+        else:
+            self.backend.submit_stack([run.job for run in group])
         for run in group:
             self.callbacks.on_trial_start(run.job.number, run.job.params)
 
     def _prepare(self, trial: optuna.Trial) -> _Running:
         attrs = self._db(lambda: trial.user_attrs)
-        seed = int(attrs.get("seed", trial_seed(self.spec.seed, trial.number)))
-        if "seed" not in attrs:
-            self._db(lambda: trial.set_user_attr("seed", seed))
+        seed = int(attrs.get(TrialAttr.SEED, trial_seed(self.spec.seed, trial.number)))
+        if TrialAttr.SEED not in attrs:
+            self._db(lambda: trial.set_user_attr(TrialAttr.SEED, seed))
         r = self.spec.resources
         job = TrialJob(
-            key=f"{trial.number}.{attrs.get('attempt', 0)}",
+            key=f"{trial.number}.{attrs.get(TrialAttr.ATTEMPT, 0)}",
             number=trial.number,
             params=dict(trial.params),
             seed=seed,
-            attempt=int(attrs.get("attempt", 0)),
+            attempt=int(attrs.get(TrialAttr.ATTEMPT, 0)),
             gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
         )
-        return _Running(trial, job, alone=bool(attrs.get("alone", False)), failures=_failures(attrs))
+        return _Running(trial, job, alone=bool(attrs.get(TrialAttr.ALONE, False)), failures=_failures(attrs))
 
     def _pick(self) -> list[_Running]:
         """The largest group of ready trials with one stack key (at most ``stack_trials``; the
@@ -299,7 +283,7 @@ class Orchestrator:
         def complete(trial_id: int) -> optuna.Trial:
             trial = optuna.Trial(self.study, trial_id)  # the sampler's before_trial (grid point) if not done
             for name, dist in self._dists.items():
-                trial._suggest(name, dist)  # keeps a value already set
+                suggest(trial, name, dist)  # keeps a value already set
             return trial
 
         def ask() -> optuna.Trial:
@@ -311,10 +295,10 @@ class Orchestrator:
                 return trial
             if attempts > 1:
                 ours = {r.trial.number for r in [*self._running.values(), *self._ready]}
-                strays = [t for t in self.study._storage.get_all_trials(
-                    self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in ours]
+                strays = [t for t in self._store.get_all_trials(
+                    self._sid, deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in ours]
                 if strays:
-                    return complete(min(strays, key=lambda t: t.number)._trial_id)
+                    return complete(trial_id_of(min(strays, key=lambda t: t.number)))
             return self.study.ask(self._dists)
 
         return self._db(ask)
@@ -368,8 +352,8 @@ class Orchestrator:
                 values[step] = value
         if not values:
             return
-        trial_id = run.trial._trial_id
-        storage = self.study._storage
+        trial_id = trial_id_of(run.trial)
+        storage = self._store
         pruned_at = self._pruned_at(run, values) if self.spec.pruner.type != "none" else None
         if pruned_at is not None:
             values = {s: v for s, v in values.items() if s <= pruned_at}
@@ -384,8 +368,8 @@ class Orchestrator:
         The pruner sees, per step, a copy of the stored trial holding the values up to that step:
         one read of the trial, no write per step.
         """
-        storage = self.study._storage
-        trial_id = run.trial._trial_id
+        storage = self._store
+        trial_id = trial_id_of(run.trial)
         stored: FrozenTrial = self._db(lambda: storage.get_trial(trial_id))
         # successive halving and hyperband keep a trial's rungs in its system attrs, written at the
         # step that completes one; the next step must see them, as Trial.should_prune would
@@ -410,48 +394,45 @@ class Orchestrator:
         metric = self.spec.metric
         scores = [float(s) for s in res.scores(metric)]
         attrs: dict[str, Any] = {
-            "fold_scores": scores,
+            TrialAttr.FOLD_SCORES: scores,
             # a diverged fold's nan/inf score fails the trial below; statistics.pstdev cannot take it
-            "value_std": float(statistics.pstdev(scores)) if scores and all(map(math.isfinite, scores))
+            TrialAttr.VALUE_STD: float(statistics.pstdev(scores)) if scores and all(map(math.isfinite, scores))
             else (math.nan if scores else 0.0),
-            "fold_epochs": [int(f.best_epoch) for f in res.folds],
-            "epochs": int(res.epochs_run),
-            "duration_s": round(float(res.duration_s), 4),
-            "node": ev.node,
-            "node_id": ev.node_id,
-            "worker_start": ev.started_at,
-            "worker_end": ev.finished_at,
-            "device": res.device,
-            "train_path": res.train_path,
-            "stack_size": int(res.stack_size),
-            "curves": {k: [[round(float(x), 6) for x in c] for c in v] for k, v in res.curves.items()},
+            TrialAttr.FOLD_EPOCHS: [int(f.best_epoch) for f in res.folds],
+            TrialAttr.EPOCHS: int(res.epochs_run),
+            TrialAttr.DURATION_S: round(float(res.duration_s), 4),
+            TrialAttr.NODE: ev.node,
+            TrialAttr.NODE_ID: ev.node_id,
+            TrialAttr.WORKER_START: ev.started_at,
+            TrialAttr.WORKER_END: ev.finished_at,
+            TrialAttr.DEVICE: res.device,
+            TrialAttr.TRAIN_PATH: res.train_path,
+            TrialAttr.STACK_SIZE: int(res.stack_size),
+            TrialAttr.CURVES: {k: [[round(float(x), 6) for x in c] for c in v] for k, v in res.curves.items()},
         }
         value = float(sum(scores) / len(scores)) if scores else math.nan
         if run.pruned or res.stopped_by_report:
             self._finish(run, TrialState.PRUNED, None, attrs)
         elif not math.isfinite(value):
-            attrs["fail_reason"] = f"{metric} is {value} (training diverged); lower the learning rate range"
+            attrs[TrialAttr.FAIL_REASON] = f"{metric} is {value} (training diverged); lower the learning rate range"
             self._finish(run, TrialState.FAIL, None, attrs)
         else:
             self._finish(run, TrialState.COMPLETE, value, attrs)
 
     def _on_failed(self, run: _Running, ev: Failed) -> None:
-        if ev.kind == "cancelled":
-            self._running.pop(ev.key, None)
-            return
         if ev.kind == "oom" and not run.stacked:
             # Out of memory alone: it would fail again, so it is not re-run. Optuna's samplers ignore
             # FAIL trials and would propose the configuration again; a PRUNED trial ranks below every
             # finished one, so TPE learns to avoid it (the idiom Optuna's maintainers give,
             # optuna/optuna#3472). The reason stays in fail_reason, with oom=True.
-            self._finish(run, TrialState.PRUNED, None, {"fail_reason": ev.reason, "oom": True})
+            self._finish(run, TrialState.PRUNED, None, {TrialAttr.FAIL_REASON: ev.reason, TrialAttr.OOM: True})
             return
         # A stack that failed (even out of memory) re-runs each of its trials alone, whatever
         # retries.max_retries says, and the failure does not count as the trial's: it may be a
         # stack-mate's. A trial that failed alone is retried while it has failed fewer than
         # max_retries times; its re-runs stay alone.
         retry = run.stacked or (ev.kind != "oom" and run.failures < self.spec.retries.max_retries)
-        attrs: dict[str, Any] = {"fail_reason": ev.reason}
+        attrs: dict[str, Any] = {TrialAttr.FAIL_REASON: ev.reason}
         if retry:
             alone = " alone" if run.stacked else ""
             self.callbacks.on_message(f"trial {run.job.number} failed ({ev.reason}); running it again{alone}")
@@ -474,22 +455,21 @@ class Orchestrator:
         ``failures``: the re-run's count of own failures, this run's when None).
         ``notify=False`` skips ``on_trial_end`` (a trial that never started)."""
         trial = run.trial
-        with self._critical():
-            if retry:
-                failures = run.failures if failures is None else failures
-                attrs["will_retry"] = True
-                attrs["rerun_failures"] = failures  # so that a recovery that queues the re-run
-                if alone:  # counts the same failures and queues it alone too
-                    attrs["rerun_alone"] = True
-                self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
-                                    failures=failures, alone=alone)
-            self._db(lambda: set_trial_user_attrs(self.study._storage, trial._trial_id, attrs))
-            self._tell(trial.number, state, value)
-            self._running.pop(run.job.key, None)
-            if not retry:
-                self._done += 1
+        if retry:
+            failures = run.failures if failures is None else failures
+            attrs[TrialAttr.WILL_RETRY] = True
+            attrs[TrialAttr.RERUN_FAILURES] = failures  # so that a recovery that queues the re-run
+            if alone:  # counts the same failures and queues it alone too
+                attrs[TrialAttr.RERUN_ALONE] = True
+            self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
+                                failures=failures, alone=alone)
+        self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), attrs))
+        self._tell(trial.number, state, value)
+        self._running.pop(run.job.key, None)
+        if not retry:
+            self._done += 1
         if notify:
-            frozen = self._db(lambda: self.study._storage.get_trial(trial._trial_id))
+            frozen = self._db(lambda: self._store.get_trial(trial_id_of(trial)))
             self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
 
     def _tell(self, number: int, state: TrialState, value: float | None) -> None:
@@ -510,14 +490,14 @@ class Orchestrator:
         repeated storage call, or a second Ctrl-C in the middle of recording the trial)."""
 
         def enqueue() -> None:
-            waiting = self.study._storage.get_all_trials(
-                self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-            if any(t.user_attrs.get("retry_of") == number for t in waiting):
+            waiting = self._store.get_all_trials(
+                self._sid, deepcopy=False, states=(TrialState.WAITING,))
+            if any(t.user_attrs.get(TrialAttr.RETRY_OF) == number for t in waiting):
                 return
-            user_attrs: dict[str, Any] = {"retry_of": number, "attempt": attempt + 1, "failures": failures,
-                                          "seed": seed}
+            user_attrs: dict[str, Any] = {TrialAttr.RETRY_OF: number, TrialAttr.ATTEMPT: attempt + 1,
+                                          TrialAttr.FAILURES: failures, TrialAttr.SEED: seed}
             if alone:
-                user_attrs["alone"] = True
+                user_attrs[TrialAttr.ALONE] = True
             self.study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
         self._db(enqueue)
@@ -531,29 +511,30 @@ class Orchestrator:
         writes) when that process died, so it never ran: it is completed and run as the next trial
         instead (a grid point keeps its trial); a re-run of it with partial params would not even start.
         """
-        retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+        retried = {t.user_attrs.get(TrialAttr.RETRY_OF) for t in trials} - {None}
         for t in trials:
             needs_retry = t.number not in retried
             # a trial killed before its seed was stored never ran: its re-run gets the seed it would have had
-            seed = int(t.user_attrs.get("seed", trial_seed(self.spec.seed, t.number)))
+            seed = int(t.user_attrs.get(TrialAttr.SEED, trial_seed(self.spec.seed, t.number)))
             params = self._full_params(t)
-            alone = bool(t.user_attrs.get("alone") or t.user_attrs.get("rerun_alone"))
-            attempt = int(t.user_attrs.get("attempt", 0))
+            alone = bool(t.user_attrs.get(TrialAttr.ALONE) or t.user_attrs.get(TrialAttr.RERUN_ALONE))
+            attempt = int(t.user_attrs.get(TrialAttr.ATTEMPT, 0))
             if t.state == TrialState.RUNNING and params is None:
-                self._unstarted.append(t._trial_id)
+                self._unstarted.append(trial_id_of(t))
                 self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
             elif t.state == TrialState.RUNNING:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:  # the orchestrator's end is not the trial's failure
                     self._enqueue_retry(t.number, params, seed, attempt, failures=_failures(t.user_attrs),
                                         alone=alone)
-                attrs = {"fail_reason": reason, "will_retry": True}
-                self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self.study._storage, t._trial_id, attrs))
+                # its training time is unknown: the span until this recovery would count the downtime
+                attrs = {TrialAttr.FAIL_REASON: reason, TrialAttr.WILL_RETRY: True, TrialAttr.DURATION_S: None}
+                self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self._store, trial_id_of(t), attrs))
                 self._tell(t.number, TrialState.FAIL, None)
                 self.callbacks.on_message(f"trial {t.number} was left running by a stopped run; running it again")
-            elif t.state == TrialState.FAIL and t.user_attrs.get("will_retry") and needs_retry and params:
+            elif t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.WILL_RETRY) and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
-                failures = int(t.user_attrs.get("rerun_failures", _failures(t.user_attrs) + 1))
+                failures = int(t.user_attrs.get(TrialAttr.RERUN_FAILURES, _failures(t.user_attrs) + 1))
                 self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone)
 
     def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
@@ -565,28 +546,28 @@ class Orchestrator:
         """Trials created but never started that the budget no longer needs (it was lowered)."""
         reason = "created when a run stopped, never started; not needed for the budget"
         for trial_id in self._unstarted:
-            number = self._db(lambda trial_id=trial_id: self.study._storage.get_trial(trial_id).number)
+            number = self._db(lambda trial_id=trial_id: self._store.get_trial(trial_id).number)
             self._db(lambda trial_id=trial_id: set_trial_user_attrs(
-                self.study._storage, trial_id, {"fail_reason": reason}))
+                self._store, trial_id, {TrialAttr.FAIL_REASON: reason}))
             self._tell(number, TrialState.FAIL, None)
         self._unstarted.clear()
 
-    def _interrupt(self) -> None:
-        """Ctrl-C: cancel in-flight trials and record them so a resume re-runs them."""
+    def _interrupt(self, why: str) -> None:
+        """A stop: cancel in-flight trials and record them so a resume re-runs them."""
+        self.stop.draining = True  # these writes are retried as usual (a second Ctrl-C still cuts them)
         self.backend.cancel_all()
-        self._interrupt_pending = False
         ready, self._ready = self._ready, []
         waiting: list[int] = []
         for run in [*self._running.values(), *ready]:
-            state = self._db(lambda run=run: self.study._storage.get_trial(run.trial._trial_id).state)
+            state = self._db(lambda run=run: self._store.get_trial(trial_id_of(run.trial)).state)
             if state.is_finished():  # told just before a forced (second) Ctrl-C
                 self._running.pop(run.job.key, None)
                 continue
             started = run.task is not None
             what = "while running" if started else "before it started"
-            reason = f"interrupted ({self._signal}) {what}; re-run on resume"
+            reason = f"interrupted ({why}) {what}; re-run on resume"
             # an interrupt is not the trial's failure: its re-run keeps the retries it had
-            self._finish(run, TrialState.FAIL, None, {"fail_reason": reason}, retry=True, alone=run.alone,
+            self._finish(run, TrialState.FAIL, None, {TrialAttr.FAIL_REASON: reason}, retry=True, alone=run.alone,
                          notify=started)
             if not started:
                 waiting.append(run.job.number)
@@ -596,39 +577,133 @@ class Orchestrator:
                                       "each runs once on resume")
 
     # -- final refit -------------------------------------------------------------------------------
+    def refit_timeout_s(self) -> float:
+        """How long the final refit may take: ten times the longest trial (a trial trains every fold,
+        the refit one network), at least 10 minutes. A refit that takes longer is recorded failed."""
+        trials = self._db(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        longest = max((float(t.user_attrs.get(TrialAttr.DURATION_S) or 0.0) for t in trials), default=0.0)
+        return max(_MIN_REFIT_TIMEOUT_S, 10.0 * longest)
+
     def refit_best(self) -> dict[str, Any] | None:
         """Refit the best configuration on all non-test data and score it once on the test split.
 
-        Stored as the study attribute ``test_result``; skipped if already stored for this trial.
+        ``refit.epochs: cv_median`` (default) trains every non-test row for the median of the best
+        trial's ``fold_epochs`` (:func:`~search._refit.cv_epochs`); ``early_stopping`` trains on an inner split.
+
+        Stored as the study attribute ``test_result``; skipped if already stored for this trial. A
+        refit that fails, or outlasts :meth:`refit_timeout_s`, is recorded as ``hpsearch_refit_error``
+        (``{"trial", "reason"}``) and not tried again for that trial: the search itself is finished,
+        and a resume does not start it over. Returns None then, or when no trial completed.
         """
         try:
             best = self._db(lambda: self.study.best_trial)
         except ValueError:
             return None  # no COMPLETE trial
-        stored = self._db(lambda: self.study.user_attrs).get("test_result")
+        attrs = self._db(lambda: self.study.user_attrs)
+        stored = attrs.get(StudyAttr.TEST_RESULT)
         if stored and stored.get("trial") == best.number:
             return stored
+        failed = attrs.get(StudyAttr.REFIT_ERROR)
+        if failed and failed.get("trial") == best.number:
+            return None
         self.callbacks.on_refit_start(best.number)
+        fold_epochs = [int(e) for e in best.user_attrs.get(TrialAttr.FOLD_EPOCHS) or []]
+        chosen = cv_epochs(fold_epochs, int(best.user_attrs.get(TrialAttr.EPOCHS) or self.spec.training.max_epochs))
+        mode = self.spec.refit.epochs
         job = TrialJob(key=f"refit.{best.number}", number=best.number, params=dict(best.params),
-                       seed=int(best.user_attrs.get("seed", trial_seed(self.spec.seed, best.number))),
-                       kind="refit")
+                       seed=int(best.user_attrs.get(TrialAttr.SEED, trial_seed(self.spec.seed, best.number))),
+                       kind="refit", epochs=chosen if mode == "cv_median" else None)
+        timeout = self.refit_timeout_s()
+        now = getattr(self.backend, "now", time.monotonic)
+        deadline = now() + timeout
         self.backend.submit(job)
         while True:
+            self.stop.check()
+            if now() > deadline:
+                self.backend.cancel_all()
+                shown = f"{timeout:.0f}" if timeout >= 10 else f"{timeout:.1f}"
+                return self._refit_failed(best.number, f"it did not finish within {shown} s "
+                                                       "(ten times the longest trial, at least 10 minutes)")
             for ev in self.backend.poll(self.poll_interval):
                 if ev.key != job.key or isinstance(ev, Report):
                     continue
                 if isinstance(ev, Failed):
-                    raise RuntimeError(f"refit of trial {best.number} failed: {ev.reason}")
+                    return self._refit_failed(best.number, ev.reason)
                 res = ev.result
                 assert isinstance(res, TestResult)
-                score = res.test_accuracy if self.spec.metric == "val_accuracy" else res.test_loss
                 out = {
-                    "trial": best.number,
-                    "test_accuracy": float(res.test_accuracy),
-                    "test_loss": float(res.test_loss),
-                    "test_score": float(score),
-                    "metric": self.spec.metric.replace("val_", "test_"),
-                    "epochs": int(res.best_epoch),
+                    **stored_test_result(best.number, res, self.spec.metric),
+                    "refit_mode": mode,
+                    "fold_epochs": fold_epochs,
+                    "cv_epochs": chosen,
+                    "refit_epochs": int(res.epochs_run),
+                    "train_rows": int(res.train_rows),
+                    "val_rows": int(res.val_rows),
                 }
-                self._db(lambda out=out: self.study.set_user_attr("test_result", out))
+                if self.models is not None and res.state_dict:
+                    out["model_artifact"] = self._save_model(best, res, out)
+                self._db(lambda out=out: self.study.set_user_attr(StudyAttr.TEST_RESULT, out))
                 return out
+
+    def _save_model(self, best: FrozenTrial, res: TestResult, test: dict[str, Any]) -> str:
+        """Upload the refit model to the artifact store and record it on the best trial (as
+        ``optuna.artifacts.upload_artifact`` does, so optuna-dashboard lists it); returns its id.
+
+        The id is chosen before the upload, so a retried database write records the same artifact.
+        A store that cannot be written stops the run (exit 3) before ``test_result`` is stored, so
+        that a resume refits and saves again.
+        """
+        assert self.models is not None and res.state_dict is not None
+        artifact_id = str(uuid.uuid4())
+        meta = {
+            "study": self.spec.name,
+            "trial": best.number,
+            "spec": self.spec.to_dict(),
+            "params": dict(best.params),
+            **self.models.model_info,
+            "feature_mean": list(res.feature_mean),
+            "feature_scale": list(res.feature_scale),
+            "task": self.spec.task,
+            "target_mean": res.target_mean,
+            "target_scale": res.target_scale,
+            "test_result": dict(test),
+            "hpsearch_version": __version__,
+        }
+        try:
+            self.models.write(artifact_id, pack_model(meta, res.state_dict))
+        except ArtifactStoreError as e:
+            raise ArtifactStoreError(f"{e}; the search is finished: fix the directory (or pass --artifacts DIR), "
+                                     f"then `hpsearch resume {shlex.quote(self.spec.name)}` refits and saves the "
+                                     "model") from None
+        record = {"artifact_id": artifact_id, "filename": f"model-trial-{best.number}.pt",
+                  "mimetype": "application/zip", "encoding": None}
+        self._db(lambda: record_trial_artifact(self._store, trial_id_of(best), artifact_id, record))
+        self.callbacks.on_message(f"saved the model of trial {best.number} to {self.models.path} "
+                                  f"(artifact {artifact_id})")
+        return artifact_id
+
+    def _refit_failed(self, number: int, reason: str) -> None:
+        self._db(lambda: self.study.set_user_attr(StudyAttr.REFIT_ERROR, {"trial": number, "reason": reason}))
+        self.callbacks.on_message(f"the final refit of trial {number} failed ({reason}); the search is finished "
+                                  "and its best trial stands, without a held-out test score")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def stored_test_result(number: int, res: TestResult, metric: str) -> dict[str, Any]:
+    """The ``test_result`` study attribute: ``test_score`` is the study ``metric`` on the test split,
+    ``metric`` its name (``test_...``), and every metric of the task is there as ``test_<name>``
+    (``test_accuracy`` and ``test_loss`` always: ``null`` for a regression's accuracy)."""
+    out: dict[str, Any] = {
+        "trial": number,
+        "test_accuracy": _finite_or_none(res.test_accuracy),
+        "test_loss": float(res.test_loss),
+        "test_score": float(res.score(metric)),
+        "metric": metric.replace("val_", "test_"),
+        "epochs": int(res.best_epoch),
+    }
+    for name, value in res.metrics.items():
+        out.setdefault(name.replace("val_", "test_"), _finite_or_none(value))
+    return out

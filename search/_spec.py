@@ -17,19 +17,35 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from trials import CVSpec, DataSpec, ModelSpec, TrainingSpec, TrialSettings, check_param_names, resolve_hyperparams
+from trials import (
+    METRICS,
+    TASKS,
+    CVSpec,
+    DataSpec,
+    HyperparameterError,
+    ModelSpec,
+    TrainingSpec,
+    TrialSettings,
+    check_param_names,
+    check_task_settings,
+    metric_direction,
+    resolve_hyperparams,
+)
 
 __all__ = [
     "CategoricalParam",
     "FloatParam",
     "IntParam",
+    "NotifySpec",
     "PrunerSpec",
+    "RefitSpec",
     "ResourcesSpec",
     "RetrySpec",
     "SpecError",
     "StudySpec",
     "TPESpec",
     "load_spec",
+    "load_spec_text",
     "parse_spec",
 ]
 
@@ -222,13 +238,44 @@ class RetrySpec(_Model):
     worker_crash_retries: int = Field(3, ge=0, description="Ray re-executions when a worker process dies")
 
 
+class RefitSpec(_Model):
+    """How the best configuration is refit on all non-test rows for its held-out test score."""
+
+    epochs: Literal["cv_median", "early_stopping"] = Field(
+        "cv_median",
+        description="cv_median: train every non-test row, no inner split, for the median of the best trial's "
+                    "folds' best epochs; early_stopping: early stopping on an inner cv.val_fraction split")
+
+
+class NotifySpec(_Model):
+    """Where to POST a JSON message when the study finishes, fails or stalls (``notify``)."""
+
+    webhook: str = Field(description="http(s) URL; it may hold a secret, so it is never stored with the study")
+    stall_after_s: float = Field(3600.0, gt=0, description="a run with no trial finished for this long has stalled")
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v.strip())
+            host = parts.hostname
+        except ValueError:
+            parts, host = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://hooks.example.com/T0/B1")
+        return v.strip()
+
+
 class StudySpec(_Model):
     """A whole study file. See the README's study-file reference for every key."""
 
     version: Literal[1] = SCHEMA_VERSION
     name: str
     strategy: Literal["grid", "random", "tpe"] = "tpe"
-    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
+    metric: Literal[METRICS] = "val_accuracy"  # type: ignore[valid-type]  (regression: val_mse)
     direction: Literal["maximize", "minimize"] | None = None
     n_trials: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
@@ -241,6 +288,19 @@ class StudySpec(_Model):
     tpe: TPESpec = TPESpec()
     resources: ResourcesSpec = ResourcesSpec()
     retries: RetrySpec = RetrySpec()
+    refit: RefitSpec = RefitSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_task(cls, raw: Any) -> Any:
+        """No ``metric`` given: ``val_accuracy`` for classification, ``val_mse`` for regression."""
+        if isinstance(raw, Mapping) and raw.get("metric") is None and raw.get("task") == "regression":
+            return {**raw, "metric": "val_mse"}
+        return raw
+
+    # not stored with the study (to_dict leaves it out): a webhook URL often is a secret, and the
+    # stored spec is shown by the dashboard; a file that changes it never counts as a changed spec
+    notify: NotifySpec | None = Field(None, exclude=True)
 
     @field_validator("name")
     @classmethod
@@ -261,7 +321,11 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> StudySpec:
-        errors: list[str] = []
+        errors = check_task_settings(self.task, metric=self.metric, monitor=self.training.monitor,
+                                     loss=self.training.loss)
+        errors += _check_task_data(self.task, self.metric, self.data)
+        if errors:  # the settings below cannot be built for another task's monitor or loss
+            raise ValueError("\n".join(errors))
         for name in self.space:
             try:
                 check_param_names([name], self.settings)
@@ -269,7 +333,14 @@ class StudySpec(_Model):
                 errors.append(f"space.{name}: {e}")
         if not errors and _strict(info):
             errors += _check_param_values(self.space, self.settings, grid=self.strategy == "grid")
-        want = "maximize" if self.metric == "val_accuracy" else "minimize"
+        if _strict(info) and self.data.source not in ("npz", "csv", "parquet", "idx"):
+            # data.source defaults to digits: a path without a source trained on the bundled digits
+            for key in ("path", "target"):
+                if getattr(self.data, key):
+                    errors.append(f"data.{key}: {getattr(self.data, key)!r} is set, but data.source is "
+                                  f"{self.data.source!r}, which reads no file; set data.source to csv, parquet, "
+                                  f"npz or idx (or remove data.{key})")
+        want = metric_direction(self.metric)
         if self.direction is not None and self.direction != want:
             errors.append(f"direction: {self.direction} does not fit metric {self.metric}, which is "
                           f"{want}d; remove direction or set it to {want}")
@@ -281,6 +352,12 @@ class StudySpec(_Model):
             if not errors and self.n_trials is not None and self.n_trials > self.grid_size:
                 errors.append(f"n_trials: {self.n_trials} exceeds the grid's {self.grid_size} points; "
                               "omit n_trials for grid (it defaults to the grid size)")
+            # a grid runs every point exactly once; a subset would be the first points in the
+            # sampler's order, reported as if the grid were done (stored specs keep what they had)
+            if not errors and self.n_trials is not None and self.n_trials < self.grid_size and _strict(info):
+                errors.append(f"n_trials: {self.n_trials} is below the grid's {self.grid_size} points, and grid runs "
+                              f"every point exactly once; omit n_trials, or use strategy random to sample "
+                              f"{self.n_trials} configurations")
         else:
             for name, p in self.space.items():
                 if not isinstance(p, CategoricalParam) and (p.low is None or p.high is None):
@@ -301,11 +378,11 @@ class StudySpec(_Model):
     # -- derived views -------------------------------------------------------------------------
     @property
     def settings(self) -> TrialSettings:
-        return TrialSettings(model=self.model, training=self.training, cv=self.cv)
+        return TrialSettings(task=self.task, model=self.model, training=self.training, cv=self.cv)
 
     @property
     def study_direction(self) -> str:
-        return self.direction or ("maximize" if self.metric == "val_accuracy" else "minimize")
+        return self.direction or metric_direction(self.metric)
 
     @property
     def grid(self) -> dict[str, list[Scalar]]:
@@ -324,14 +401,49 @@ class StudySpec(_Model):
         assert self.n_trials is not None  # guaranteed by validation
         return self.n_trials
 
+    def probe_params(self) -> list[dict[str, Any]]:
+        """Configurations that try the model before a study starts: every parameter at its first
+        proposed value (a range's ``low``, a list's first entry), then every one at its last."""
+        values = _proposed_values(self.space, grid=self.strategy == "grid")
+        first = {n: v[0] for n, v in values.items() if v}
+        last = {n: v[-1] for n, v in values.items() if v}
+        return [first] if first == last else [first, last]
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, as stored with the study."""
+        """JSON-able form, as stored with the study (without ``notify``)."""
         return self.model_dump(mode="json")
+
+
+def _check_task_data(task: str, metric: str, data: DataSpec) -> list[str]:
+    """A bundled or generated data set whose target does not fit the task or the metric."""
+    errors: list[str] = []
+    if data.source == "diabetes" and task != "regression":
+        errors.append("data.source: diabetes is a regression data set (a disease score); set task: regression")
+    if metric == "val_auc":
+        n = {"digits": 10, "synthetic": data.n_classes}.get(data.source)
+        if n is not None and n != 2:
+            errors.append(f"metric: val_auc needs two classes, and data.source {data.source} has {n}; use "
+                          "val_f1_macro or val_accuracy" + (", or set data.n_classes: 2" if data.source == "synthetic"
+                                                            else ""))
+    return errors
 
 
 # built-in hyperparameters that only take whole numbers: a float range would propose fractions
 _INTEGER_PARAMS = ("batch_size", "hidden_size", "n_layers")
-_PARAM_NAMED = re.compile(r"hyperparameter '([^']+)'")
+
+
+def _proposed_values(space: Mapping[str, Any], *, grid: bool) -> dict[str, list[Any]]:
+    """The values worth checking per parameter: a grid's listed values, a categorical's choices,
+    the ends of a range (``high`` rounded down to a whole number of steps)."""
+    candidates: dict[str, list[Any]] = {}
+    for name, p in space.items():
+        if isinstance(p, CategoricalParam):
+            candidates[name] = list(p.choices)
+        elif grid and p.values is not None:
+            candidates[name] = list(p.values)
+        elif p.low is not None and p.high is not None:
+            candidates[name] = [p.low, _proposed_high(p)]
+    return candidates
 
 
 def _check_param_values(space: Mapping[str, Any], settings: TrialSettings, *, grid: bool) -> list[str]:
@@ -344,14 +456,7 @@ def _check_param_values(space: Mapping[str, Any], settings: TrialSettings, *, gr
         if isinstance(space.get(name), FloatParam):
             errors.append(f"space.{name}: must be type int or categorical (a float range would propose "
                           f"fractional values such as {name}=16.5)")
-    candidates: dict[str, list[Any]] = {}
-    for name, p in space.items():
-        if isinstance(p, CategoricalParam):
-            candidates[name] = list(p.choices)
-        elif grid and p.values is not None:
-            candidates[name] = list(p.values)
-        elif p.low is not None and p.high is not None:
-            candidates[name] = [p.low, _proposed_high(p)]
+    candidates = _proposed_values(space, grid=grid)
 
     def valid(params: dict[str, Any]) -> bool:
         try:
@@ -368,8 +473,8 @@ def _check_param_values(space: Mapping[str, Any], settings: TrialSettings, *, gr
             try:
                 resolve_hyperparams(settings, {**base, name: value})
             except (ValueError, TypeError, OverflowError) as e:
-                named = _PARAM_NAMED.search(str(e))
-                key = named.group(1) if named and named.group(1) in space else name
+                named = e.name if isinstance(e, HyperparameterError) else None
+                key = named if named in space else name
                 line = f"space.{key}: {e}; change the range or choices so that every value is valid"
                 if line not in seen:
                     seen.add(line)
@@ -471,10 +576,18 @@ def load_spec(path: str | Path, **overrides: Any) -> StudySpec:
                          "UTF-8"], str(path)) from None
     except OSError as e:
         raise SpecError([f"{path}: cannot read ({e.strerror})"]) from None
+    return load_spec_text(text, source=str(path), **overrides)
+
+
+def load_spec_text(text: str, *, source: str | None = None, **overrides: Any) -> StudySpec:
+    """Validate a study file's text (YAML, or JSON, which is YAML too), as :func:`load_spec` does.
+
+    ``source`` names the file in messages. Raises :class:`SpecError` with one line per problem.
+    """
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise SpecError([f"not valid YAML: {e}"], str(path)) from None
+        raise SpecError([f"not valid YAML: {e}"], source) from None
     if raw is None:
-        raise SpecError(["the file is empty; start from `hpsearch init`"], str(path))
-    return parse_spec(raw, source=str(path), **overrides)
+        raise SpecError(["the file is empty; start from `hpsearch init`"], source)
+    return parse_spec(raw, source=source, **overrides)

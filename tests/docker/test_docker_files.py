@@ -25,9 +25,9 @@ COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 DOCKERIGNORE = DOCKER / "Dockerfile.dockerignore"
 
-SERVICES = {"postgres", "ray-head", "ray-gpu-worker", "ray-cpu-worker", "dashboard", "study"}
-RAY_NODES = {"ray-head", "ray-gpu-worker", "ray-cpu-worker", "study"}  # every process that joins Ray
-DB_CLIENTS = {"study", "dashboard"}  # the only services that may know the database URL
+SERVICES = {"postgres", "ray-head", "ray-gpu-worker", "ray-cpu-worker", "dashboard", "study", "server"}
+RAY_NODES = {"ray-head", "ray-gpu-worker", "ray-cpu-worker", "study", "server"}  # every process that joins Ray
+DB_CLIENTS = {"study", "dashboard", "server"}  # the only services that may know the database URL
 
 
 # -- compose.yaml ------------------------------------------------------------------------------------
@@ -109,6 +109,14 @@ def test_ray_head(compose: dict[str, Any]) -> None:
         assert part in cmd
     assert {str(p).rsplit(":", 1)[-1] for p in head["ports"]} == {"6379", "8265"}
     assert "test" in head["healthcheck"]
+
+
+def test_server(compose: dict[str, Any]) -> None:
+    srv = compose["services"]["server"]
+    cmd = _command(srv)
+    assert "hpsearch serve" in cmd and "--address ray-head:6379" in cmd and "--num-cpus=0" in cmd
+    assert [str(p) for p in srv["ports"]] == ["127.0.0.1:8000:8000"]
+    assert srv["restart"] == "unless-stopped"  # a reboot resumes its running studies
 
 
 def test_gpu_worker(compose: dict[str, Any]) -> None:
@@ -313,6 +321,7 @@ def _compose_config(tmp_path: Path, env: dict[str, str], *extra: str) -> subproc
     )
 
 
+@pytest.mark.slow
 def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     r = _compose_config(tmp_path, {"RAY_AUTH_TOKEN": "test-token"}, "-q")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -324,6 +333,7 @@ def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     _assert_loopback_only(rendered["services"])
 
 
+@pytest.mark.slow
 def test_compose_refuses_to_start_without_a_ray_token(tmp_path: Path) -> None:
     r = _compose_config(tmp_path, {}, "-q")
     assert r.returncode != 0 and "RAY_AUTH_TOKEN" in r.stderr + r.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,32 @@ from trials import trial_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 HPSEARCH = str(ROOT / ".venv" / "bin" / "hpsearch") if (ROOT / ".venv" / "bin" / "hpsearch").exists() else "hpsearch"
+
+
+GRID_SPACE = {"lr": {"values": [0.001, 0.01, 0.1]}, "batch_size": {"choices": [32, 64]}}
+GRID_POINTS = [(lr, b) for lr in (0.001, 0.01, 0.1) for b in (32, 64)]
+TPE_SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+             "batch_size": {"type": "categorical", "choices": [32, 64]}}
+
+
+def fake_spec(strategy: str, name: str = "s", **kw: Any) -> dict[str, Any]:
+    """A study for the fake workers: the 6-point grid (or 6 TPE trials), 2 epochs, 2 folds, seed 3."""
+    spec: dict[str, Any] = {"name": name, "strategy": strategy, "seed": 3, "data": {"source": "digits"},
+                            "training": {"max_epochs": 2}, "cv": {"folds": 2}}
+    if strategy == "grid":
+        spec["space"] = GRID_SPACE
+    else:
+        spec.update(n_trials=6, space=TPE_SPACE, tpe={"n_startup_trials": 3})
+    spec.update(kw)
+    return spec
+
+
+def study_exists(url: str, name: str) -> bool:
+    storage = st.create_storage(url)
+    try:
+        return name in [s.study_name for s in storage.get_all_studies()]
+    finally:
+        storage.engine.dispose()
 
 
 def load(url: str, name: str) -> optuna.Study:
@@ -206,8 +233,11 @@ def cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 
 
 
 def assert_one_line_error(stderr: str, *contains: str) -> str:
-    """stderr holds exactly one ``hpsearch: error:`` line (continuation lines are indented), no traceback."""
+    """stderr holds exactly one ``hpsearch: error:`` line (continuation lines are indented), no traceback
+    and no raw log line of Ray's C++ core (``[2026-12-02 07:26:00,670 E 24188 24411] task_manager.cc:1545:
+    Failed to push error to driver ...``, printed when a cancelled task's death was seen during the shutdown)."""
     assert "Traceback" not in stderr, stderr
+    assert not re.search(r"^\[\d{4}-\d\d-\d\d [^]]*\] \w+\.cc:\d+:", stderr, re.MULTILINE), stderr
     lines = [ln for ln in stderr.splitlines() if ln.startswith("hpsearch: error:")]
     assert len(lines) == 1, stderr
     err_at = stderr.index("hpsearch: error:")

@@ -159,6 +159,7 @@ def test_corrupt_sqlite_file(tmp_path: Path, local_runs: None) -> None:
         assert "is not a usable SQLite database" in line or "cannot open storage" in line, line
 
 
+@pytest.mark.slow
 def test_in_a_real_process_no_traceback(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(os.urandom(4096))
@@ -170,6 +171,7 @@ def test_in_a_real_process_no_traceback(tmp_path: Path) -> None:
     assert_one_line_error(res.stderr, "cannot reach PostgreSQL at 127.0.0.1:1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["show", "demo"], ["export", "demo", "-f", "json"]])
 def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, args: list[str]) -> None:
     """``hpsearch show demo | head -1``: the reader stops after one line; no traceback, no error line."""
@@ -185,17 +187,93 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, args: list[str]
     assert proc.wait(timeout=60) in (0, 1) and err == "", err
 
 
-def test_a_budget_spent_on_failures_exits_4(tmp_path: Path, local_runs: None) -> None:
-    """Every trial failed (here: a model factory that cannot be imported): exit 4, not 0, so a script
+_USER_MODELS = """
+import torch
+from torch import nn
+
+
+class _FailsOnRealBatches(nn.Module):
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.lin = nn.Linear(n_features, n_classes)
+
+    def forward(self, x):
+        if x.shape[-2] > 2:  # the driver's check uses a batch of 2; training batches fail
+            raise RuntimeError("this model fails in training")
+        return self.lin(x)
+
+
+def fails_in_training(params, n_features, n_classes):
+    return _FailsOnRealBatches(n_features, n_classes)
+
+
+def wrong_width(params, n_features, n_classes):
+    return nn.Linear(n_features, n_classes + 1)
+
+
+def narrow_only(params, n_features, n_classes):
+    width = int(params["width"])
+    if width > 32:
+        raise ValueError(f"width {width} is not supported")
+    return nn.Sequential(nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, n_classes))
+
+
+def good(params, n_features, n_classes):
+    return nn.Sequential(nn.Linear(n_features, int(params.get("width", 16))), nn.ReLU(),
+                         nn.Linear(int(params.get("width", 16)), n_classes))
+"""
+
+
+@pytest.fixture
+def user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable module ``hpsearch_test_models`` of user factories (the in-process backend's
+    threads see this process's sys.path)."""
+    (tmp_path / "hpsearch_test_models.py").write_text(_USER_MODELS, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "hpsearch_test_models"
+
+
+def test_a_budget_spent_on_failures_exits_4(tmp_path: Path, local_runs: None, user_models: str) -> None:
+    """Every trial failed (here: a model that fails on training batches): exit 4, not 0, so a script
     notices; the reasons are in ``hpsearch show``."""
     url = f"sqlite:///{tmp_path}/s.db"
-    spec = {**SPEC, "model": {"factory": "no_such_module_hpsearch.models:build"}}
+    spec = {**SPEC, "model": {"factory": f"{user_models}:fails_in_training"}}
     code, out, err = invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url, "-q")
     assert code == 4, err
     assert "no trial completed" in out
     assert_one_line_error(err, "no trial of study 'bad' completed; `hpsearch show bad` lists why")
     code, out, _ = invoke("show", "bad", "--storage", url)
-    assert code == 0 and "no_such_module_hpsearch" in out
+    assert code == 0 and "this model fails in training" in out
+
+
+@pytest.mark.parametrize(
+    ("factory", "space", "expect"),
+    [
+        ("no_such_module_hpsearch.models:build", {}, "model.factory 'no_such_module_hpsearch.models:build': "
+                                                    "cannot import module 'no_such_module_hpsearch.models'"),
+        ("{m}:no_such_function", {}, "module 'hpsearch_test_models' has no attribute 'no_such_function'"),
+        ("{m}:wrong_width", {}, "the model returned logits of shape (2, 11) for a batch of 2; expected "
+                                "[batch, n_classes] = [2, 10]"),
+        ("{m}:narrow_only", {"width": {"type": "int", "low": 8, "high": 64}},
+         "model.factory 'hpsearch_test_models:narrow_only' raised ValueError: width 64 is not supported"),
+    ],
+    ids=["no-module", "no-function", "wrong-output-shape", "fails-at-the-high-end"],
+)
+def test_a_factory_that_cannot_serve_the_study_fails_it_before_any_trial(
+        tmp_path: Path, local_runs: None, user_models: str, factory: str, space: dict[str, Any], expect: str) -> None:
+    """The factory is imported and tried on a batch (at both ends of the space) on the driver: exit 2
+    naming the factory and the fix, no trial run and no study left, so the fixed file then runs
+    (before: every trial failed, was retried, and the fix was refused as a different spec)."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    bad = {**SPEC, "space": {**SPEC["space"], **space}, "model": {"factory": factory.format(m=user_models)}}
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", bad), "--storage", url, "-q")
+    assert code == 2, err
+    assert_one_line_error(err, expect)
+    assert invoke("ls", "--storage", url, "-o", "json")[1].count('"name"') == 0, "a study was left behind"
+    fixed = {**bad, "model": {"factory": f"{user_models}:good"}}
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", fixed), "--storage", url, "-q")
+    assert code == 0, err
+    check_invariants(trials_of(url, "bad"), budget=2, seed=1, keys=tuple(fixed["space"]))
 
 
 # -- names -------------------------------------------------------------------------------------------------
@@ -291,7 +369,7 @@ def test_a_study_without_trials_takes_a_changed_spec(tmp_path: Path, local_runs:
 
     import storage as st
     from search import parse_spec
-    from search._api import _open_study
+    from search._open import open_study as _open_study
 
     url = f"sqlite:///{tmp_path}/s.db"
     _open_study(st.create_storage(url), parse_spec(SPEC), must_exist=False)  # created, then the run died
@@ -309,8 +387,10 @@ def test_a_study_without_trials_takes_a_changed_spec(tmp_path: Path, local_runs:
 
 # -- environment -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("var", "value"), [("HPSEARCH_LEASE_STALE_S", "-1"), ("HPSEARCH_DB_RETRY_ATTEMPTS", "0"),
-                                            ("HPSEARCH_DB_RETRY_ATTEMPTS", "many")])
+@pytest.mark.parametrize(("var", "value"), [
+    ("HPSEARCH_LEASE_STALE_S", "-1"), ("HPSEARCH_LEASE_STALE_S", "nan"), ("HPSEARCH_LEASE_STALE_S", "inf"),
+    ("HPSEARCH_LEASE_STALE_S", "-inf"), ("HPSEARCH_DB_RETRY_ATTEMPTS", "0"), ("HPSEARCH_DB_RETRY_ATTEMPTS", "many"),
+])
 def test_bad_settings_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     code, _, err = invoke("run", write(tmp_path / "s.yaml", SPEC), "--storage", f"sqlite:///{tmp_path}/s.db")
@@ -362,6 +442,7 @@ def _fill(path: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_disk_full(small_disk: Path, tmp_path: Path, local_runs: None, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"sqlite:///{small_disk}/s.db"
     study_file = write(tmp_path / "s.yaml", SPEC)
@@ -378,3 +459,62 @@ def test_disk_full(small_disk: Path, tmp_path: Path, local_runs: None, monkeypat
     code, _out, err = invoke("resume", "bad", "--n-trials", "4", "--storage", url, "-q")
     assert code == 0, err
     check_invariants(trials_of(url, "bad"), budget=4, seed=1, keys=("lr",))
+
+
+# -- task, metric and target ---------------------------------------------------------------------------
+
+@pytest.fixture
+def no_backend_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that gets as far as starting its backend (Ray) fails the test."""
+    class NoStart(LocalBackend):
+        def start(self) -> None:
+            raise AssertionError("the backend started before the bad input was said")
+
+    monkeypatch.setattr("search._api.make_backend", lambda spec, address=None: NoStart(1))
+
+
+def _table(path: Path, target: list[Any]) -> str:
+    import pandas as pd
+
+    n = len(target)
+    pd.DataFrame({"a": np.arange(n, dtype=float), "b": np.arange(n, dtype=float) % 7, "y": target}).to_csv(
+        path, index=False)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("task", "target", "metric", "expect"),
+    [
+        ("regression", ["low", "high"] * 20, None,
+         ["a regression target must be numeric, found 'low' at row 0", "set task: classification"]),
+        ("classification", [i / 40 for i in range(40)], None,
+         ["labels must be discrete classes, found the float 0.025 at row 1", "set task: regression"]),
+        ("classification", [0, 1, 2, 3] * 10, "val_auc",
+         ["metric val_auc needs two classes, the labels have 4", "use metric val_f1_macro or val_accuracy"]),
+        ("regression", [float(i) for i in range(40)], "val_accuracy",
+         ["metric: val_accuracy is not a metric of task regression", "use one of val_loss, val_mse, val_mae, val_r2",
+          "or set task: classification"]),
+        ("classification", [0, 1] * 20, "val_r2",
+         ["metric: val_r2 is not a metric of task classification", "or set task: regression"]),
+    ],
+    ids=["text-regression-target", "float-class-labels", "auc-of-four-classes", "accuracy-of-regression",
+         "r2-of-classification"],
+)
+def test_a_target_or_metric_that_does_not_fit_the_task_exits_2_before_ray(
+        tmp_path: Path, no_backend_start: None, task: str, target: list[Any], metric: str | None,
+        expect: list[str]) -> None:
+    data = {"source": "csv", "path": _table(tmp_path / "d.csv", target), "target": "y"}
+    spec = {**SPEC, "task": task, "data": data, **({"metric": metric} if metric else {})}
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", spec), "--storage", url)
+    assert code == 2, err
+    assert_one_line_error(err, *expect)
+    if (tmp_path / "s.db").exists():
+        assert invoke("ls", "--storage", url, "-o", "json")[1].count('"name"') == 0, "an empty study was left"
+
+
+def test_a_loss_of_the_other_task_is_refused(tmp_path: Path) -> None:
+    spec = {**SPEC, "training": {"max_epochs": 2, "loss": "huber"}}
+    code, _, err = invoke("run", write(tmp_path / "s.yaml", spec), "--storage", f"sqlite:///{tmp_path}/s.db")
+    assert code == 2
+    assert_one_line_error(err, "training.loss: huber is not a loss for task classification")

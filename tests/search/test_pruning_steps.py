@@ -10,9 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 import storage as st
-from search import LocalBackend, run_study
-from search._backend import Event, Report
-from search._progress import ProgressCallbacks
+from search import SimulatedBackend, run_study
+from search.backends import Event, Report
+from search.cli._progress import ProgressCallbacks
 
 from . import fakes
 
@@ -21,9 +21,10 @@ EPOCHS = 5
 SPACE = {"lr": {"type": "categorical", "choices": [0.01, 1e-4]}}
 
 
-class BatchingBackend(LocalBackend):
+class BatchingBackend(SimulatedBackend):
     """Holds a job's reports back until its outcome, then delivers them all in one poll: the
-    orchestrator sees every epoch of a trial at once, as from a worker that outran its polls."""
+    orchestrator sees every epoch of a trial at once, as from a worker that outran its polls
+    (too late for a stop: the job has ended)."""
 
     def __init__(self, max_concurrent: int = 1) -> None:
         super().__init__(max_concurrent)
@@ -63,7 +64,7 @@ def test_a_prune_decision_at_the_last_epoch_is_ignored(make_spec, sqlite_url) ->
     # n_warmup_steps=EPOCHS: the median pruner may prune only at the last epoch
     spec = make_spec(n_trials=10, seed=4, space=SPACE, training={"max_epochs": EPOCHS},
                      pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": EPOCHS})
-    run_study(spec, storage=sqlite_url, backend=LocalBackend(1), worker_fn=fakes.quadratic, refit=False)
+    run_study(spec, storage=sqlite_url, backend=SimulatedBackend(1), worker_fn=fakes.quadratic, refit=False)
     trials = trials_of(sqlite_url, "t")
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
     assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in trials)

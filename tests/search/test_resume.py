@@ -1,11 +1,11 @@
 """Resume after every kind of interruption: nothing finished is lost, nothing runs twice.
 
-Two layers:
+The study stopped at every one of its storage calls (a SIGKILL, a real SIGINT, every call repeated
+after it committed) is in test_fault_injection.py, in process on the simulated backend. Here:
 
-* **Fault injection, in process** (fake worker, in-process backend, SQLite on tmpfs): the study is
-  stopped at many positions of its sequence of storage calls -- a SIGKILL stand-in that escapes all
-  handlers, a real SIGINT, or every call repeated after it committed (a connection lost before the
-  reply) -- and resumed; the invariants of :func:`resume_checks.check_invariants` must hold each time.
+* **In process, around those** (fake worker, in-process backend, SQLite on tmpfs): SIGTERM while a
+  worker thread trains, a kill inside Optuna's trial creation or before the spec was stored, a
+  resumed TPE, the lease and a changed spec.
 * **Real processes**: ``hpsearch`` in a subprocess (tests/search/study_proc.py: the real CLI with a
   pause before each epoch report, so a signal lands while trials run) with real Ray and real
   training, on SQLite and PostgreSQL: SIGKILL, Ctrl-C, a killed Ray worker, the database unreachable
@@ -30,7 +30,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,216 +47,31 @@ from trials import trial_seed
 
 from . import fakes
 from .resume_checks import (
+    GRID_POINTS,
     StudyProc,
     TcpProxy,
     assert_one_line_error,
     check_invariants,
     cli,
     count_states,
+    fake_spec,
     kill_session,
     session_procs,
     snapshot,
+    study_exists,
     trials_of,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_optuna")]
 
-GRID_SPACE = {"lr": {"values": [0.001, 0.01, 0.1]}, "batch_size": {"choices": [32, 64]}}
-GRID_POINTS = [(lr, b) for lr in (0.001, 0.01, 0.1) for b in (32, 64)]
-TPE_SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
-             "batch_size": {"type": "categorical", "choices": [32, 64]}}
 STALE_S = 3.0  # HPSEARCH_LEASE_STALE_S for the real-process tests (heartbeat every second)
 
 
-@pytest.fixture(autouse=True)
-def _quiet_optuna() -> Iterator[None]:
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    yield
-    optuna.logging.set_verbosity(before)
-
-
-@pytest.fixture
-def fast_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory on tmpfs when there is one: SQLite commits there cost microseconds, not an fsync."""
-    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        d = Path(tempfile.mkdtemp(prefix="hpsearch-test-", dir="/dev/shm"))
-        yield d
-        shutil.rmtree(d, ignore_errors=True)
-    else:
-        yield tmp_path
-
-
-def fake_spec(strategy: str, name: str = "s", **kw: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {"name": name, "strategy": strategy, "seed": 3, "data": {"source": "digits"},
-                            "training": {"max_epochs": 2}, "cv": {"folds": 2}}
-    if strategy == "grid":
-        spec["space"] = GRID_SPACE
-    else:
-        spec.update(n_trials=6, space=TPE_SPACE, tpe={"n_startup_trials": 3})
-    spec.update(kw)
-    return spec
-
-
-def run_fake(spec: dict[str, Any], url: str, **kw: Any) -> Any:
+def run_fake(spec: Any, url: str, **kw: Any) -> Any:
     return run_study(spec, storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic, **kw)
 
 
-def study_exists(url: str, name: str) -> bool:
-    storage = st.create_storage(url)
-    try:
-        return name in [s.study_name for s in storage.get_all_studies()]
-    finally:
-        storage.engine.dispose()
-
-
-# -- fault injection ----------------------------------------------------------------------------------
-
-class Killed(BaseException):
-    """Stands for SIGKILL at a storage call: no handler of hpsearch catches it."""
-
-
-@contextmanager
-def storage_calls(
-    monkeypatch: pytest.MonkeyPatch, hook: Callable[[int, Callable[[], Any]], Any]
-) -> Iterator[list[int]]:
-    """Route every storage call of run_study/resume_study (they all go through ``storage.retrying``)
-    through ``hook(call_number, run_the_call)``; yields a one-element list with the call count."""
-    real = st.retrying
-    count = [0]
-
-    def retrying(fn: Callable[[], Any], **kw: Any) -> Any:
-        count[0] += 1
-        kw["base_delay"] = 0.0001
-        return hook(count[0], lambda: real(fn, **kw))
-
-    with monkeypatch.context() as m:
-        m.setattr(st, "retrying", retrying)
-        yield count
-
-
-def count_storage_calls(monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any], url: str) -> int:
-    with storage_calls(monkeypatch, lambda n, call: call()) as count:
-        run_fake(spec, url)
-    return count[0]
-
-
-@pytest.mark.parametrize("strategy", ["grid", "tpe"])
-def test_every_storage_call_repeated_after_it_committed(monkeypatch, fast_dir, strategy) -> None:
-    """A connection lost after the server committed but before the reply: the retry repeats the call.
-    Every single call is made to fail that way once; the study must still come out exact."""
-    url = f"sqlite:///{fast_dir}/twice.db"
-    real = st.retrying
-
-    def retrying(fn: Callable[[], Any], **kw: Any) -> Any:
-        first = [True]
-
-        def committed_then_lost() -> Any:
-            out = fn()
-            if first[0]:
-                first[0] = False
-                raise sqlalchemy.exc.OperationalError(
-                    "COMMIT", {}, Exception("server closed the connection unexpectedly"))
-            return out
-
-        return real(committed_then_lost, **{**kw, "base_delay": 0.0001})
-
-    monkeypatch.setattr(st, "retrying", retrying)
-    res = run_fake(fake_spec(strategy), url)
-    assert res.done == 6
-    check_invariants(trials_of(url, "s"), budget=6, seed=3, grid=GRID_POINTS if strategy == "grid" else None)
-
-
-def _positions(total: int, n: int) -> list[int]:
-    """About ``n`` call positions spread over 1..total with an odd stride, so they drift through the
-    per-trial cycle of calls (ask, seed, reports, attributes, tell, ...)."""
-    stride = max(1, total // n) | 1
-    return list(range(1, total + 1, stride))
-
-
-@pytest.mark.parametrize("when", ["before", "after"])
-def test_killed_at_any_storage_call_resumes_exactly(monkeypatch, fast_dir, when) -> None:
-    """Killed just before / just after storage call N committed, for N spread over a whole grid study:
-    the resume leaves every grid point COMPLETE exactly once, every interrupted trial re-run once
-    with its params and seed, and every trial finished before the kill unchanged."""
-    spec = fake_spec("grid")
-    total = count_storage_calls(monkeypatch, spec, f"sqlite:///{fast_dir}/count.db")
-    assert total > 40
-    for n in _positions(total, 8):
-        url = f"sqlite:///{fast_dir}/kill-{when}-{n}.db"
-
-        def kill_at(k: int, call: Callable[[], Any], n: int = n) -> Any:
-            if k == n and when == "before":
-                raise Killed
-            out = call()
-            if k == n:
-                raise Killed
-            return out
-
-        with storage_calls(monkeypatch, kill_at) as count:
-            try:
-                run_fake(spec, url)
-            except Killed:
-                pass
-            else:  # the run needed fewer calls than the counting run (epoch reports are written in
-                # batches whose size depends on timing) and finished: that can only happen near the end
-                assert count[0] < n and n > total // 2, (n, count[0], total)
-        if not study_exists(url, "s"):  # killed before the study was created: run it again
-            run_fake(spec, url)
-            continue
-        before = snapshot(trials_of(url, "s"))
-        res = resume_study("s", storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic)
-        assert res.done == 6, n
-        try:
-            check_invariants(trials_of(url, "s"), budget=6, seed=3, grid=GRID_POINTS, before=before)
-        except AssertionError as e:
-            raise AssertionError(f"killed {when} storage call {n} of {total}: {e}") from e
-
-
-def test_ctrl_c_at_any_storage_call_records_in_flight_trials(monkeypatch, fast_dir) -> None:
-    """A real SIGINT delivered while storage call N runs: inside the trial loop the run stops with
-    :class:`Interrupted` and leaves no trial RUNNING (in-flight ones FAIL ``will_retry`` with a queued
-    re-run; a trial being recorded is recorded completely first); elsewhere (start-up, final refit)
-    :class:`Interrupted` too, naming the resume command. The resume then completes the study exactly."""
-    spec = fake_spec("grid")
-    total = count_storage_calls(monkeypatch, spec, f"sqlite:///{fast_dir}/count.db")
-    outcomes: Counter[str] = Counter()
-    for n in _positions(total, 8):
-        url = f"sqlite:///{fast_dir}/int-{n}.db"
-
-        def interrupt_at(k: int, call: Callable[[], Any], n: int = n) -> Any:
-            out = call()
-            if k == n:
-                signal.raise_signal(signal.SIGINT)
-            return out
-
-        with storage_calls(monkeypatch, interrupt_at):
-            try:
-                run_fake(spec, url)
-                outcomes["done"] += 1
-            except Interrupted as e:  # also outside the trial loop (start-up, final refit)
-                outcomes["interrupted"] += 1
-                assert "hpsearch resume s" in str(e)
-                trials = trials_of(url, "s") if study_exists(url, "s") else []
-                states = Counter(t.state.name for t in trials)
-                assert states["RUNNING"] == 0, (n, states)
-                for t in trials:
-                    if t.state == TrialState.FAIL:
-                        assert t.user_attrs["will_retry"] is True
-                        assert "interrupted (Ctrl-C)" in t.user_attrs["fail_reason"]
-                        assert any(w.user_attrs.get("retry_of") == t.number for w in trials
-                                   if w.state == TrialState.WAITING), (n, t.number)
-        if not study_exists(url, "s"):
-            run_fake(spec, url)
-            continue
-        before = snapshot(trials_of(url, "s"))
-        resume_study("s", storage=url, backend=LocalBackend(2), worker_fn=fakes.quadratic)
-        try:
-            check_invariants(trials_of(url, "s"), budget=6, seed=3, grid=GRID_POINTS, before=before)
-        except AssertionError as e:
-            raise AssertionError(f"SIGINT at storage call {n} of {total}: {e}") from e
-    assert outcomes["interrupted"] >= len(_positions(total, 8)) // 2, outcomes
-
+# -- in process ----------------------------------------------------------------------------------------
 
 def test_sigterm_stops_a_run_like_ctrl_c(fast_dir) -> None:
     """``kill PID`` / ``docker stop`` / a scheduler's preemption: in-flight trials are recorded and
@@ -299,9 +113,9 @@ def test_killed_while_optuna_was_creating_a_trial(fast_dir, case) -> None:
     from search._strategies import distributions
 
     url = f"sqlite:///{fast_dir}/ask.db"
-    spec = fake_spec("grid", n_trials=3)
-    run_fake(spec, url, refit=False)
-    parsed = parse_spec(spec)
+    # the first 3 grid points done (a subset only a stored spec may hold: a study file is refused)
+    parsed = parse_spec(fake_spec("grid", n_trials=3), stored=True)
+    run_fake(parsed, url, refit=False)
     study = optuna.load_study(study_name="s", storage=st.create_storage(url), sampler=make_sampler(parsed))
     storage, sid = study._storage, study._study_id
     if case == "new-trial":
@@ -399,7 +213,7 @@ def test_live_lease_refuses_a_second_run_and_a_stale_one_is_taken_over(fast_dir,
     monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "soon")
     code, _, err = invoke("resume", "s", "--storage", url, "-q")
     assert code == 2
-    assert_one_line_error(err, "HPSEARCH_LEASE_STALE_S='soon' must be a number")
+    assert_one_line_error(err, "HPSEARCH_LEASE_STALE_S='soon' must be a finite number")
 
 
 def test_changed_spec_is_refused_with_a_diff_and_a_bigger_budget_is_allowed(fast_dir, monkeypatch) -> None:
@@ -535,10 +349,6 @@ def test_sigkill_mid_study_then_resume(request, tmp_path, monkeypatch, ray_here,
         proc.wait_for(lambda: count_states(url, name)["COMPLETE"] >= 2, what="2 COMPLETE trials")
         proc.proc.kill()
         proc.proc.wait()
-        # the dead run's lease is still there with a recent heartbeat: a resume now is refused
-        # (and, refused, changes nothing) ...
-        code, _, err = invoke("resume", name, "--storage", url, "-q")
-        assert code == 3 and f"pid {proc.pid}" in err, err
         trials = trials_of(url, name)
         before = snapshot(trials)
         running = [t for t in trials if t.state == TrialState.RUNNING]
@@ -547,10 +357,12 @@ def test_sigkill_mid_study_then_resume(request, tmp_path, monkeypatch, ray_here,
         n_params = max(len(t.params) for t in trials)
         in_flight = {t.number: t for t in running if len(t.params) == n_params}
         assert in_flight, "the kill was meant to land while trials ran"
-        # ... and once the heartbeat is older than HPSEARCH_LEASE_STALE_S, it is taken over
-        wait_until(lambda: lease_age(url, name) >= STALE_S, 10, "a stale lease")
+        # the dead run's lease still has a recent heartbeat, but its holder ran on this very host and
+        # its process is gone: the resume takes the study over at once (before: refused for 30 s)
+        monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "600")  # so only the same-host rule can take it over
         code, out, err = invoke("resume", name, "--storage", url, "-q")
         assert code == 0, err
+        assert f"from pid {proc.pid} on this host" in err and "its process no longer exists" in err, err
         assert "6/6 trials done" in out
         assert "was left running by a stopped run" in err
 
@@ -590,7 +402,7 @@ def test_ctrl_c_stops_within_seconds_records_trials_and_leaves_no_ray_process(tm
         took = time.monotonic() - t0
         assert code == 130, err
         assert took < 10, took
-        assert_one_line_error(err, "interrupted;", "trials done", "Continue with `hpsearch resume 'ctrl c'`")
+        assert_one_line_error(err, "interrupted (Ctrl-C);", "trials done", "Continue with `hpsearch resume 'ctrl c'`")
         trials = trials_of(url, name)
         states = Counter(t.state.name for t in trials)
         assert states["RUNNING"] == 0 and states["FAIL"] >= 1, states
@@ -659,7 +471,7 @@ sys.path.insert(0, {str(Path(__file__).parents[2])!r})
 import ray
 from search import Interrupted, RayBackend, run_study
 from tests.search import fakes
-from tests.search.test_resume import fake_spec
+from tests.search.resume_checks import fake_spec
 
 real_init = ray.init
 def init_then_ctrl_c(*args, **kwargs):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from search import SpecError, load_spec, parse_spec
-from search._template import TEMPLATE
+from search.cli._template import TEMPLATE
 
 BASE = {
     "name": "s",
@@ -35,6 +35,9 @@ def test_valid_spec_and_defaults() -> None:
 def test_demo_and_template_parse() -> None:
     spec = load_spec(Path(__file__).parents[2] / "examples" / "digits.yaml")
     assert spec.strategy == "tpe"
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "diabetes.yaml")
+    assert (spec.task, spec.metric, spec.study_direction, spec.settings.loss) == ("regression", "val_r2", "maximize",
+                                                                                  "mse")
     assert parse_spec(yaml.safe_load(TEMPLATE.replace("NAME", "t"))).name == "t"
 
 
@@ -93,6 +96,10 @@ def test_grid_budget_is_grid_size() -> None:
                        "space": {"lr": {"values": [0.01, 0.1]}, "batch_size": {"choices": [16, 32, 64]}}})
     assert spec.grid_size == 6 and spec.budget == 6
     assert spec.space["lr"].type == "float"
+    too_few = {**BASE, "strategy": "grid", "n_trials": 1, "space": {"lr": {"values": [0.01, 0.1]}}}
+    with pytest.raises(SpecError, match="n_trials: 1 is below the grid's 2 points, and grid runs every point exactly"):
+        parse_spec(too_few)
+    assert parse_spec(too_few, stored=True).budget == 1  # a study stored with a subset still resumes as it was
     too_many = {**BASE, "strategy": "grid", "n_trials": 7, "space": {"lr": {"values": [0.01, 0.1]}}}
     with pytest.raises(SpecError, match="n_trials: 7 exceeds the grid's 2 points"):
         parse_spec(too_many)
@@ -200,3 +207,20 @@ def test_a_stored_spec_skips_the_checks_added_after_it_was_stored() -> None:
 def test_overrides_replace_file_keys() -> None:
     spec = parse_spec(BASE, n_trials=9, name="other", strategy="tpe")
     assert (spec.n_trials, spec.name, spec.strategy) == (9, "other", "tpe")
+
+
+def test_an_error_of_one_parameter_is_not_reported_under_the_others() -> None:
+    """The parameter at fault comes from the error (``HyperparameterError.name``), not from the one varied."""
+    text = errors_of(model={"hidden": []}, space={"n_layers": {"type": "int", "low": 1, "high": 3},
+                                                   "lr": BASE["space"]["lr"]})
+    assert "space.n_layers: n_layers is tuned without hidden_size while model.hidden is empty" in text
+    assert "space.lr:" not in text
+
+
+def test_a_data_file_without_a_file_source_is_refused() -> None:
+    """data.source defaults to digits: before, a study with only data.path trained on the digits set."""
+    text = errors_of(data={"path": "x.csv", "target": "y"})
+    assert "data.path: 'x.csv' is set, but data.source is 'digits', which reads no file" in text
+    assert "data.target: 'y' is set" in text
+    stored = parse_spec({**BASE, "data": {"path": "x.csv"}}, stored=True)  # a stored spec still resumes
+    assert stored.data.source == "digits"

@@ -1,0 +1,204 @@
+"""Where the best model is saved: an Optuna artifact store, and the model file's format.
+
+The store is a directory (:class:`optuna.artifacts.FileSystemArtifactStore`): ``--artifacts DIR``
+(or ``file://DIR``), else ``$HPSEARCH_ARTIFACTS``, else, for a SQLite storage, ``<db file>.artifacts/``
+beside the database. A PostgreSQL storage has no file to stand beside: without ``--artifacts`` the
+model is not saved, and the run says what to pass. Only the orchestrator writes the store's records
+in the database (the artifact's id as a trial system attribute, as
+:func:`optuna.artifacts.upload_artifact` writes it, so that optuna-dashboard lists it); workers send
+the trained weights back through Ray.
+
+A model file is a zip archive (no pickle: it is read without running code) of ``hpsearch-model.json``
+(the spec, params, input shape, class labels, feature scaling, the test result) and
+``state_dict.pt`` (``torch.save`` of the network's ``state_dict``, read with ``weights_only=True``).
+This module needs neither torch nor the data: the driver writes the archive from bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+from storage import StorageError
+
+from ._errors import UsageError
+
+__all__ = [
+    "MODEL_FORMAT",
+    "ArtifactStoreError",
+    "ModelStore",
+    "check_writable",
+    "not_saved_hint",
+    "pack_model",
+    "read_artifact",
+    "resolve_artifacts",
+    "unpack_model",
+]
+
+MODEL_FORMAT = "hpsearch-model/1"
+_META = "hpsearch-model.json"
+_WEIGHTS = "state_dict.pt"
+ENV = "HPSEARCH_ARTIFACTS"
+# how often a failed write to the store is tried in all (a network file system that blinks)
+_WRITE_ATTEMPTS = 3
+
+
+class ArtifactStoreError(StorageError):
+    """The artifact store could not be written or read (exit 3: a storage problem, not bad input)."""
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for an in-memory one or another database)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    path = path.split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def resolve_artifacts(url: str, artifacts: str | None = None) -> str | None:
+    """The artifact directory of a run on storage ``url``: ``artifacts``, ``$HPSEARCH_ARTIFACTS``, or
+    ``<sqlite file>.artifacts``; None for a storage without a file (PostgreSQL) and nothing given.
+
+    Raises
+    ------
+    UsageError
+        For a URI other than a path or ``file://`` path (object stores are not supported yet).
+    """
+    given = artifacts if artifacts is not None else os.environ.get(ENV) or None
+    if given is None:
+        db = _sqlite_file(url)
+        return None if db is None else os.path.abspath(db) + ".artifacts"
+    if given.startswith("file://"):
+        given = given[len("file://"):]
+    elif "://" in given:
+        raise UsageError(f"--artifacts {given!r}: only a directory is supported (a path or file://PATH); for a "
+                         "cluster, use a directory every node and the driver share (NFS, a mounted bucket)")
+    if not given:
+        raise UsageError("--artifacts: empty path; pass a directory (a path or file://PATH)")
+    return os.path.abspath(os.path.expanduser(given))
+
+
+def not_saved_hint(url: str) -> str:
+    """What to pass to save the model when :func:`resolve_artifacts` found no store."""
+    return ("the best model is not saved: the storage is not a SQLite file, so there is no directory beside it "
+            f"for the model; pass --artifacts DIR (or set ${ENV}) to save it there (on a cluster: a "
+            "directory the driver can write and its readers can read)")
+
+
+def check_writable(path: str) -> None:
+    """Create ``path`` if needed and write (then remove) a probe file in it.
+
+    Raises
+    ------
+    UsageError
+        Naming the directory, the reason and the fix (the CLI exits 2, before any trial runs).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hpsearch-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"the artifact directory {path!r} is not writable ({e.strerror or e}); the best model "
+                         f"is saved there. Fix its permissions, or pass --artifacts DIR (or set ${ENV}) with a "
+                         "directory this user can write") from None
+
+
+def pack_model(meta: dict[str, Any], state_dict: bytes) -> bytes:
+    """The model file: a zip of ``hpsearch-model.json`` (``meta`` + the format) and ``state_dict.pt``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(_META, json.dumps({"format": MODEL_FORMAT, **meta}, indent=1))
+        z.writestr(_WEIGHTS, state_dict)
+    return buf.getvalue()
+
+
+def unpack_model(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
+    """``(meta, state_dict bytes)`` of a model file; ``source`` names it in errors.
+
+    Raises
+    ------
+    UsageError
+        When ``data`` is not an hpsearch model file (or one of a format this version cannot read).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            meta = json.loads(z.read(_META))
+            weights = z.read(_WEIGHTS)
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{source} is not an hpsearch model file ({type(e).__name__}: {e}); write one with "
+                         "`hpsearch export-model NAME --out FILE`") from None
+    if meta.get("format") != MODEL_FORMAT:
+        raise UsageError(f"{source} is a model file of format {meta.get('format')!r}; this hpsearch reads "
+                         f"{MODEL_FORMAT!r}")
+    return meta, weights
+
+
+@dataclass
+class ModelStore:
+    """The artifact directory of one run, with what the saved model needs besides its weights.
+
+    Parameters
+    ----------
+    path
+        The artifact directory (checked writable at start: :func:`check_writable`).
+    model_info
+        Facts about the model that the orchestrator does not know (from the data set):
+        ``n_features``, ``n_classes``, ``classes``, ``input_shape``.
+    """
+
+    path: str
+    model_info: dict[str, Any]
+
+    def write(self, artifact_id: str, data: bytes) -> None:
+        """Write ``data`` as artifact ``artifact_id`` (:class:`~optuna.artifacts.FileSystemArtifactStore`),
+        trying again on ``OSError`` (a network file system that blinks).
+
+        Raises
+        ------
+        ArtifactStoreError
+            When every attempt failed.
+        """
+        from optuna.artifacts import FileSystemArtifactStore
+
+        store = FileSystemArtifactStore(self.path)
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                os.makedirs(self.path, exist_ok=True)
+                store.write(artifact_id, io.BytesIO(data))
+                return
+            except OSError as e:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise ArtifactStoreError(
+                        f"cannot write the best model to the artifact directory {self.path!r} "
+                        f"({e.strerror or e}) after {attempt} attempts") from None
+                time.sleep(0.2 * attempt)
+
+
+def read_artifact(path: str, artifact_id: str) -> bytes:
+    """The bytes of artifact ``artifact_id`` in the artifact directory ``path``.
+
+    Raises
+    ------
+    UsageError
+        When the directory holds no such artifact (another directory was given, or it was deleted).
+    """
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    try:
+        with FileSystemArtifactStore(path).open_reader(artifact_id) as f:
+            return f.read()
+    except (ArtifactNotFound, FileNotFoundError):
+        raise UsageError(f"the model artifact {artifact_id} is not in the artifact directory {path!r}; pass the "
+                         f"directory the study saved it to with --artifacts DIR (or ${ENV})") from None
+    except OSError as e:
+        raise ArtifactStoreError(f"cannot read the model artifact {artifact_id} in {path!r}: "
+                                 f"{e.strerror or e}") from None

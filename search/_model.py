@@ -1,0 +1,201 @@
+"""The saved best model of a study: load it, export it as a file, predict with it.
+
+>>> from search import load_model
+>>> model = load_model("digits-demo", storage="sqlite:///demo.db")  # doctest: +SKIP
+>>> model(raw_features).argmax(1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import storage as st
+from storage import StudyAttr
+
+from ._artifacts import ENV, read_artifact, resolve_artifacts, unpack_model
+from ._errors import UsageError
+from ._spec import SpecError, parse_spec
+
+if TYPE_CHECKING:
+    from trials._export import ScaledModel
+
+__all__ = ["Predictions", "export_model", "load_model", "load_model_file", "model_bytes", "predict",
+           "write_predictions"]
+
+
+def model_bytes(name: str, *, storage: str | None = None, artifacts: str | None = None) -> bytes:
+    """The model file of study ``name``'s best trial, as saved by its final refit.
+
+    Raises
+    ------
+    UsageError
+        No such study, no saved model (not refit yet, refit before models were saved, or no artifact
+        store), or an artifact directory that does not hold it.
+    """
+    url = st.resolve_url(storage)
+    attrs = st.study_attrs(st.create_engine(url, create=False), name)
+    test = attrs.get(StudyAttr.TEST_RESULT) or {}
+    artifact_id = test.get("model_artifact")
+    if not artifact_id:
+        if not test:
+            why = f"its final refit has not run yet (`hpsearch resume {shlex.quote(name)}` runs it)"
+        else:
+            why = ("its final refit ran without an artifact store (a storage that is not a SQLite file, without "
+                   "--artifacts) or before hpsearch saved models; a finished refit is not redone: run the study "
+                   "file again under a new name (--study NAME) with --artifacts DIR")
+        raise UsageError(f"study {name!r} has no saved model: {why}")
+    path = resolve_artifacts(url, artifacts)
+    if path is None:
+        raise UsageError(f"study {name!r} saved its model to an artifact directory, and the storage is not a SQLite "
+                         f"file beside which it would be: pass --artifacts DIR (or set ${ENV}) with the directory "
+                         "the run saved it to")
+    return read_artifact(path, artifact_id)
+
+
+def _target_of(meta: dict[str, Any]) -> tuple[float, float] | None:
+    """A regression model's target statistics ``(mean, scale)``; None for a classifier."""
+    if meta.get("task", "classification") != "regression":
+        return None
+    return float(meta["target_mean"]), float(meta["target_scale"])
+
+
+def _build(data: bytes, source: str) -> ScaledModel:
+    import torch
+
+    from trials import resolve_hyperparams
+    from trials._export import build_model
+
+    meta, weights = unpack_model(data, source)
+    try:
+        spec = parse_spec(meta["spec"], source=f"spec in {source}", stored=True)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+    hp = resolve_hyperparams(spec.settings, meta["params"])
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    try:
+        model = build_model(hp, state, n_features=meta["n_features"], n_classes=meta["n_classes"],
+                            mean=meta["feature_mean"], scale=meta["feature_scale"], classes=meta["classes"],
+                            input_shape=meta["input_shape"], target=_target_of(meta))
+    except ValueError as e:
+        raise UsageError(f"{source}: {e}") from None
+    model.metadata = meta  # type: ignore[assignment]  # what it was trained on and how it scored
+    return model
+
+
+def load_model(name: str, *, storage: str | None = None, artifacts: str | None = None) -> ScaledModel:
+    """The best model of study ``name``: an ``nn.Module`` in eval mode that takes raw (unscaled) inputs.
+
+    It is the final refit's network (a ``model.factory`` model rebuilt through its factory, which must
+    be importable here) behind the feature scaling of its training rows: ``model(x)`` maps
+    ``[batch, *input_shape]`` raw features to ``[batch, n_classes]`` logits; ``model.predict(x)``
+    gives class labels, ``model.classes`` the label of each output, ``model.metadata`` the spec,
+    params and test result it was saved with.
+
+    Parameters
+    ----------
+    storage
+        Database URL (else ``HPSEARCH_STORAGE``, else ``sqlite:///hpsearch.db``).
+    artifacts
+        The artifact directory the run saved to (else ``HPSEARCH_ARTIFACTS``, else beside the SQLite file).
+    """
+    return _build(model_bytes(name, storage=storage, artifacts=artifacts), f"the model of study {name!r}")
+
+
+def load_model_file(path: str | Path) -> ScaledModel:
+    """A model file written by :func:`export_model` (``hpsearch export-model``), as :func:`load_model` returns it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the model file {str(path)!r}: {e.strerror or e}") from None
+    return _build(data, repr(str(path)))
+
+
+def export_model(name: str, out: str | Path, *, storage: str | None = None, artifacts: str | None = None) -> Path:
+    """Write study ``name``'s saved model to the file ``out`` (read it with :func:`load_model_file`)."""
+    data = model_bytes(name, storage=storage, artifacts=artifacts)
+    out = Path(out)
+    try:
+        if out.parent and not out.parent.exists():
+            out.parent.mkdir(parents=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise UsageError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One prediction per input row: the class label and the probability of each class (a
+    regression: the predicted value, with no probabilities and no classes)."""
+
+    labels: list[Any]
+    probabilities: list[list[float]]
+    classes: list[Any]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """``{"row", "prediction", "p_<class>"...}`` per input row."""
+        return [{"row": i, "prediction": label, **{f"p_{c}": p for c, p in zip(self.classes, probs)}}
+                for i, (label, probs) in enumerate(zip(self.labels, self.probabilities))]
+
+
+def predict(name: str, data: str | Path, *, storage: str | None = None, artifacts: str | None = None,
+            batch_size: int = 4096) -> Predictions:
+    """Predict with study ``name``'s saved model on the rows of the file ``data``, read as the study
+    reads its data (``trials._features.load_features``: the ``data.target`` column, if present, is left out).
+
+    Raises
+    ------
+    UsageError, DataError
+        No saved model; an unreadable file; rows of another width than the model takes.
+    """
+    import torch
+
+    from trials._features import load_features
+
+    model = load_model(name, storage=storage, artifacts=artifacts)
+    spec = parse_spec(model.metadata["spec"], stored=True)  # type: ignore[index]
+    X = load_features(spec.data, str(data))
+    want = int(model.metadata["n_features"])  # type: ignore[index]
+    if X.shape[1] != want:
+        raise UsageError(f"{str(data)!r} has {X.shape[1]} feature columns; the model of study {name!r} takes {want} "
+                         f"(the columns of its training data, without {spec.data.target or 'the label'})")
+    labels: list[Any] = []
+    probs: list[list[float]] = []
+    with torch.no_grad():
+        if model.target is not None:  # regression: the value, in the target's units
+            for start in range(0, len(X), batch_size):
+                labels += model(torch.from_numpy(X[start:start + batch_size]))[:, 0].tolist()
+            return Predictions(labels, [[] for _ in labels], [])
+        for start in range(0, len(X), batch_size):
+            p = torch.softmax(model(torch.from_numpy(X[start:start + batch_size])), dim=-1)
+            probs += p.tolist()
+            labels += [model.classes[i] for i in p.argmax(-1).tolist()]
+    return Predictions(labels, probs, list(model.classes))
+
+
+def write_predictions(pred: Predictions, out: str | Path | None) -> None:
+    """CSV with one row per input (``row``, ``prediction``, ``p_<class>``...) to ``out``, or stdout."""
+    import csv
+    import sys
+
+    rows = pred.rows()
+    header = ["row", "prediction", *[f"p_{c}" for c in pred.classes]]
+    if out is None:
+        writer = csv.DictWriter(sys.stdout, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    try:
+        with open(out, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:
+        raise UsageError(f"cannot write {str(out)!r}: {e.strerror or e}") from None

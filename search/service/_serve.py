@@ -1,0 +1,58 @@
+"""``hpsearch serve``: the server, its API on uvicorn, until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import storage as st
+
+from .._errors import UsageError
+from .._stop import StopToken, stop_on_signals
+from ._net import is_loopback
+from ._server import Server
+
+__all__ = ["serve"]
+
+
+def serve(
+    server: Server,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Open ``server``, serve its API on ``host:port`` until SIGINT/SIGTERM, then close it.
+
+    Beyond loopback every request needs a token, and the server refuses to start while none exists
+    (:class:`~search.UsageError`). ``on_ready`` gets the base URL once the scheduler runs.
+    """
+    import uvicorn
+
+    from ._app import create_app
+
+    require = not is_loopback(host)
+    if require:  # checked before Ray starts
+        engine = st.create_engine(server.url)
+        try:
+            st.ensure_token_table(engine)
+            if not st.any_token(engine):
+                raise UsageError(f"--host {host} is reachable from other machines, and every request then needs a "
+                                 "token, but none exists: create one first with `hpsearch token create NAME "
+                                 "--admin` (same --storage), or serve on 127.0.0.1")
+        finally:
+            engine.dispose()
+    server.open()
+    try:
+        app = create_app(server, require_token=require)
+        server.start()
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        userver = uvicorn.Server(config)
+        if on_ready is not None:
+            shown = f"[{host}]" if ":" in host else host
+            on_ready(f"http://{shown}:{port}")
+        # uvicorn handles SIGINT/SIGTERM while it serves, then raises the signal again once it stopped:
+        # it lands here as a stop request (no exception), and the studies are stopped cleanly below
+        with stop_on_signals(StopToken()):
+            userver.run()
+    finally:
+        server.close()

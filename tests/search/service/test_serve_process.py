@@ -1,0 +1,126 @@
+"""``hpsearch serve`` as a real process: killed with SIGKILL mid-study and restarted; on real Ray."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import storage as st
+from search.service import Client, Refused, Unreachable
+from tests.search.resume_checks import (
+    GRID_POINTS,
+    ROOT,
+    StudyProc,
+    _base_env,
+    check_invariants,
+    fake_spec,
+    kill_session,
+    trials_of,
+)
+from tests.search.service.conftest import free_port, wait_until
+
+
+def _up(base: str) -> bool:
+    try:
+        Client(base).studies()
+        return True
+    except Unreachable:
+        return False
+
+
+def _states(url: str) -> dict[str, str]:
+    engine = st.create_engine(url)
+    try:
+        return {r.study_name: r.state for r in st.queue_rows(engine)}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_server_mid_two_studies_then_restart_completes_both_exactly(url: str) -> None:
+    env = {"FAKE_EPOCH_S": "0.1"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = StudyProc([url, str(port), "2"], env=env, module="tests.search.service.server_proc")
+    try:
+        first.wait_for(lambda: _up(base), 60, "the server to answer")
+        for name in ("k1", "k2"):
+            Client(base).submit(json.dumps(fake_spec("grid", name, training={"max_epochs": 4})))
+        first.wait_for(lambda: all(s["n_complete"] >= 1 and s["n_running"] >= 1 for s in Client(base).studies()),
+                       60, "both studies with a COMPLETE and a RUNNING trial")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.communicate()
+    finally:
+        first.cleanup()
+    assert _states(url) == {"k1": "running", "k2": "running"}  # what the kill left: no state in the process
+    # what was in flight at the kill, read from the database (a trial seen running may have finished
+    # before the signal landed, so the count comes from what the kill left, not from the poll above).
+    # A RUNNING trial without all its params was being created (study.ask is several writes): it never
+    # ran, and the resume runs it as the next trial instead of failing it.
+    cut = {name: sum(t.state.name == "RUNNING" and {"lr", "batch_size"} <= set(t.params) for t in trials_of(url, name))
+           for name in ("k1", "k2")}
+    second = StudyProc([url, str(port), "2"], env=env, module="tests.search.service.server_proc")
+    try:
+        second.wait_for(lambda: _states(url) == {"k1": "done", "k2": "done"}, 90, "both studies done")
+    finally:
+        second.cleanup()
+    for name in ("k1", "k2"):
+        checked = check_invariants(trials_of(url, name), budget=6, seed=3, grid=GRID_POINTS)
+        assert len(checked.failed) == cut[name], name  # each trial the kill cut short failed, and re-ran once
+
+
+REAL = {"name": "real", "strategy": "grid", "space": {"lr": {"values": [0.01, 0.1]}}, "model": {"hidden": [32]},
+        "training": {"max_epochs": 3}, "cv": {"folds": 2}, "resources": {"max_concurrent": 2}}
+
+
+@pytest.mark.slow
+def test_hpsearch_serve_on_real_ray_runs_two_studies_and_best_matches_the_local_best(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/serve.db"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    files = {}
+    for name, extra in (("real", {}), ("real2", {}), ("gpu", {"resources": {"gpus_per_trial": 1}})):
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump({**REAL, "name": name, **extra}))
+    proc = subprocess.Popen([sys.executable, "-c", "from search.cli import main; main()", "serve", "--storage", url,
+                             "--port", str(port), "--slots", "2"], env={**_base_env(), "PYTHONPATH": str(ROOT)},
+                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or _up(base), 120, "the server to answer")
+        assert proc.poll() is None, proc.communicate()
+        client = Client(base)
+        with pytest.raises(Refused) as e:  # a study the cluster can never run is refused at submit
+            client.submit(files["gpu"].read_text(), filename=str(files["gpu"]))
+        assert e.value.status == 400
+        assert e.value.detail.startswith("resources.gpus_per_trial: 1 GPU per trial requested, but the Ray cluster")
+        for name in ("real", "real2"):
+            client.submit(files[name].read_text(), filename=str(files[name]))
+        done = {}
+        for name in ("real", "real2"):
+            for _event, study in client.events(name, interval=0.2):
+                done[name] = study
+        for name, study in done.items():
+            assert study["state"] == "done" and study["done"] == 2, study
+            local = subprocess.run([sys.executable, "-c", "from search.cli import main; main()", "best", name,
+                                    "--storage", url, "-o", "json"], env={**_base_env(), "PYTHONPATH": str(ROOT)},
+                                   capture_output=True, text=True, check=True)
+            assert study["best"] == json.loads(local.stdout)
+            assert study["best"]["test_score"] is not None  # refit on the server's Ray too
+        assert "gpu" not in _states(url)
+        proc.send_signal(signal.SIGTERM)  # stops like Ctrl-C: uvicorn, then the scheduler and Ray
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        left = kill_session(proc.pid)
+        print("left after the server:", left)
