@@ -11,6 +11,8 @@ queries   python bench/bench_queries.py     storage read queries vs Optuna's API
 training  python bench/bench_training.py    training throughput of the stacked folds
 quality   python -m bench.bench_quality     grid vs random vs TPE on digits
 e2e       python -m bench.bench_e2e         hpsearch vs a plain Optuna script, end to end
+refit     python -m bench.bench_refit       the final refit's test score vs the CV score and a plain loop
+service   python -m bench.bench_service     hpsearch serve: warm submit vs cold CLI, API p99, fair share
 ========  ================================  ======================================================
 
 Each writes ``DIR/<name>.json``; this runner adds ``DIR/results.json`` with every benchmark's status,
@@ -49,6 +51,8 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
     "training": ("script", "bench/bench_training.py", ["--threads", "1"]),
     "quality": ("module", "bench.bench_quality", []),
     "e2e": ("module", "bench.bench_e2e", []),
+    "refit": ("module", "bench.bench_refit", []),
+    "service": ("module", "bench.bench_service", []),
 }
 TIMEOUT_S = {"smoke": 600, "full": 3600}
 

@@ -1,0 +1,292 @@
+"""``hpsearch serve``: submit to first trial running (warm vs the cold CLI), API latency, fair share.
+
+Usage::
+
+    .venv/bin/python -m bench.bench_service [--smoke] [--out DIR]
+
+In one run, on a local Ray of 2 CPUs and a SQLite file:
+
+1. **Cold CLI**: ``hpsearch run FILE`` as a subprocess, from its start to the first trial
+   RUNNING in the database (Python and torch imports, Ray start-up, data, the first dispatch).
+2. **Warm server**: a :class:`search.service.Server` on that Ray with its API on uvicorn (127.0.0.1),
+   after a first study warmed its workers: from ``POST /studies`` to the first trial RUNNING.
+3. **API latency**: 50 concurrent clients (threads, one keep-alive connection each) polling
+   ``GET /studies/{name}`` while two studies run in the server, back to back (the server saturated)
+   and each every 0.5 s (as ``hpsearch watch`` asks): p50 and p99.
+4. **Fair share**: those two studies, submitted at once with ``--slots 2``: each one's share of the
+   trial-seconds run while both ran.
+
+Trials sleep (``bench.common.SleepWorker``), so the numbers are the service's, not training's.
+Goals: warm submit-to-running under 0.5 s; p99 under 100 ms; shares near one half each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, SleepWorker, ray_init, ray_shutdown, report_header, spec_dict, stats, write_json
+
+WARM_GOAL_S = 0.5
+P99_GOAL_MS = 100.0
+CLIENTS = 50
+POLL_S = 0.5  # how often `hpsearch watch` asks (search.service.Client.events)
+
+
+def _running(url: str, name: str) -> bool:
+    import storage as st
+
+    try:
+        engine = st.create_engine(url, create=False)
+    except st.StorageError:  # not created yet
+        return False
+    try:
+        s = next((s for s in st.list_studies(engine) if s.name == name), None)
+        return s is not None and (s.n_trials.get("RUNNING", 0) + s.n_trials.get("COMPLETE", 0)) > 0
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _wait(cond: Any, timeout: float, what: str, step: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(step)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def cold_cli(tmp: Path) -> float:
+    """Seconds from ``hpsearch run`` starting to its first trial RUNNING."""
+    url = f"sqlite:///{tmp}/cold.db"
+    spec = spec_dict("cold", n_trials=1, folds=2, max_epochs=2, hidden=(32,))
+    path = tmp / "cold.yaml"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-c", "from search.cli import main; main()", "run", str(path), "--storage", url, "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: proc.poll() is not None or _running(url, "cold"), 180, "the CLI's first trial", 0.01)
+        took = time.perf_counter() - t0
+        if proc.poll() is not None and proc.returncode != 0:
+            raise RuntimeError(f"hpsearch run failed: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return took
+
+
+def _post(base: str, body: dict[str, Any]) -> dict[str, Any]:
+    import urllib.request
+
+    req = urllib.request.Request(base + "/studies", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _poller(port: int, name: str, n: int, every_s: float, out: list[float], errors: list[str],
+            start: threading.Barrier) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        start.wait()
+        for i in range(n):
+            if every_s and i:
+                time.sleep(every_s)
+            t = time.perf_counter()
+            conn.request("GET", f"/studies/{name}")
+            r = conn.getresponse()
+            r.read()
+            out.append(time.perf_counter() - t)
+            if r.status != 200:
+                errors.append(f"HTTP {r.status}")
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
+
+
+def _latency(port: int, per_client: int, every_s: float) -> dict[str, Any]:
+    """:data:`CLIENTS` threads, each ``per_client`` requests ``every_s`` apart (0: back to back)."""
+    lat: list[float] = []
+    errors: list[str] = []
+    barrier = threading.Barrier(CLIENTS)
+    threads = [threading.Thread(target=_poller, args=(port, ("share_a", "share_b")[i % 2], per_client, every_s, lat,
+                                                      errors, barrier)) for i in range(CLIENTS)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat_ms = sorted(x * 1e3 for x in lat)
+    return {"clients": CLIENTS, "every_s": every_s, "requests": len(lat_ms), "errors": errors[:5],
+            "n_errors": len(errors), "requests_per_s": len(lat_ms) / wall if wall else None,
+            "p50_ms": statistics.median(lat_ms) if lat_ms else None,
+            "p99_ms": lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else None,
+            "max_ms": lat_ms[-1] if lat_ms else None}
+
+
+def _busy_seconds(url: str, name: str, lo: float, hi: float) -> float:
+    """Trial-seconds of study ``name`` inside the wall-clock window [lo, hi] (Unix seconds)."""
+    from datetime import timezone
+
+    from bench.common import trials_of
+
+    total = 0.0
+    for t in trials_of(url, name):
+        if t.datetime_start is None:
+            continue
+        a = t.datetime_start.replace(tzinfo=timezone.utc).timestamp() if t.datetime_start.tzinfo is None \
+            else t.datetime_start.timestamp()
+        end = t.datetime_complete
+        b = (end.replace(tzinfo=timezone.utc).timestamp() if end is not None and end.tzinfo is None
+             else end.timestamp() if end is not None else hi)
+        total += max(0.0, min(b, hi) - max(a, lo))
+    return total
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """:class:`bench.common.SleepWorker` for trials; the final refit (which the server always runs)
+    answers at once with the trial's score."""
+
+    epochs: int = 5
+    epoch_s: float = 0.2
+
+    def __call__(self, data: Any, settings: Any, job: Any, report: Any) -> Any:
+        if job.kind == "refit":
+            from bench.common import score_of
+            from trials import TestResult
+
+            s = score_of(job.params)
+            return TestResult(test_accuracy=s, test_loss=1 - s, best_epoch=1, epochs_run=1, duration_s=0.0)
+        return SleepWorker(self.epochs, self.epoch_s)(data, settings, job, report)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
+    import uvicorn
+
+    from search.service import Server, create_app
+
+    url = f"sqlite:///{tmp}/serve.db"
+    ray_init(num_cpus=2)
+    worker = _Worker(epochs=5, epoch_s=0.2)  # 1 s a trial
+    server = Server(url, slots=2, worker_fn=worker, poll_s=0.05).open()
+    port = _free_port()
+    userver = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning",
+                                            access_log=False))
+    thread = threading.Thread(target=userver.run, daemon=True)
+    thread.start()
+    _wait(lambda: userver.started, 60, "uvicorn")
+    server.start()
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    try:
+        _post(base, {"study_file": json.dumps(spec_dict("warmup", n_trials=2, folds=2, max_epochs=2))})
+        _wait(lambda: server.wait_idle(0.01), 300, "the warm-up study")
+        samples = []
+        for i in range(1 if smoke else 5):
+            name = f"warm{i}"
+            t0 = time.perf_counter()
+            _post(base, {"study_file": json.dumps(spec_dict(name, n_trials=1, folds=2, max_epochs=2))})
+            _wait(lambda n=name: _running(url, n), 120, "the first trial")
+            samples.append(time.perf_counter() - t0)
+            _wait(lambda: server.wait_idle(0.01), 300, name)
+        out["warm_submit_to_running_s"] = stats(samples)
+        out["warm_samples_s"] = samples
+
+        # two studies at once, long enough to outlast the polling
+        n_trials = 8 if smoke else 40
+        for name in ("share_a", "share_b"):
+            _post(base, {"study_file": json.dumps(spec_dict(name, n_trials=n_trials, folds=2, max_epochs=2))})
+        _wait(lambda: _running(url, "share_a") and _running(url, "share_b"), 120, "both studies running")
+        lo = time.time()
+        per_client = 5 if smoke else 40
+        out["api"] = _latency(port, per_client, 0.0)  # back to back: the server saturated
+        out["api_watch_rate"] = _latency(port, per_client // 2 or 1, POLL_S)  # each as often as `hpsearch watch`
+        if not smoke:  # let the shares settle over more trials than the polling took
+            time.sleep(max(0.0, 20.0 - (time.time() - lo)))
+        hi = time.time()
+        busy = {n: _busy_seconds(url, n, lo, hi) for n in ("share_a", "share_b")}
+        total = sum(busy.values()) or 1.0
+        out["shares"] = {"window_s": hi - lo, "busy_s": busy, "share": {n: b / total for n, b in busy.items()},
+                         "slots_used": total / (hi - lo)}
+        for name in ("share_a", "share_b"):
+            server.cancel(name)
+    finally:
+        userver.should_exit = True
+        thread.join(30)
+        server.close()
+        ray_shutdown()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="1 warm sample, 5 polls per client, no cold CLI run")
+    p.add_argument("--out", type=Path, help="write service.json into this directory")
+    args = p.parse_args(argv)
+    report = report_header("bench_service", args.smoke, argv)
+    with tempfile.TemporaryDirectory(prefix="hpsearch-bench-") as tmp:
+        cold = None if args.smoke else cold_cli(Path(tmp))
+        if cold is not None:
+            print(f"cold CLI: run to first trial running {cold:.2f} s")
+        report["cold_cli_to_running_s"] = cold
+        report.update(warm_server(Path(tmp), args.smoke))
+    warm = report["warm_submit_to_running_s"]["median"]
+    api, paced, shares = report["api"], report["api_watch_rate"], report["shares"]
+    print(f"warm server: POST /studies to first trial running, median {warm:.3f} s"
+          + (f" ({cold / warm:.0f}x faster than the cold CLI)" if cold else ""))
+    print(f"API: {api['requests']} GET /studies/NAME from {CLIENTS} clients while two studies run: "
+          f"back to back p50 {api['p50_ms']:.1f} ms, p99 {api['p99_ms']:.1f} ms ({api['requests_per_s']:.0f}/s); "
+          f"each every {POLL_S:g} s p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms; "
+          f"{api['n_errors'] + paced['n_errors']} errors")
+    print("fair share over {:.1f} s: ".format(shares["window_s"])
+          + ", ".join(f"{n} {s:.2f}" for n, s in shares["share"].items())
+          + f" ({shares['slots_used']:.2f} of 2 slots busy)")
+    report["goals"] = [
+        {"goal": f"warm submit to first trial running under {WARM_GOAL_S:g} s", "value": warm,
+         "met": warm < WARM_GOAL_S},
+        {"goal": f"API p99 under {P99_GOAL_MS:g} ms with {CLIENTS} clients polling back to back while two studies run",
+         "value": api["p99_ms"], "met": api["p99_ms"] is not None and api["p99_ms"] < P99_GOAL_MS},
+        {"goal": f"API p99 under {P99_GOAL_MS:g} ms with {CLIENTS} clients polling every {POLL_S:g} s (watch's rate)",
+         "value": paced["p99_ms"], "met": paced["p99_ms"] is not None and paced["p99_ms"] < P99_GOAL_MS},
+        {"goal": "two studies at once on 2 slots get about half each (0.4-0.6)",
+         "value": min(shares["share"].values()), "met": all(0.4 <= s <= 0.6 for s in shares["share"].values())},
+    ]
+    for g in report["goals"]:
+        print(f"goal: {g['goal']}: {g['value']} -> {'met' if g['met'] else 'MISSED'}")
+    write_json(args.out, "service", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
