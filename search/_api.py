@@ -217,7 +217,7 @@ def _execute_leased(
             return _finished(call(lambda: _summarize(study, spec, url, messages)))
         try:
             # a missing file or column, or labels that do not fit the task, are said before Ray starts (seconds)
-            check_data_source(spec.data, spec.task, spec.metric)
+            check_data_source(spec.data, spec.task, spec.metric, spec.cv, spec.seed)
             backend = backend or make_backend(spec, address)
             try:
                 # Ray starts first: its workers then import torch while the driver loads the data.

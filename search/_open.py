@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from storage import StudyAttr
+from trials import factory_name
 
 from . import __version__
 from ._errors import UsageError
@@ -152,7 +153,8 @@ def check_data(
         return
     if stored != fingerprint:
         d = spec.data
-        what = f"data.path {d.path!r}" if d.path else f"data.source {d.source!r}"
+        what = (f"data.path {d.path!r}" if d.path else f"data.factory {factory_name(d.factory)!r}"
+                if d.factory is not None else f"data.source {d.source!r}")
         raise UsageError(
             f"the data of study {spec.name!r} changed since its trials were scored ({what}: fingerprint "
             f"{fingerprint[:12]} now, {stored[:12]} when the study started); continuing would mix scores of "

@@ -28,6 +28,7 @@ from trials import (
     TrialSettings,
     check_param_names,
     check_task_settings,
+    group_source_error,
     metric_direction,
     resolve_hyperparams,
 )
@@ -324,6 +325,9 @@ class StudySpec(_Model):
         errors = check_task_settings(self.task, metric=self.metric, monitor=self.training.monitor,
                                      loss=self.training.loss)
         errors += _check_task_data(self.task, self.metric, self.data)
+        group_error = group_source_error(self.data, self.cv)
+        if group_error:
+            errors.append(group_error)
         if errors:  # the settings below cannot be built for another task's monitor or loss
             raise ValueError("\n".join(errors))
         for name in self.space:

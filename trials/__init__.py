@@ -48,6 +48,8 @@ from ._config import (
     TrainingSpec,
     TrialSettings,
     check_param_names,
+    factory_name,
+    group_source_error,
     resolve_hyperparams,
     stack_key,
 )
@@ -94,6 +96,8 @@ __all__ = [
     "decode_labels",
     "default_loss",
     "encode_labels",
+    "factory_name",
+    "group_source_error",
     "load_dataset",
     "metric_direction",
     "metric_mode",

@@ -28,11 +28,13 @@ __all__ = [
     "TrialSettings",
     "check_param_names",
     "factory_name",
+    "group_source_error",
     "resolve_hyperparams",
     "stack_key",
 ]
 
 _FILE_SOURCES = ("npz", "csv", "parquet", "idx")
+_GROUP_SOURCES = ("npz", "csv", "parquet", "python")
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 # How a spec stores a Python callable given as a factory: by name only, so it cannot be imported back.
 _CALLABLE_PREFIX = "python callable "
@@ -61,7 +63,8 @@ class DataSpec(_Spec):
         ``synthetic`` (``make_classification``, or ``make_regression`` for ``task: regression``),
         ``npz`` (arrays ``X`` and ``y``), ``csv`` / ``parquet``
         (a ``target`` label column, every other column a numeric feature) or ``idx`` (a directory
-        of MNIST-format IDX files, gzipped or not).
+        of MNIST-format IDX files, gzipped or not), or ``python`` (the arrays or the
+        ``torch.utils.data.Dataset`` that ``factory`` returns).
     path
         File (or, for ``idx``, directory) to read; required for file sources.
     target
@@ -71,9 +74,21 @@ class DataSpec(_Spec):
         (ignored for ``idx``, which has its own test files).
     n_samples, n_features, n_classes, n_informative
         Shape of the ``synthetic`` data set (ignored by the other sources).
+    factory
+        For ``source: python``: a function called once, with no arguments, on the driver, as an
+        import path ``package.module:function`` or (from Python) the callable itself (stored with
+        the study by name only, like ``model.factory``). It returns ``(X, y)``, ``(X, y, groups)``,
+        a mapping with keys ``X``, ``y`` and any arrays ``cv.groups`` may name (numpy arrays,
+        tensors or lists; ``X`` of any shape), or a map-style or iterable
+        ``torch.utils.data.Dataset`` of ``(x, y)`` or ``(x, y, group)`` samples, which is read once
+        into memory (see ``max_preload_mb``). The arrays are then checked and split as an ``npz``
+        archive's are.
+    max_preload_mb
+        The most memory, in MiB, that the features of a ``Dataset`` may take when preloaded
+        (default 4096); a larger one is refused before it is read.
     """
 
-    source: Literal["digits", "diabetes", "synthetic", "npz", "csv", "parquet", "idx"] = "digits"
+    source: Literal["digits", "diabetes", "synthetic", "npz", "csv", "parquet", "idx", "python"] = "digits"
     path: str | None = None
     target: str | None = None
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -81,9 +96,24 @@ class DataSpec(_Spec):
     n_features: int = Field(20, ge=1)
     n_classes: int = Field(2, ge=2)
     n_informative: int | None = Field(None, ge=1)
+    factory: str | Callable[..., Any] | None = None
+    max_preload_mb: float = Field(4096.0, gt=0.0)
+
+    @field_serializer("factory", when_used="json")
+    def _factory_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
+        return v if v is None or isinstance(v, str) else _CALLABLE_PREFIX + factory_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        if self.source == "python" and self.factory is None:
+            raise ValueError("data.factory (a function 'package.module:function' returning (X, y) or a "
+                             "torch.utils.data.Dataset) is required when data.source is 'python'")
+        if self.factory is not None and self.source != "python":
+            raise ValueError(f"data.factory is set, but data.source is {self.source!r}; set data.source: python "
+                             "to load the data from the factory (or remove data.factory)")
+        factory_error = _factory_path_error(self.factory, "data.factory")
+        if factory_error:
+            raise ValueError(factory_error)
         if self.source in _FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.source in ("csv", "parquet") and not self.target:
@@ -129,19 +159,32 @@ class ModelSpec(_Spec):
     def _check(self) -> ModelSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"model.hidden must hold positive layer widths, got {list(self.hidden)}")
-        if isinstance(self.factory, str) and self.factory.startswith(_CALLABLE_PREFIX):
-            name = self.factory[len(_CALLABLE_PREFIX):]
-            raise ValueError(
-                f"model.factory was the Python callable {name}, which a stored study names but cannot import; "
-                "continue it from Python by running the same spec, with that callable, again (run_study), "
-                "or give model.factory an import path 'package.module:function' in a new study"
-            )
-        if isinstance(self.factory, str) and not _FACTORY_RE.match(self.factory):
-            raise ValueError(
-                f"model.factory must be an import path of the form 'package.module:function' (or, from Python, "
-                f"a callable), got {self.factory!r}"
-            )
+        factory_error = _factory_path_error(self.factory, "model.factory")
+        if factory_error:
+            raise ValueError(factory_error)
         return self
+
+
+def _factory_path_error(factory: str | Callable[..., Any] | None, key: str) -> str | None:
+    """What is wrong with a factory given as a string (``key`` is ``model.factory`` or ``data.factory``)."""
+    if isinstance(factory, str) and factory.startswith(_CALLABLE_PREFIX):
+        name = factory[len(_CALLABLE_PREFIX):]
+        return (f"{key} was the Python callable {name}, which a stored study names but cannot import; "
+                "continue it from Python by running the same spec, with that callable, again (run_study), "
+                f"or give {key} an import path 'package.module:function' in a new study")
+    if isinstance(factory, str) and not _FACTORY_RE.match(factory):
+        return (f"{key} must be an import path of the form 'package.module:function' (or, from Python, "
+                f"a callable), got {factory!r}")
+    return None
+
+
+def group_source_error(data: DataSpec, cv: CVSpec) -> str | None:
+    """Why ``cv.groups`` cannot be used with ``data`` (a source without groups), or ``None``."""
+    if cv.groups is None or data.source in _GROUP_SOURCES:
+        return None
+    return (f"cv.groups {cv.groups!r} is set, but data.source {data.source!r} has no groups; grouped folds need "
+            "data.source csv or parquet (a column), npz (an array) or python (an array the factory returns), "
+            "or remove cv.groups")
 
 
 class TrainingSpec(_Spec):
@@ -202,11 +245,22 @@ class CVSpec(_Spec):
     shuffle
         Shuffle rows before assigning k-folds (``StratifiedKFold(shuffle=...)``). The test split and
         the ``folds == 1`` holdout are always shuffled (stratification needs it).
+    groups
+        Optional name of the groups (a patient, a user, a site): a column of a ``csv`` / ``parquet``
+        file (not used as a feature), an array of the ``npz`` archive, or for ``data.source:
+        python`` a key of the factory's return (``groups`` for a ``(X, y, groups)`` tuple). Rows of
+        one group never sit in two folds, nor on both sides of the test split or of the refit's
+        inner split: ``StratifiedGroupKFold`` for classification, ``GroupKFold`` for regression
+        (shuffled with the study seed when ``shuffle``); a holdout (the test split, ``folds == 1``)
+        is one fold of ``round(1 / fraction)`` such folds for classification (stratified, so its
+        size is close to the fraction) and a ``GroupShuffleSplit`` of the fraction of groups for
+        regression.
     """
 
     folds: int = Field(5, ge=1)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     shuffle: bool = True
+    groups: str | None = Field(None, min_length=1)
 
 
 class TrialSettings(_Spec):

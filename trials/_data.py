@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-from ._config import CVSpec, DataSpec
+from ._config import CVSpec, DataSpec, factory_name, group_source_error
 from ._idx import find_idx_file, read_idx
 
 __all__ = ["DataError", "Dataset", "check_data", "check_metric", "decode_labels", "encode_labels", "load_dataset"]
+
+
+_GROUPS_KEY = "groups"  # how a message names the groups where the key is not at hand (the refit's data)
 
 
 class DataError(ValueError):
@@ -49,6 +52,9 @@ class Dataset:
     classes
         The original labels in code order (``classes[code]``; plain Python values, JSON-able),
         ``None`` for regression. :func:`decode_labels` maps predictions back.
+    groups
+        With ``cv.groups``: the group of each row of ``X`` (``int64`` codes); no group has rows in two
+        folds, nor in both ``X`` and ``X_test``. ``None`` without groups.
     """
 
     X: np.ndarray
@@ -63,6 +69,7 @@ class Dataset:
     name: str
     task: str = "classification"
     classes: tuple[Any, ...] | None = None
+    groups: np.ndarray | None = None
 
     def fingerprint(self) -> str:
         """A digest of what trials are scored on: every array, with its dtype and shape, and the folds.
@@ -73,6 +80,8 @@ class Dataset:
         h = hashlib.blake2b(digest_size=16)
         arrays = [self.X, self.y, self.X_test, self.y_test, self.index, self.test_index]
         arrays += [a for fold in self.folds for a in fold]
+        if self.groups is not None:  # only then: a study without groups keeps its stored fingerprint
+            arrays.append(self.groups)
         for a in arrays:
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype.str}{a.shape};".encode())
@@ -125,20 +134,39 @@ def _open_npz(path: str) -> NpzFile:
     return z
 
 
-def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: str, groups: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     with _open_npz(path) as z:
+        _check_npz_groups(z, path, groups)
         try:
-            return z["X"], z["y"]
+            return z["X"], z["y"], None if groups is None else z[groups]
         except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
             raise _unreadable(path, exc, "npz") from exc
 
 
-def _check_target(columns: Sequence[Any], target: str, path: str) -> None:
+def _check_npz_groups(z: NpzFile, path: str, groups: str | None) -> None:
+    if groups is not None and groups not in z.keys():
+        raise DataError(
+            f"cv.groups {groups!r} is not an array of {path!r}; it holds {list(z.keys())}. "
+            f"Save the groups beside X and y (np.savez(path, X=X, y=y, {groups}=groups)) or fix cv.groups"
+        )
+
+
+def _check_target(columns: Sequence[Any], target: str, path: str, key: str = "data.target",
+                  what: str = "target column") -> None:
     """``target`` must be one of a table's ``columns`` (as the loader or the header/schema names them)."""
     if target not in columns:
         cols = [str(c) for c in columns]
         shown = ", ".join(cols[:20]) + (" ..." if len(cols) > 20 else "")
-        raise DataError(f"target column {target!r} (data.target) not found in {path!r}; columns are: {shown}")
+        raise DataError(f"{what} {target!r} ({key}) not found in {path!r}; columns are: {shown}")
+
+
+def _check_group_column(columns: Sequence[Any], groups: str | None, target: str, path: str) -> None:
+    if groups is None:
+        return
+    if groups == target:
+        raise DataError(f"cv.groups {groups!r} is the target column (data.target) of {path!r}; name the column "
+                        "that holds each row's group (a patient, a user)")
+    _check_target(columns, groups, path, "cv.groups", "groups column")
 
 
 def _table_columns(path: str, kind: str) -> list[str]:
@@ -160,26 +188,33 @@ def _table_columns(path: str, kind: str) -> list[str]:
     return [name for name in schema.names if name not in index]
 
 
-def _load_table(path: str, target: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_table(
+    path: str, target: str, kind: str, groups: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     import pandas as pd
 
-    _check_target(_table_columns(path, kind), target, path)  # first, as check_data does
+    columns = _table_columns(path, kind)
+    _check_target(columns, target, path)  # first, as check_data does
+    _check_group_column(columns, groups, target, path)
     try:
         df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
         raise _unreadable(path, exc, kind) from exc
     _check_target(list(df.columns), target, path)  # as read (pandas restores non-string parquet names)
+    _check_group_column(list(df.columns), groups, target, path)
     _check_rows(len(df), path)
-    features = df.drop(columns=[target])
+    features = df.drop(columns=[target] if groups is None else [target, groups])
     if features.shape[1] == 0:
-        raise DataError(f"{path!r} has no feature columns besides the target {target!r}")
+        besides = f"the target {target!r}" + ("" if groups is None else f" and the groups {groups!r}")
+        raise DataError(f"{path!r} has no feature columns besides {besides}")
     bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
     if bad:
         raise DataError(
             f"feature columns of {path!r} must be numeric; not numeric: {bad[:10]}. "
             "Encode them as numbers or drop them before the search"
         )
-    return features.to_numpy(dtype=np.float64), df[target].to_numpy()
+    return (features.to_numpy(dtype=np.float64), df[target].to_numpy(),
+            None if groups is None else df[groups].to_numpy())
 
 
 def _check_rows(n: int, path: str) -> None:
@@ -187,19 +222,21 @@ def _check_rows(n: int, path: str) -> None:
         raise DataError(f"{path!r} has no rows (a header only); add data rows or check data.path")
 
 
-def _table_target(path: str, target: str, kind: str) -> np.ndarray:
-    """The target column of a table only (check_data reads it to check the labels before Ray starts)."""
+def _table_target(path: str, target: str, kind: str, groups: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The target column (and the groups column) of a table only (check_data reads them to check
+    the labels and the groups before Ray starts)."""
     import pandas as pd
 
+    cols = [target] if groups is None else [target, groups]
     try:
         if kind == "csv":
-            df = pd.read_csv(path, usecols=[target])
+            df = pd.read_csv(path, usecols=cols)
         else:
-            df = pd.read_parquet(path, columns=[target])
+            df = pd.read_parquet(path, columns=cols)
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
         raise _unreadable(path, exc, kind) from exc
     _check_rows(len(df), path)
-    return df[target].to_numpy()
+    return df[target].to_numpy(), None if groups is None else df[groups].to_numpy()
 
 
 _IDX_STEMS = {
@@ -426,6 +463,81 @@ def _check_class_counts(y: np.ndarray, need: int, what: str, fix: str, classes: 
                         f"{need} are needed; {fix}")
 
 
+# ------------------------------------------------------------------------------------ groups
+
+
+def _group_codes(groups: Any, n: int, where: str, name: str) -> np.ndarray:
+    """The group of each of ``n`` rows (any discrete values: ids, names) as ``int64`` codes.
+
+    Raises
+    ------
+    DataError
+        For a shape other than one group per row, a missing group (NaN, None) or mixed types.
+    """
+    g = np.asarray(groups)
+    if g.ndim == 2 and g.shape[1] == 1:
+        g = g[:, 0]
+    what = f"{where}: cv.groups {name!r}"
+    if g.ndim != 1:
+        raise DataError(f"{what} must be a vector with one group per row, got shape {g.shape}")
+    if len(g) != n:
+        raise DataError(f"{what} has {len(g)} value(s) for {n} rows; give every row exactly one group")
+    if g.dtype.kind not in "biufUSO":
+        raise DataError(f"{what} must hold group ids (numbers or names), got dtype {g.dtype}")
+    row = _missing_label(g)
+    if row is not None:
+        raise DataError(f"{what}: group missing (NaN/None) at row {row}; give every row a group (e.g. its own id) "
+                        "or drop the row")
+    if g.dtype.kind == "O":
+        kinds = {"str" if type(v).__name__ == "str_" else type(v).__name__ for v in g}
+        if len(kinds) > 1:
+            raise DataError(f"{what} mixes types ({', '.join(sorted(kinds))}); give every group one type, "
+                            "e.g. all strings")
+    return np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(-1)
+
+
+def _check_group_count(groups: np.ndarray, need: int, where: str, name: str, why: str, fix: str) -> None:
+    n = len(np.unique(groups))
+    if n < need:
+        raise DataError(f"{where} has {n} group(s) in cv.groups {name!r}, fewer than the {need} {why}; {fix}")
+
+
+def _holdout_folds(fraction: float) -> int:
+    """How many stratified group folds a grouped holdout of ``fraction`` is one of."""
+    return max(2, round(1.0 / fraction))
+
+
+def _check_holdout_groups(groups: np.ndarray, fraction: float, classify: bool, where: str, name: str,
+                          key: str) -> None:
+    """Enough groups for a grouped holdout of ``fraction`` (the test split or ``cv.folds: 1``)."""
+    if classify:
+        k = _holdout_folds(fraction)
+        _check_group_count(groups, k, where, name,
+                           f"a {key}={fraction} split needs (it is one of {k} stratified group folds)",
+                           f"raise {key} or add groups")
+    else:
+        _check_group_count(groups, 2, where, name, f"a {key} split needs (one on each side)", "add groups")
+
+
+def _holdout(
+    y: np.ndarray, fraction: float, seed: int, classify: bool, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held out)`` positions of ``y``: a shuffled split of ``fraction`` of the rows,
+    stratified for ``classify``; with ``groups``, no group on both sides (see :class:`CVSpec`)."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split  # see _build_folds
+
+    rows = np.arange(len(y))
+    if groups is None:
+        tr, va = train_test_split(rows, test_size=fraction, stratify=y if classify else None, random_state=seed,
+                                  shuffle=True)
+    elif classify:
+        kf = StratifiedGroupKFold(n_splits=_holdout_folds(fraction), shuffle=True, random_state=seed)
+        tr, va = next(kf.split(rows, y, groups))
+    else:
+        tr, va = next(GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed).split(rows, y, groups))
+    return np.sort(tr), np.sort(va)
+
+
 # ------------------------------------------------------------------------------------ check_data
 
 
@@ -436,7 +548,9 @@ def check_metric(n_classes: int, metric: str, where: str) -> None:
                         "val_f1_macro or val_accuracy")
 
 
-def check_data(data: DataSpec, task: str = "classification", metric: str | None = None) -> None:
+def check_data(
+    data: DataSpec, task: str = "classification", metric: str | None = None, cv: CVSpec | None = None, seed: int = 0
+) -> None:
     """Check cheaply, without loading the features, what :func:`load_dataset` would refuse first.
 
     For a file source: the path exists and is a file (``idx``: a directory) that can be opened;
@@ -446,16 +560,24 @@ def check_data(data: DataSpec, task: str = "classification", metric: str | None 
     For ``npz``, ``csv`` and ``parquet`` the labels (only that column or array) are read and
     checked for ``task``: rows exist, no label is missing, class labels are discrete (no
     fractional floats), a regression target is numeric, and a ``metric`` of ``val_auc`` has two
-    classes. ``digits``, ``diabetes`` and ``synthetic`` have nothing to check. The features
-    (NaN, types, lengths) and class sizes are checked only by :func:`load_dataset`.
+    classes. With ``cv.groups`` the groups are read too (the column, or the array) and checked:
+    the source has groups, none is missing, and there are enough for the test split and then for
+    the folds (the test split is taken as :func:`load_dataset` takes it). ``digits``, ``diabetes``
+    and ``synthetic`` have nothing to check; for ``python`` the factory is imported, not called.
+    The features (NaN, types, lengths) and class sizes are checked only by :func:`load_dataset`.
 
     Imports neither torch nor scikit-learn (pandas for ``csv`` and pyarrow for ``parquet``, which
-    loading needs anyway), so a driver can call it before it starts Ray.
+    loading needs anyway; scikit-learn only with ``cv.groups``, to take the test split), so a
+    driver can call it before it starts Ray.
 
     Parameters
     ----------
     data
         The data section of a study.
+    task, metric
+        The study's task and metric.
+    cv, seed
+        The study's CV section and seed (groups are checked only when ``cv`` is given).
 
     Raises
     ------
@@ -464,20 +586,39 @@ def check_data(data: DataSpec, task: str = "classification", metric: str | None 
         ``data.path`` or ``data.target`` and the fix).
     """
     path = data.path
-    target = _class_labels if task == "classification" else _regression_target
-    y = None
+    classify = task == "classification"
+    target = _class_labels if classify else _regression_target
+    group_key = None if cv is None else cv.groups
+    if cv is not None:
+        _check_group_source(data, cv)
+    y = groups = None
     if data.source == "npz":
         with _open_npz(path) as z:  # type: ignore[arg-type]
+            _check_npz_groups(z, path, group_key)  # type: ignore[arg-type]
             try:
                 y = z["y"]
+                groups = None if group_key is None else z[group_key]
             except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
                 raise _unreadable(path, exc, "npz") from exc  # type: ignore[arg-type]
         y = target(y, path)  # type: ignore[arg-type]
     elif data.source in ("csv", "parquet"):
-        _check_target(_table_columns(path, data.source), data.target, path)  # type: ignore[arg-type]
-        y = target(_table_target(path, data.target, data.source), path)  # type: ignore[arg-type]
-    if y is not None and task == "classification" and metric is not None:
+        columns = _table_columns(path, data.source)  # type: ignore[arg-type]
+        _check_target(columns, data.target, path)  # type: ignore[arg-type]
+        _check_group_column(columns, group_key, data.target, path)  # type: ignore[arg-type]
+        y, groups = _table_target(path, data.target, data.source, group_key)  # type: ignore[arg-type]
+        y = target(y, path)  # type: ignore[arg-type]
+    elif data.source == "python":
+        from ._pydata import load_data_factory
+
+        load_data_factory(data.factory)  # type: ignore[arg-type]
+    if y is not None and classify and metric is not None:
         check_metric(len(np.unique(y)), metric, path)  # type: ignore[arg-type]
+    if y is not None and groups is not None and cv is not None:
+        codes = _group_codes(groups, len(y), path, cv.groups)  # type: ignore[arg-type]
+        labels = encode_labels(y)[0][0] if classify else y
+        index, _ = _grouped_test_split(labels, codes, data.test_fraction, seed, classify, path,  # type: ignore[arg-type]
+                                       cv.groups)
+        _check_fold_groups(codes[index], cv, classify, path)  # type: ignore[arg-type]
     if data.source == "idx":
         for file in _idx_files(path).values():  # type: ignore[arg-type]
             try:
@@ -518,8 +659,9 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         missing labels (a non-numeric target for regression), mismatched lengths, a missing target
         column, or a class too small for the folds.
     """
-    where = data.path or data.source
-    X_test = y_test = None
+    where = data.path or (f"data.factory {factory_name(data.factory)!r}" if data.factory is not None else data.source)
+    _check_group_source(data, cv)
+    X_test = y_test = groups_raw = None
     if data.source == "digits":
         from sklearn.datasets import load_digits
 
@@ -535,11 +677,16 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         X, y = load_diabetes(return_X_y=True)
         name = "diabetes"
     elif data.source == "npz":
-        X, y = _load_npz(data.path)  # type: ignore[arg-type]
+        X, y, groups_raw = _load_npz(data.path, cv.groups)  # type: ignore[arg-type]
         name = os.path.basename(data.path)  # type: ignore[arg-type]
     elif data.source in ("csv", "parquet"):
-        X, y = _load_table(data.path, data.target, data.source)  # type: ignore[arg-type]
+        X, y, groups_raw = _load_table(data.path, data.target, data.source, cv.groups)  # type: ignore[arg-type]
         name = os.path.basename(data.path)  # type: ignore[arg-type]
+    elif data.source == "python":
+        from ._pydata import load_python
+
+        loaded = load_python(data, cv.groups)
+        X, y, groups_raw, name = loaded.X, loaded.y, loaded.groups, loaded.name
     elif data.source == "idx":
         X, y, X_test, y_test = _load_idx(data.path)  # type: ignore[arg-type]
         name = os.path.basename(os.path.normpath(data.path))  # type: ignore[arg-type]
@@ -551,6 +698,7 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
     X = _features(X, where)
     y = target(y, where)
     _check_lengths(X, y, where)
+    groups = None if cv.groups is None else _group_codes(groups_raw, len(y), where, cv.groups)
     if X_test is not None:
         X_test = _features(X_test, f"{where} (t10k)")
         y_test = target(y_test, f"{where} (t10k)")
@@ -567,25 +715,14 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         if classify:
             _check_class_counts(y, 2, f"{where}", "a stratified test split needs at least 2 samples per class; "
                                 "add data or drop the class", classes)
-        from sklearn.model_selection import train_test_split  # lazily: see _build_folds
-
-        try:
-            index, test_index = train_test_split(
-                np.arange(len(X)), test_size=data.test_fraction, stratify=y if classify else None,
-                random_state=seed, shuffle=True,
-            )
-        except ValueError as exc:
-            kind = "stratified " if classify else ""
-            raise DataError(
-                f"cannot take a {kind}test split of {where}: {exc}; adjust data.test_fraction"
-            ) from exc
-        index, test_index = np.sort(index), np.sort(test_index)
+        index, test_index = _grouped_test_split(y, groups, data.test_fraction, seed, classify, where, cv.groups)
         X, y, X_test, y_test = X[index], y[index], X[test_index], y[test_index]
+        groups = None if groups is None else groups[index]
     if classify and len(np.unique(y)) < 2:
         assert classes is not None
         raise DataError(f"{where}: only one class (label {classes[int(y.max())]!r}); classification needs at least 2")
 
-    folds = _build_folds(y, cv, seed, where, classes)
+    folds = _build_folds(y, cv, seed, where, classes, groups)
     return Dataset(
         X=X,
         y=y,
@@ -599,14 +736,57 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         name=name,
         task=task,
         classes=classes,
+        groups=groups,
     )
 
 
+def _check_group_source(data: DataSpec, cv: CVSpec) -> None:
+    """``cv.groups`` is set only for a source that can hold groups."""
+    error = group_source_error(data, cv)
+    if error is not None:
+        raise DataError(error)
+
+
+def _grouped_test_split(
+    y: np.ndarray, groups: np.ndarray | None, fraction: float, seed: int, classify: bool, where: str,
+    name: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test split: positions ``(search, test)`` of ``y`` (``groups`` whole on one side)."""
+    if groups is not None:
+        _check_holdout_groups(groups, fraction, classify, where, name or _GROUPS_KEY, "data.test_fraction")
+    try:
+        index, test_index = _holdout(y, fraction, seed, classify, groups)
+    except ValueError as exc:
+        kind = "stratified " if classify else ""
+        raise DataError(f"cannot take a {kind}test split of {where}: {exc}; adjust data.test_fraction") from exc
+    if len(test_index) == 0 or len(index) == 0:
+        raise DataError(f"the test split of {where} left {len(index)} search and {len(test_index)} test rows; "
+                        "adjust data.test_fraction or add groups")
+    return index, test_index
+
+
+def _check_fold_groups(groups: np.ndarray, cv: CVSpec, classify: bool, where: str) -> None:
+    """Enough groups in the search split for ``cv``'s folds (or its holdout)."""
+    where = f"the search split of {where} (test groups removed)"
+    name = cv.groups or _GROUPS_KEY
+    if cv.folds == 1:
+        _check_holdout_groups(groups, cv.val_fraction, classify, where, name, "cv.val_fraction")
+        return
+    n = len(np.unique(groups))
+    fix = (f"lower cv.folds to {n} or fewer, or add groups" if n >= 2 else
+           "add groups, or lower data.test_fraction so that more groups stay out of the test split")
+    _check_group_count(groups, cv.folds, where, name, f"cv.folds={cv.folds} needs (no group sits in two folds)", fix)
+
+
 def _build_folds(
-    y: np.ndarray, cv: CVSpec, seed: int, where: str, classes: Sequence[Any] | None = None
+    y: np.ndarray, cv: CVSpec, seed: int, where: str, classes: Sequence[Any] | None = None,
+    groups: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds of class labels (``classes`` set), plain k-fold of a regression target."""
+    """Stratified folds of class labels (``classes`` set), plain k-fold of a regression target;
+    with ``groups``, ``StratifiedGroupKFold`` / ``GroupKFold`` (no group in two folds)."""
     classify = classes is not None
+    if groups is not None:
+        _check_fold_groups(groups, cv, classify, where)
     need = max(cv.folds, 2)
     if classify:
         _check_class_counts(
@@ -622,31 +802,30 @@ def _build_folds(
                         f"({need}); lower cv.folds or add data")
     # scikit-learn takes ~1.7 s to import; only the driver splits data, so Ray workers, which import
     # this module to train, never load it (their start-up is part of every study's wall time).
-    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-    rows = np.arange(len(y))
-    kind = "stratified " if classify else ""
+    kind = ("stratified " if classify else "") + ("group " if groups is not None else "")
     try:
         if cv.folds == 1:
-            tr, va = train_test_split(rows, test_size=cv.val_fraction, stratify=y if classify else None,
-                                      random_state=seed, shuffle=True)
-            return [(np.sort(tr), np.sort(va))]
-        splitter = StratifiedKFold if classify else KFold
+            return [_holdout(y, cv.val_fraction, seed, classify, groups)]
+        if groups is None:
+            splitter: Any = StratifiedKFold if classify else KFold
+        else:
+            splitter = StratifiedGroupKFold if classify else GroupKFold
         kf = splitter(n_splits=cv.folds, shuffle=cv.shuffle, random_state=seed if cv.shuffle else None)
-        return [(tr, va) for tr, va in kf.split(np.zeros(len(y)), y)]
+        return [(tr, va) for tr, va in kf.split(np.zeros(len(y)), y, groups)]
     except ValueError as exc:
         raise DataError(f"cannot build {cv.folds} {kind}fold(s) of {where}: {exc}; adjust cv") from exc
 
 
 def holdout_split(
-    y: np.ndarray, fraction: float, seed: int, *, stratify: bool = True
+    y: np.ndarray, fraction: float, seed: int, *, stratify: bool = True, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(train, val)`` positions of ``y`` (the refit's inner early-stopping split), stratified by
-    class unless ``stratify`` is False (a regression target)."""
-    from sklearn.model_selection import train_test_split  # lazily: see _build_folds
-
+    class unless ``stratify`` is False (a regression target); with ``groups`` (``Dataset.groups``),
+    no group on both sides."""
     if stratify:
         _check_class_counts(y, 2, "the refit data", "the refit's validation split needs at least 2 samples per class")
-    tr, va = train_test_split(np.arange(len(y)), test_size=fraction, stratify=y if stratify else None,
-                              random_state=seed, shuffle=True)
-    return np.sort(tr), np.sort(va)
+    if groups is not None:
+        _check_holdout_groups(groups, fraction, stratify, "the refit data", _GROUPS_KEY, "cv.val_fraction")
+    return _holdout(y, fraction, seed, stratify, groups)

@@ -284,7 +284,7 @@ def refit_and_test(
     _apply_thread_env()
     if epochs is None:
         train_rows, val_rows = holdout_split(data.y, settings.cv.val_fraction, seed,
-                                             stratify=settings.task == "classification")
+                                             stratify=settings.task == "classification", groups=data.groups)
     else:
         train_rows, val_rows = np.arange(len(data.y)), np.arange(0)
     split = MemberSplit(0, train_rows, val_rows, member_seeds(seed, 0, ROLE_REFIT))

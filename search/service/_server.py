@@ -223,7 +223,7 @@ class Server:
         if row is not None and row.state in st.ACTIVE_STATES:
             raise Conflict(f"study {spec.name!r} is {row.state} already; cancel it first "
                            f"(`hpsearch cancel {spec.name}`) or wait for it to finish")
-        check_data(spec.data, spec.task, spec.metric)
+        check_data(spec.data, spec.task, spec.metric, spec.cv, spec.seed)
         self._check_resources(spec)
         self._create(spec)
         # the notify section is never stored with the study (a webhook URL is often a secret): the

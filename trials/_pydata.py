@@ -1,0 +1,230 @@
+"""Data from the user's own Python function (``data.source: python``).
+
+The function (``data.factory``) is called once, on the driver; what it returns, arrays or a
+``torch.utils.data.Dataset``, is read into numpy arrays here, so that everything downstream (the
+checks, the test split, the folds, the fingerprint, the workers) treats it as an ``npz`` archive.
+A ``Dataset`` is preloaded (iterated once, sample by sample) up to ``data.max_preload_mb``; it is
+not streamed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ._config import DataSpec, factory_name
+
+__all__ = ["PythonData", "load_data_factory", "load_python"]
+
+_EXPECTED = ("(X, y), (X, y, groups), a mapping with keys 'X' and 'y' (and the cv.groups array), or a "
+             "torch.utils.data.Dataset of (x, y) or (x, y, group) samples")
+_GROUPS = "groups"  # the key of the third element of a tuple (and of a Dataset's samples)
+
+
+class PythonData:
+    """The arrays a data factory returned, as numpy arrays (``groups`` only when ``cv.groups`` is set)."""
+
+    __slots__ = ("X", "groups", "name", "y")
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, name: str) -> None:
+        self.X, self.y, self.groups, self.name = X, y, groups, name
+
+
+def _error(message: str) -> Exception:
+    from ._data import DataError  # _data imports this module lazily (for data.source: python only)
+
+    return DataError(message)
+
+
+def load_data_factory(factory: str | Callable[[], Any]) -> Callable[[], Any]:
+    """Import ``package.module:function`` (a callable is returned as is).
+
+    Raises
+    ------
+    DataError
+        Naming the path and the fix when the module cannot be imported, lacks the attribute, or the
+        attribute is not callable.
+    """
+    if callable(factory):
+        return factory
+    form = "expected an import path 'package.module:function' of a function returning " + _EXPECTED
+    module_name, _, attr = str(factory).partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # an ImportError, or whatever the module raises while it is imported
+        raise _error(f"data.factory {factory!r}: cannot import module {module_name!r} ({type(exc).__name__}: "
+                     f"{exc}); make it importable on the driver (PYTHONPATH, an installed package)") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise _error(f"data.factory {factory!r}: module {module_name!r} has no attribute {attr!r}; {form}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise _error(f"data.factory {factory!r} is a {type(obj).__name__}, not a function; {form}")
+    return obj
+
+
+def load_python(data: DataSpec, groups: str | None) -> PythonData:
+    """Call ``data.factory`` and read what it returns into numpy arrays.
+
+    Parameters
+    ----------
+    data
+        A data section with ``source: python``.
+    groups
+        ``cv.groups``: the key of the groups array (``groups`` for a tuple's third element).
+
+    Raises
+    ------
+    DataError
+        The factory does not import or raises (with its exception), returns something else than
+        :data:`_EXPECTED` (naming what it returned), returns groups that ``cv.groups`` does not name
+        (or lacks the array it names), or returns a ``Dataset`` that is larger than
+        ``data.max_preload_mb`` or whose samples (features or labels) cannot be read (naming the
+        sample's index).
+    """
+    fn = load_data_factory(data.factory)  # type: ignore[arg-type]
+    name = factory_name(data.factory)  # type: ignore[arg-type]
+    where = f"data.factory {name!r}"
+    try:
+        out = fn()
+    except Exception as exc:
+        raise _error(f"{where} raised {type(exc).__name__}: {exc} when called as factory() on the driver; "
+                     "fix the factory (it takes no arguments and returns the data)") from exc
+    torch = sys.modules.get("torch")  # a tensor or a Dataset means torch is imported already
+    if torch is not None and isinstance(out, torch.utils.data.Dataset):
+        arrays = _preload(out, where, data.max_preload_mb)
+    elif isinstance(out, (tuple, list)) and len(out) in (2, 3):
+        arrays = dict(zip(("X", "y", _GROUPS), out))
+    elif isinstance(out, Mapping):
+        arrays = dict(out)
+        missing = [k for k in ("X", "y") if k not in arrays]
+        if missing:
+            raise _error(f"{where} returned a mapping with keys {sorted(map(str, arrays))}, without "
+                         f"{' and '.join(map(repr, missing))}; expected {_EXPECTED}")
+    else:
+        raise _error(f"{where} returned {_describe(out)}; expected {_EXPECTED}")
+    if groups is None and _GROUPS in arrays and not isinstance(out, Mapping):
+        raise _error(f"{where} returned groups (a third element) but cv.groups is not set; set cv.groups: groups "
+                     "to keep each group in one fold, or return (X, y)")
+    if groups is not None and groups not in arrays:
+        has = "keys " + str(sorted(map(str, arrays))) if isinstance(out, Mapping) else "no groups"
+        raise _error(f"cv.groups {groups!r}: {where} returned {has}; return (X, y, groups) and set cv.groups: "
+                     f"groups, or a mapping with a {groups!r} array")
+    return PythonData(
+        X=_as_array(arrays["X"], f"{where}: X"),
+        y=_as_array(arrays["y"], f"{where}: y"),
+        groups=None if groups is None else _as_array(arrays[groups], f"{where}: cv.groups {groups!r}"),
+        name=name,
+    )
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, (tuple, list)):
+        return f"a {type(obj).__name__} of {len(obj)} element(s) ({', '.join(type(v).__name__ for v in obj[:4])})"
+    return f"a {type(obj).__module__}.{type(obj).__qualname__}" if obj is not None else "None"
+
+
+def _as_array(value: Any, what: str) -> np.ndarray:
+    """A numpy array of a tensor, an array, a pandas object or a (nested) list."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if hasattr(value, "to_numpy"):  # pandas
+        return np.asarray(value.to_numpy())
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged lists
+        raise _error(f"{what} cannot be read as an array ({exc}); return arrays of one shape per sample") from exc
+
+
+def _scalar(value: Any) -> Any:
+    """A label or group as a plain Python value (a one-element tensor or array included)."""
+    torch = sys.modules.get("torch")
+    if (torch is not None and isinstance(value, torch.Tensor)) or isinstance(value, np.ndarray):
+        if int(np.prod(value.shape)) != 1:
+            raise ValueError(f"a {type(value).__name__} of shape {tuple(value.shape)}, not one value")
+        return value.reshape(-1)[0].item()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    raise ValueError(f"a {type(value).__name__}, not a class or a number")
+
+
+def _samples(ds: Any) -> tuple[Iterator[Any], int | None]:
+    """The samples of a map-style (by index) or an iterable Dataset, and its length if it has one."""
+    try:
+        n = len(ds)
+    except TypeError:  # an IterableDataset without __len__
+        return iter(ds), None
+    torch = sys.modules["torch"]
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        return iter(ds), n
+    return (ds[i] for i in range(n)), n  # a generator: an exception in ds[i] is raised by next()
+
+
+def _preload(ds: Any, where: str, limit_mb: float) -> dict[str, Any]:
+    """Read every sample of a Dataset once into ``X``, ``y`` (and ``groups``) arrays."""
+    samples, n = _samples(ds)
+    xs: list[np.ndarray] = []
+    ys: list[Any] = []
+    gs: list[Any] = []
+    shape: tuple[int, ...] | None = None
+    sample_mb = 0.0
+    i = 0
+    fix = ("return (x, y) (or (x, y, group)) from __getitem__, with y a class or a number, or return (X, y) "
+           "arrays from the factory")
+    while True:
+        try:
+            item = next(samples)
+        except StopIteration:
+            break
+        except Exception as exc:
+            raise _error(f"{where}: the Dataset fails on sample {i}: {type(exc).__name__}: {exc}; fix its "
+                         "__getitem__ (or __iter__)") from exc
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise _error(f"{where}: sample {i} of the Dataset is {_describe(item)}, so its label cannot be read; "
+                         f"{fix}")
+        x = _as_array(item[0], f"{where}: features of sample {i}")
+        if shape is None:
+            shape = x.shape
+            sample_mb = max(x.size, 1) * 4 / 2**20  # kept as float32
+            if n is not None:
+                _check_size(n, shape, sample_mb, limit_mb, where)
+        elif x.shape != shape:
+            raise _error(f"{where}: sample {i} has features of shape {x.shape}, sample 0 of shape {shape}; every "
+                         "sample needs one shape to be preloaded (pad, crop or resize them in the Dataset)")
+        elif n is None and (i + 1) * sample_mb > limit_mb:
+            _check_size(i + 1, shape, sample_mb, limit_mb, where)
+        for part, value, into in (("label", item[1], ys), ("group", item[2] if len(item) == 3 else None, gs)):
+            if part == "group" and len(item) == 2:
+                continue
+            try:
+                into.append(_scalar(value))
+            except ValueError as exc:
+                raise _error(f"{where}: the {part} of sample {i} is {exc}; {fix}") from None
+        xs.append(x)
+        i += 1
+    if not xs:
+        raise _error(f"{where} returned an empty Dataset; return at least one sample per class and fold")
+    if gs and len(gs) != len(ys):
+        raise _error(f"{where}: some samples have a group (a third element) and some do not; give every sample one")
+    arrays: dict[str, Any] = {"X": np.stack(xs), "y": np.asarray(ys)}
+    if gs:
+        arrays[_GROUPS] = np.asarray(gs)
+    return arrays
+
+
+def _check_size(n: int, shape: tuple[int, ...], sample_mb: float, limit_mb: float, where: str) -> None:
+    size = n * sample_mb
+    if size > limit_mb:
+        raise _error(
+            f"{where}: the Dataset's features take {size:.1f} MiB as float32 ({n} samples of shape {shape}), more "
+            f"than data.max_preload_mb={limit_mb:g}; hpsearch preloads a Dataset into memory (the driver and each "
+            "worker hold a copy), it does not stream one. Raise data.max_preload_mb if they have the memory, or "
+            "give a smaller data set (fewer or smaller samples)"
+        )
