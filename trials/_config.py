@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_serializer, model_validator
 
 from ._metrics import METRICS, check_task_settings, default_loss
 
@@ -104,15 +104,18 @@ class DataSpec(_Spec):
         return v if v is None or isinstance(v, str) else _CALLABLE_PREFIX + factory_name(v)
 
     @model_validator(mode="after")
-    def _check(self) -> DataSpec:
+    def _check(self, info: ValidationInfo) -> DataSpec:
         if self.source == "python" and self.factory is None:
             raise ValueError("data.factory (a function 'package.module:function' returning (X, y) or a "
                              "torch.utils.data.Dataset) is required when data.source is 'python'")
         if self.factory is not None and self.source != "python":
             raise ValueError(f"data.factory is set, but data.source is {self.source!r}; set data.source: python "
                              "to load the data from the factory (or remove data.factory)")
-        factory_error = _factory_path_error(self.factory, "data.factory")
-        if factory_error:
+        # a stored study made with a callable keeps its name: it is shown, and its saved model loads;
+        # only loading its data needs the callable (refused then, with the same reason: see load_python)
+        stored = (info.context or {}).get("stored", False)
+        factory_error = factory_path_error(self.factory, "data.factory")
+        if factory_error and not (stored and stored_callable(self.factory)):
             raise ValueError(factory_error)
         if self.source in _FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
@@ -159,16 +162,23 @@ class ModelSpec(_Spec):
     def _check(self) -> ModelSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"model.hidden must hold positive layer widths, got {list(self.hidden)}")
-        factory_error = _factory_path_error(self.factory, "model.factory")
+        factory_error = factory_path_error(self.factory, "model.factory")
         if factory_error:
             raise ValueError(factory_error)
         return self
 
 
-def _factory_path_error(factory: str | Callable[..., Any] | None, key: str) -> str | None:
-    """What is wrong with a factory given as a string (``key`` is ``model.factory`` or ``data.factory``)."""
+def stored_callable(factory: str | Callable[..., Any] | None) -> str | None:
+    """The name ``module:qualname`` of a callable as a stored spec names it, else ``None``."""
     if isinstance(factory, str) and factory.startswith(_CALLABLE_PREFIX):
-        name = factory[len(_CALLABLE_PREFIX):]
+        return factory[len(_CALLABLE_PREFIX):]
+    return None
+
+
+def factory_path_error(factory: str | Callable[..., Any] | None, key: str) -> str | None:
+    """What is wrong with a factory given as a string (``key`` is ``model.factory`` or ``data.factory``)."""
+    name = stored_callable(factory)
+    if name is not None:
         return (f"{key} was the Python callable {name}, which a stored study names but cannot import; "
                 "continue it from Python by running the same spec, with that callable, again (run_study), "
                 f"or give {key} an import path 'package.module:function' in a new study")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._config import DataSpec, factory_name
+from ._config import DataSpec, factory_name, factory_path_error, stored_callable
 
 __all__ = ["PythonData", "load_data_factory", "load_python"]
 
@@ -47,10 +47,13 @@ def load_data_factory(factory: str | Callable[[], Any]) -> Callable[[], Any]:
     ------
     DataError
         Naming the path and the fix when the module cannot be imported, lacks the attribute, or the
-        attribute is not callable.
+        attribute is not callable; or, for the name a stored study keeps of a callable, saying
+        how to continue that study (from Python, with the callable).
     """
     if callable(factory):
         return factory
+    if stored_callable(factory) is not None:  # a stored study made with a callable, resumed without it
+        raise _error(str(factory_path_error(factory, "data.factory")))
     form = "expected an import path 'package.module:function' of a function returning " + _EXPECTED
     module_name, _, attr = str(factory).partition(":")
     try:
@@ -223,7 +226,7 @@ def _check_size(n: int, shape: tuple[int, ...], sample_mb: float, limit_mb: floa
     size = n * sample_mb
     if size > limit_mb:
         raise _error(
-            f"{where}: the Dataset's features take {size:.1f} MiB as float32 ({n} samples of shape {shape}), more "
+            f"{where}: the Dataset's features take {size:.3g} MiB as float32 ({n} samples of shape {shape}), more "
             f"than data.max_preload_mb={limit_mb:g}; hpsearch preloads a Dataset into memory (the driver and each "
             "worker hold a copy), it does not stream one. Raise data.max_preload_mb if they have the memory, or "
             "give a smaller data set (fewer or smaller samples)"
