@@ -27,6 +27,8 @@ demo: setup
 examples: setup
 	$(VENV)/bin/hpsearch run examples/diabetes.yaml --storage sqlite:///examples.db
 	$(VENV)/bin/hpsearch best diabetes-demo --storage sqlite:///examples.db
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/hpsearch run examples/patients.yaml --storage sqlite:///examples.db
+	$(VENV)/bin/hpsearch best patients-demo --storage sqlite:///examples.db
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
