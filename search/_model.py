@@ -148,7 +148,8 @@ class Predictions:
 def predict(name: str, data: str | Path, *, storage: str | None = None, artifacts: str | None = None,
             batch_size: int = 4096) -> Predictions:
     """Predict with study ``name``'s saved model on the rows of the file ``data``, read as the study
-    reads its data (``trials._features.load_features``: the ``data.target`` column, if present, is left out).
+    reads its data (``trials._features.load_features``: the ``data.target`` and ``cv.groups`` columns, if
+    present, are left out).
 
     Raises
     ------
@@ -161,7 +162,7 @@ def predict(name: str, data: str | Path, *, storage: str | None = None, artifact
 
     model = load_model(name, storage=storage, artifacts=artifacts)
     spec = parse_spec(model.metadata["spec"], stored=True)  # type: ignore[index]
-    X = load_features(spec.data, str(data))
+    X = load_features(spec.data, str(data), spec.cv.groups)
     want = int(model.metadata["n_features"])  # type: ignore[index]
     if X.shape[1] != want:
         raise UsageError(f"{str(data)!r} has {X.shape[1]} feature columns; the model of study {name!r} takes {want} "

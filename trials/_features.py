@@ -42,10 +42,11 @@ def _npz_features(path: str) -> np.ndarray:
         raise _unreadable(path, exc, "npz") from exc
 
 
-def load_features(data: DataSpec, path: str) -> np.ndarray:
+def load_features(data: DataSpec, path: str, groups: str | None = None) -> np.ndarray:
     """Features ``float32 [n, d]`` of the rows in ``path``, read like ``data`` (the study's data section).
 
-    csv / parquet: every column but ``data.target`` (which may be absent); npz: array ``X`` (``y`` is
+    csv / parquet: every column but ``data.target`` and the ``groups`` column (the study's
+    ``cv.groups``; either may be absent); npz: array ``X`` (``y`` is
     ignored); idx: an image file, or a directory's ``t10k-images-idx3-ubyte[.gz]``, scaled as in
     training. A study on ``digits`` or ``synthetic`` reads the format the file's extension names.
 
@@ -63,8 +64,7 @@ def load_features(data: DataSpec, path: str) -> np.ndarray:
             df = pd.read_csv(path) if kind == "csv" else pd.read_parquet(path)
         except Exception as exc:  # pandas/pyarrow raise many types for corrupt files
             raise _unreadable(path, exc, kind) from exc
-        if data.target is not None and data.target in df.columns:
-            df = df.drop(columns=[data.target])
+        df = df.drop(columns=[c for c in (data.target, groups) if c is not None and c in df.columns])
         bad = [str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
         if bad:
             raise DataError(f"feature columns of {path!r} must be numeric; not numeric: {bad[:10]}")

@@ -126,3 +126,21 @@ def test_a_study_file_setting_groups_for_a_source_without_them_is_refused(tmp_pa
     with pytest.raises(SpecError, match=r"cv\.groups 'patient' is set, but data\.source 'digits' has no groups"):
         parse_spec(_spec(None, data={"source": "digits"}, cv={"folds": 3, "groups": "patient"}))
     assert CVSpec(groups="patient").groups == "patient"
+
+
+def test_a_grouped_csv_study_predicts_on_rows_that_still_have_their_groups_column(tmp_path: Path) -> None:
+    """The groups column is no feature: training leaves it out, and so does ``predict``."""
+    import pandas as pd
+
+    from search import predict
+
+    rng = np.random.default_rng(0)
+    patient = np.arange(120) % 20
+    df = pd.DataFrame(rng.normal(size=(120, 3)), columns=["a", "b", "c"]).assign(label=patient % 2, patient=patient)
+    df.to_csv(tmp_path / "v.csv", index=False)
+    spec = _spec(None, data={"source": "csv", "path": str(tmp_path / "v.csv"), "target": "label"},
+                 cv={"folds": 3, "groups": "patient"})
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(spec, storage=url, backend=LocalBackend(1))
+    got = predict("own", tmp_path / "v.csv", storage=url)
+    assert len(got.labels) == 120 and set(got.labels) <= {0, 1}
