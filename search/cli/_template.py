@@ -19,9 +19,10 @@ space:                    # tunable: lr dropout batch_size momentum weight_decay
   # for strategy grid give values lists instead, e.g.  lr: {type: float, values: [0.001, 0.01, 0.1]}
 
 data:
-  source: digits          # digits | diabetes | synthetic | npz | csv | parquet | idx (MNIST IDX directory)
+  source: digits          # digits | diabetes | synthetic | npz | csv | parquet | idx (MNIST IDX directory) | python
   # path: data/train.csv  # for file sources
   # target: label         # label column of csv/parquet (any discrete labels: integers, strings)
+  # factory: mypkg.data:load      # source python: load() returns (X, y), (X, y, groups) or a torch Dataset
   test_fraction: 0.2      # stratified held-out test split, scored once at the end
 
 model:
@@ -41,6 +42,7 @@ training:
 
 cv:
   folds: 5                # stratified k-fold (regression: plain k-fold); 1 = one holdout split
+  # groups: patient       # grouped k-fold: a column (csv/parquet) or array (npz, python) of group ids
 
 pruner:
   type: median            # none | median | successive_halving | hyperband
