@@ -146,15 +146,16 @@ def _as_array(value: Any, what: str) -> np.ndarray:
 
 def _scalar(value: Any) -> Any:
     """A label or group as a plain Python value (a one-element tensor or array included)."""
-    torch = sys.modules.get("torch")
-    if (torch is not None and isinstance(value, torch.Tensor)) or isinstance(value, np.ndarray):
-        if int(np.prod(value.shape)) != 1:
-            raise ValueError(f"a {type(value).__name__} of shape {tuple(value.shape)}, not one value")
-        return value.reshape(-1)[0].item()
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, (int, float, str, bool)):
         return value
+    if isinstance(value, np.generic):
+        return value.item()
+    torch = sys.modules.get("torch")
+    tensor = torch is not None and isinstance(value, torch.Tensor)
+    if tensor or isinstance(value, np.ndarray):
+        if (value.numel() if tensor else value.size) != 1:
+            raise ValueError(f"a {type(value).__name__} of shape {tuple(value.shape)}, not one value")
+        return value.item()
     raise ValueError(f"a {type(value).__name__}, not a class or a number")
 
 
