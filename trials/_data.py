@@ -637,9 +637,10 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
     Parameters
     ----------
     data
-        Source and test fraction.
+        Source and test fraction (``source: python``: the factory is called here, once).
     cv
-        Number of folds (``1``: a stratified holdout split of ``cv.val_fraction``).
+        Number of folds (``1``: a stratified holdout split of ``cv.val_fraction``); with
+        ``cv.groups``, grouped folds and a grouped test split (``Dataset.groups``).
     seed
         Study seed; fixes the synthetic data, the test split and the folds.
     task
@@ -657,7 +658,8 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
     DataError
         For a missing or unreadable file, a file without rows, NaN/inf features, fractional or
         missing labels (a non-numeric target for regression), mismatched lengths, a missing target
-        column, or a class too small for the folds.
+        column, or a class too small for the folds; a data factory that cannot serve (see
+        :func:`trials._pydata.load_python`); missing or too few groups for ``cv.groups``.
     """
     where = data.path or (f"data.factory {factory_name(data.factory)!r}" if data.factory is not None else data.source)
     _check_group_source(data, cv)
