@@ -39,14 +39,25 @@ def _property(operation, mode: GenerationMode, auth: dict[str, str],  # type: ig
     key = f"{operation.method.upper()} {operation.path}"
 
     @given(case=operation.as_strategy(mode))
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same requests on every run, so a failure reproduces and CI does not draw lots
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+              derandomize=True)
     def check(case) -> None:  # type: ignore[no-untyped-def]
         response = case.call(headers=auth, timeout=30)
         where = f"{case.method} {case.formatted_path}"
         seen.setdefault(key, set()).add(response.status_code)
         assert response.status_code < 500, (where, response.status_code, response.text[:500])
-        if response.status_code >= 400:
+        if response.status_code >= 400 and not _is_json(response):
+            # uvicorn refuses a request that is not valid HTTP (a control character in a header, say)
+            # before it reaches the app, with a plain-text 400 that says so
+            assert response.status_code == 400 and "Invalid HTTP request" in response.text, (where, response.text)
+        elif response.status_code >= 400:
             body = response.json()
             assert isinstance(body.get("detail"), str) and body["detail"].strip(), (where, response.text[:500])
 
     return check
+
+
+def _is_json(response) -> bool:  # type: ignore[no-untyped-def]
+    value = response.headers.get("content-type") or [""]  # schemathesis keeps each header as a list
+    return str(value[0]).split(";")[0].strip() == "application/json"
