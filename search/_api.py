@@ -184,9 +184,16 @@ def _execute(
 
 
 def _check_model(spec: StudySpec, data: Dataset) -> None:
-    """Try a ``model.factory`` on the driver before any trial runs (see :func:`trials.check_model`):
-    a factory that cannot serve the study then fails it at once, and leaves no study behind,
-    rather than failing (and retrying) every trial on the workers."""
+    """Try a ``model.factory`` (:func:`trials.check_model`) or a ``trainable`` (one epoch on a few rows:
+    :func:`trials.check_trainable`) on the driver before any trial runs: code that cannot serve the
+    study then fails it at once, and leaves no study behind, rather than failing (and retrying)
+    every trial on the workers."""
+    if spec.trainable is not None:
+        from trials import check_trainable
+
+        for params in spec.probe_params():
+            check_trainable(spec.settings, params, data)
+        return
     if spec.model.factory is None:
         return
     from trials import check_model

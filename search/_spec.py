@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from trials import (
     METRICS,
@@ -32,6 +41,7 @@ from trials import (
     metric_direction,
     resolve_hyperparams,
 )
+from trials._config import callable_by_name, check_callable_field
 
 __all__ = [
     "CategoricalParam",
@@ -290,6 +300,19 @@ class StudySpec(_Model):
     resources: ResourcesSpec = ResourcesSpec()
     retries: RetrySpec = RetrySpec()
     refit: RefitSpec = RefitSpec()
+    trainable: str | Callable[..., Any] | None = None
+    """Your own training function, ``package.module:function`` (from Python, the callable itself),
+    called once per fold with a :class:`trials.TrainContext`; stored by name only when a callable."""
+
+    @field_serializer("trainable", when_used="json")
+    def _trainable_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
+        return callable_by_name(v)
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable_path(cls, v: str | Callable[..., Any] | None) -> str | Callable[..., Any] | None:
+        check_callable_field("trainable", v)
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -335,8 +358,10 @@ class StudySpec(_Model):
                 check_param_names([name], self.settings)
             except ValueError as e:
                 errors.append(f"space.{name}: {e}")
-        if not errors and _strict(info):
+        if not errors and _strict(info) and self.trainable is None:  # a trainable's params are its own
             errors += _check_param_values(self.space, self.settings, grid=self.strategy == "grid")
+        if self.trainable is not None:
+            errors += _check_trainable_settings(self)
         if _strict(info) and self.data.source not in ("npz", "csv", "parquet", "idx"):
             # data.source defaults to digits: a path without a source trained on the bundled digits
             for key in ("path", "target"):
@@ -382,7 +407,10 @@ class StudySpec(_Model):
     # -- derived views -------------------------------------------------------------------------
     @property
     def settings(self) -> TrialSettings:
-        return TrialSettings(task=self.task, model=self.model, training=self.training, cv=self.cv)
+        if self.trainable is None:
+            return TrialSettings(task=self.task, model=self.model, training=self.training, cv=self.cv)
+        return TrialSettings(task=self.task, model=self.model, training=self.training, cv=self.cv,
+                             trainable=self.trainable, metric=self.metric)
 
     @property
     def study_direction(self) -> str:
@@ -416,6 +444,18 @@ class StudySpec(_Model):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as stored with the study (without ``notify``)."""
         return self.model_dump(mode="json")
+
+
+def _check_trainable_settings(spec: StudySpec) -> list[str]:
+    """Keys that a study with its own training function cannot also use."""
+    errors = []
+    if spec.model.factory is not None:
+        errors.append("model.factory: not used with trainable (your training function builds its own model); "
+                      "remove one of them")
+    if spec.resources.stack_trials > 1:
+        errors.append(f"resources.stack_trials: {spec.resources.stack_trials} cannot be combined with trainable "
+                      "(your function trains one configuration at a time); remove resources.stack_trials")
+    return errors
 
 
 def _check_task_data(task: str, metric: str, data: DataSpec) -> list[str]:

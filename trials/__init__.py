@@ -84,6 +84,8 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "TestResult",
+    "TrainContext",
+    "TrainableError",
     "TrainingSpec",
     "TrialOutOfMemory",
     "TrialResult",
@@ -93,6 +95,7 @@ __all__ = [
     "check_model",
     "check_param_names",
     "check_task_settings",
+    "check_trainable",
     "decode_labels",
     "default_loss",
     "encode_labels",
@@ -111,7 +114,9 @@ __all__ = [
 ]
 
 # Names of the torch-bound module, imported on first access (``from trials import run_trial`` too).
-_LAZY = {name: "._trial" for name in ("TrialOutOfMemory", "check_model", "refit_and_test", "run_trial", "run_trials")}
+_LAZY = {name: "._trial" for name in ("TrialOutOfMemory", "check_model", "check_trainable", "refit_and_test",
+                                        "run_trial", "run_trials")}
+_LAZY.update({name: "._trainable" for name in ("TrainContext", "TrainableError")})
 
 
 def __getattr__(name: str) -> Any:
@@ -128,4 +133,5 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from ._trial import TrialOutOfMemory, check_model, refit_and_test, run_trial, run_trials
+    from ._trainable import TrainableError, TrainContext
+    from ._trial import TrialOutOfMemory, check_model, check_trainable, refit_and_test, run_trial, run_trials

@@ -48,6 +48,20 @@ def factory_name(factory: str | Callable[..., Any]) -> str:
     return f"{module}:{getattr(factory, '__qualname__', None) or type(factory).__name__}"
 
 
+def check_callable_field(key: str, value: str | Callable[..., Any] | None) -> None:
+    """Raise ``ValueError`` unless ``value`` (of study-file key ``key``) is None, a callable, or an
+    import path ``package.module:function``; a stored callable's name (``"python callable ..."``)
+    says how to continue its study."""
+    error = factory_path_error(value, key)
+    if error:
+        raise ValueError(error)
+
+
+def callable_by_name(value: str | Callable[..., Any] | None) -> str | None:
+    """How a spec stores an import path or callable: the path as given; a callable by name only."""
+    return value if value is None or isinstance(value, str) else _CALLABLE_PREFIX + factory_name(value)
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,7 +115,7 @@ class DataSpec(_Spec):
 
     @field_serializer("factory", when_used="json")
     def _factory_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
-        return v if v is None or isinstance(v, str) else _CALLABLE_PREFIX + factory_name(v)
+        return callable_by_name(v)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> DataSpec:
@@ -156,15 +170,13 @@ class ModelSpec(_Spec):
 
     @field_serializer("factory", when_used="json")
     def _factory_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
-        return v if v is None or isinstance(v, str) else _CALLABLE_PREFIX + factory_name(v)
+        return callable_by_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"model.hidden must hold positive layer widths, got {list(self.hidden)}")
-        factory_error = factory_path_error(self.factory, "model.factory")
-        if factory_error:
-            raise ValueError(factory_error)
+        check_callable_field("model.factory", self.factory)
         return self
 
 
@@ -285,13 +297,31 @@ class TrialSettings(_Spec):
     model: ModelSpec = ModelSpec()
     training: TrainingSpec = TrainingSpec()
     cv: CVSpec = CVSpec()
+    trainable: str | Callable[..., Any] | None = None
+    """Your own training function (``package.module:function`` or a callable), called once per fold
+    with a :class:`trials.TrainContext`; ``None``: hpsearch's own loop (see :mod:`trials._trainable`)."""
+    metric: Literal[METRICS] | None = None  # type: ignore[valid-type]
+    """The study's metric: a ``trainable`` must report it (besides ``training.monitor``) every epoch."""
+
+    @field_serializer("trainable", when_used="json")
+    def _trainable_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
+        return callable_by_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> TrialSettings:
         errors = check_task_settings(self.task, metric=None, monitor=self.training.monitor, loss=self.training.loss)
+        try:
+            check_callable_field("trainable", self.trainable)
+        except ValueError as e:
+            errors.append(str(e))
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    @property
+    def reported_metrics(self) -> tuple[str, ...]:
+        """What a ``trainable`` must report every epoch: ``training.monitor`` and the study's metric."""
+        return tuple(dict.fromkeys(m for m in (self.training.monitor, self.metric) if m is not None))
 
     @property
     def loss(self) -> str:
@@ -416,21 +446,22 @@ def check_param_names(names: Iterable[str], settings: TrialSettings) -> None:
     names
         Hyperparameter names of a search space or of one trial.
     settings
-        With ``model.factory`` set, any name is allowed (extra names go to the factory).
+        With ``model.factory`` set, any name is allowed (extra names go to the factory); with a
+        ``trainable``, any name too (every param goes to your function).
 
     Raises
     ------
     HyperparameterError
         Naming the first unknown key (``name``) and listing the allowed names.
     """
-    if settings.model.factory is not None:
+    if settings.model.factory is not None or settings.trainable is not None:
         return
     for name in names:
         if name not in TUNABLE_PARAMS:
             raise HyperparameterError(
                 f"unknown hyperparameter {name!r}; the built-in MLP can tune: "
                 f"{', '.join(sorted(TUNABLE_PARAMS))} (set model.factory to pass other names "
-                "to your own model)",
+                "to your own model, or trainable to pass every name to your own training function)",
                 name,
             )
 

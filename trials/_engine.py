@@ -401,15 +401,16 @@ class _MemberRecord:
             self.best_epoch, self.best = epoch, metrics
         self.wait = 0 if better else self.wait + 1
         # stop after `patience` epochs without improvement (patience 0: after the first), or when
-        # the validation loss is no longer finite (diverged)
-        if self.wait >= max(self.patience, 1) or not math.isfinite(metrics["val_loss"]):
+        # the validation loss (a trainable that reports none: the monitored value) is no longer finite
+        if self.wait >= max(self.patience, 1) or not math.isfinite(metrics.get("val_loss", value)):
             self.stopped = True
         return better or first
 
     def report(self, fold: int) -> MemberReport:
         """This epoch's values, or the restored best epoch's once stopped."""
         v = self.best if self.stopped else self.last
-        return MemberReport(fold, v["train_loss"], v["val_loss"], v.get("val_accuracy", math.nan),
+        return MemberReport(fold, v.get("train_loss", math.nan), v.get("val_loss", math.nan),
+                            v.get("val_accuracy", math.nan),
                             stopped=self.stopped, metrics=_validation(v))
 
     def result(self, fold: int) -> FoldResult:

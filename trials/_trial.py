@@ -22,7 +22,8 @@ from ._refit import FixedFit, fit_fixed_epochs
 from ._results import EpochReport, TestResult, TrialResult
 from ._seeding import ROLE_REFIT, member_seeds
 
-__all__ = ["TrialOutOfMemory", "check_model", "refit_and_test", "resolve_device", "run_trial", "run_trials"]
+__all__ = ["TrialOutOfMemory", "check_model", "check_trainable", "refit_and_test", "resolve_device", "run_trial",
+           "run_trials"]
 
 _T = TypeVar("_T")
 
@@ -72,6 +73,42 @@ def check_model(settings: TrialSettings, params: Mapping[str, Any], n_features: 
         build_factory_stack(hp.factory, hp.params, n_features, n_classes, [0], torch.device("cpu"))
     except torch.OutOfMemoryError:
         pass  # the driver's memory says nothing about a worker's device
+
+
+def _run_trainable(
+    data: Dataset,
+    params: Mapping[str, Any],
+    settings: TrialSettings,
+    *,
+    seed: int,
+    device: str | None,
+    gpu_fraction: float | None,
+    folds: Sequence[int] | None,
+    report: Callable[[EpochReport], bool] | None,
+) -> TrialResult:
+    """:func:`run_trial` with ``settings.trainable``: your function, once per fold, in lockstep."""
+    from ._trainable import run_trainable
+
+    fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
+    if not fold_ids or any(not 0 <= f < len(data.folds) for f in fold_ids) or len(set(fold_ids)) != len(fold_ids):
+        raise ValueError(f"folds must be distinct indices into the data set's {len(data.folds)} folds, got {folds}")
+    dev = resolve_device(device or settings.training.device)
+    _apply_thread_env()
+    return _guarded(dev, gpu_fraction, f"the trainable's {len(fold_ids)} fold(s)",
+                    lambda: run_trainable(data, params, settings, seed=seed, device=dev, report=report, folds=fold_ids))
+
+
+def check_trainable(settings: TrialSettings, params: Mapping[str, Any], data: Dataset) -> None:
+    """Try ``settings.trainable`` on the driver before any trial runs (see :func:`trials._trainable.check_trainable`).
+
+    Raises
+    ------
+    TrainableError
+        Naming the function, what went wrong and, for an exception of its own, its traceback's tail.
+    """
+    from ._trainable import check_trainable as check
+
+    check(settings, params, data)
 
 
 def _apply_thread_env() -> None:
@@ -212,6 +249,11 @@ def run_trials(
     t0 = time.perf_counter()
     if not params or len(params) != len(seeds):
         raise ValueError(f"need one seed per configuration, got {len(params)} configurations and {len(seeds)} seeds")
+    if settings.trainable is not None:
+        if len(params) > 1:
+            raise ValueError("configurations of a trainable train one at a time; call run_trial for each")
+        return [_run_trainable(data, params[0], settings, seed=seeds[0], device=device, gpu_fraction=gpu_fraction,
+                               folds=folds, report=None if report is None else (lambda r: report(0, r)))]
     hps = [resolve_hyperparams(settings, p) for p in params]
     if len(hps) > 1 and hps[0].factory is not None:
         raise ValueError("configurations of a model.factory train one per stack; call run_trial for each")
@@ -279,6 +321,13 @@ def refit_and_test(
         With the trained network's ``state_dict`` bytes and its feature scaling.
     """
     t0 = time.perf_counter()
+    if settings.trainable is not None:
+        from ._trainable import refit_trainable
+
+        dev = resolve_device(device or settings.training.device)
+        _apply_thread_env()
+        return _guarded(dev, None, "the refit of the trainable",
+                        lambda: refit_trainable(data, params, settings, seed=seed, device=dev, epochs=epochs))
     hp = resolve_hyperparams(settings, params)
     dev = resolve_device(device or settings.training.device)
     _apply_thread_env()

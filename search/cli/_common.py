@@ -52,6 +52,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             # `best` never import torch (a DataError cannot come from a module that is not loaded).
             user = (_loaded("search._spec", "SpecError") + _loaded("search._errors", "UsageError")
                     + _loaded("trials", "DataError") + _loaded("trials", "ModelError")
+                    + _loaded("trials._trainable", "TrainableError")
                     + _loaded("search.backends._ray", "ResourceError")
                     + _loaded("storage", "StudyNotFound") + _loaded("storage", "BadStorageURL"))
             if isinstance(e, user):

@@ -1,0 +1,1 @@
+"""Example code that study files under examples/ name (``trainable: examples.custom_loop:train``)."""
