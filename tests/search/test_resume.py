@@ -387,6 +387,39 @@ def test_sigkill_mid_study_then_resume(request, tmp_path, monkeypatch, ray_here,
         print(f"Ray processes left by the killed driver, killed now: {leftovers}")
 
 
+def test_sigkill_mid_study_of_a_trainable_then_resume(tmp_path, monkeypatch, ray_here) -> None:
+    """A study whose trials run the user's own training function (tests/search/trainables.py:train),
+    killed with SIGKILL while trials train: the resume loses no finished trial and runs none twice."""
+    url = f"sqlite:///{tmp_path}/study.db"
+    name = "kill-trainable"
+    spec = real_spec("tpe", name, trainable="tests.search.trainables:train", model={})
+    proc = StudyProc(["run", write_spec(tmp_path / "study.yaml", spec), "--storage", url, "-q",
+                      "--address", ray_here, "--allow-sqlite"], env=PROC_ENV)
+    try:
+        proc.wait_for(lambda: count_states(url, name)["COMPLETE"] >= 2, what="2 COMPLETE trials")
+        proc.proc.kill()
+        proc.proc.wait()
+        trials = trials_of(url, name)
+        before = snapshot(trials)
+        n_params = max(len(t.params) for t in trials)
+        in_flight = {t.number for t in trials if t.state == TrialState.RUNNING and len(t.params) == n_params}
+        assert in_flight, "the kill was meant to land while trials ran"
+        monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "600")  # taken over as its process is gone
+        code, out, err = invoke("resume", name, "--storage", url, "-q")
+        assert code == 0, err
+        assert "6/6 trials done" in out
+        after = trials_of(url, name)
+        checked = check_invariants(after, budget=6, seed=5, before=before)
+        assert {t.number for t in checked.failed} == in_flight
+        assert all(t.user_attrs["train_path"] == "trainable" for t in checked.complete)
+        assert all(sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+                   for t in checked.complete)
+        test = st.study_attrs(st.create_engine(url), name)["test_result"]
+        assert test["trial"] == min(checked.complete, key=lambda t: -t.value).number and test["test_score"] > 0.5
+    finally:
+        proc.cleanup()
+
+
 def test_ctrl_c_stops_within_seconds_records_trials_and_leaves_no_ray_process(tmp_path, ray_here) -> None:
     url = f"sqlite:///{tmp_path}/study.db"
     name = "ctrl c"  # a name with a space: the resume hint must be pasteable
