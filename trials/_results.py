@@ -104,7 +104,8 @@ class TrialResult:
     device
         ``cpu``, ``cuda:0``, ...
     train_path
-        ``stacked`` (built-in MLP), ``vmap`` or ``sequential`` (user model factory).
+        ``stacked`` (built-in MLP), ``vmap`` or ``sequential`` (user model factory), ``trainable`` (your
+        own training function).
     stopped_by_report
         The report callback asked to stop (pruning).
     stack_size
