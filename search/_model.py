@@ -42,6 +42,12 @@ def model_bytes(name: str, *, storage: str | None = None, artifacts: str | None 
     test = attrs.get(StudyAttr.TEST_RESULT) or {}
     artifact_id = test.get("model_artifact")
     if not artifact_id:
+        trainable = (attrs.get(StudyAttr.SPEC) or {}).get("trainable")
+        if trainable:
+            raise UsageError(f"study {name!r} has no saved model: it was trained by your own training function "
+                             f"(trainable {trainable}), whose model hpsearch does not save (it cannot rebuild your "
+                             "architecture); save it in your function, e.g. torch.save(model, ...) when ctx.fold is "
+                             "None (the refit)")
         if not test:
             why = f"its final refit has not run yet (`hpsearch resume {shlex.quote(name)}` runs it)"
         else:

@@ -77,6 +77,10 @@ def test_a_study_with_a_trainable_runs_refits_and_tests(tmp_path: Path) -> None:
             assert t.user_attrs["train_path"] == "trainable"
             assert sorted(t.intermediate_values) == [1, 2, 3]  # every epoch reached the pruner
             assert len(t.user_attrs["curves"]["val_accuracy"]) == 2
+    r = CliRunner().invoke(main, ["export-model", "own", "--storage", url, "--out", str(tmp_path / "m.pt")],
+                           prog_name="hpsearch")
+    assert r.exit_code == 2
+    assert_one_line_error(r.stderr, "trained by your own training function (trainable tests.search.trainables:train)")
 
 
 def test_a_trainable_that_fails_the_drivers_check_leaves_no_study(tmp_path: Path) -> None:
