@@ -199,9 +199,9 @@ class TrainContext:
         ``shuffle`` to True for ``train``, False for ``val``. Other keyword arguments go to
         ``DataLoader`` (the tensors are on ``device``: keep ``num_workers`` at 0).
         """
-        data = {"train": self.train, "val": self.val}.get(split, self.train)
         if split not in ("train", "val"):
             raise ValueError(f"ctx.loader: split must be 'train' or 'val', got {split!r}")
+        data = self.train if split == "train" else self.val
         if data is None:
             raise ValueError("ctx.loader('val'): the refit has no validation rows (ctx.val is None)")
         self._loaders += 1
@@ -334,6 +334,8 @@ class _Run:
 
     def _channel(self, f: _Fold) -> Callable[[int, dict[str, float]], bool]:
         def report(epoch: int, metrics: dict[str, float]) -> bool:
+            if self.abort:  # the trial failed in another fold (a report from a `finally` of yours)
+                raise _Abandoned()
             if threading.current_thread() is not f.thread:
                 raise RuntimeError("ctx.report must be called from the thread hpsearch called your function in")
             if f.answer:  # told to stop already: later reports are not recorded
@@ -416,12 +418,24 @@ class _Run:
                 self.turns.run(f.i)
 
     def run(self, contexts: Sequence[tuple[_Fold, TrainContext, _Rng]]) -> list[_Fold]:
+        """Every split's call to its end; the folds (their records, curves and, if kept, models)."""
         self.folds = [f for f, _, _ in contexts]
         for f, ctx, _ in contexts:
             f.thread = threading.Thread(target=self._thread, args=(f, ctx), daemon=True,
                                         name=f"hpsearch-trainable-{f.i}")
             f.thread.start()
-        live = list(contexts)
+        try:
+            self._schedule(list(contexts))
+        except BaseException:
+            if not self.abort:  # e.g. the report channel failed: no fold thread is left waiting
+                self._abandon()
+            raise
+        for f in self.folds:
+            if f.thread is not None:
+                f.thread.join(timeout=5.0)
+        return self.folds
+
+    def _schedule(self, live: list[tuple[_Fold, TrainContext, _Rng]]) -> None:
         epoch = 0
         while live:
             epoch += 1
@@ -454,10 +468,6 @@ class _Run:
                         self._step(f, rng)
                     live.remove((f, _, rng))
                     self._ended(f)
-        for f in self.folds:
-            if f.thread is not None:
-                f.thread.join(timeout=5.0)
-        return self.folds
 
     def _ended(self, f: _Fold) -> None:
         f.record.stopped = True  # from now on it reports its best epoch's values
@@ -633,7 +643,7 @@ def refit_trainable(
     if epochs is None:
         train_rows, val_rows = holdout_split(data.y, settings.cv.val_fraction, seed,
                                              stratify=settings.task == "classification")
-        max_epochs, splits = settings.training.max_epochs, [(0, train_rows, val_rows)]
+        max_epochs, splits = settings.training.max_epochs, [(None, train_rows, val_rows)]
     else:
         train_rows, val_rows = np.arange(len(data.y)), None
         max_epochs, splits = int(epochs), [(None, train_rows, None)]

@@ -217,3 +217,28 @@ def test_the_drivers_check_runs_one_epoch_and_the_returned_model(digits: Any) ->
         check_trainable(_settings(wrong_head), {"lr": 0.1}, digits)
     assert seen == [1]
     check_trainable(_settings(loop), {"lr": 0.1}, digits)
+
+
+def test_a_failure_leaves_no_fold_thread_behind(digits: Any) -> None:
+    """When one fold raises, or the report channel does, the other folds' calls end at their report."""
+    import threading
+
+    def channel_fails(r: EpochReport) -> bool:
+        raise ConnectionError("the driver went away")
+
+    with pytest.raises(ConnectionError):
+        run_trial(digits, {}, _settings(_scripted([1.0, 0.9, 0.8])), seed=0, report=channel_fails)
+
+    def second_fold_raises(ctx: TrainContext) -> nn.Module:
+        ctx.report(1, val_loss=1.0, val_accuracy=0.5)
+        if ctx.fold == 1:
+            raise RuntimeError("boom")
+        ctx.report(2, val_loss=1.0, val_accuracy=0.5)
+        return nn.Linear(ctx.input_shape[0], ctx.n_outputs)
+
+    with pytest.raises(TrainableError, match="raised RuntimeError: boom in fold 1"):
+        run_trial(digits, {}, _settings(second_fold_raises), seed=0)
+    for t in threading.enumerate():
+        if t.name.startswith("hpsearch-trainable-"):
+            t.join(timeout=5)
+            assert not t.is_alive(), t.name
