@@ -28,6 +28,12 @@ Several configurations that differ only in ``lr``, ``momentum``, ``weight_decay`
 (equal :func:`stack_key`) can train as one stack of k folds x m configurations members
 (:func:`run_trials`); each keeps the result it would have alone.
 
+Your own training loop: with ``TrialSettings(trainable=fn)`` (``package.module:function`` or a
+callable) :func:`run_trial` calls ``fn(ctx)`` once per fold with a :class:`TrainContext` (the
+fold's data, params, device, seed and ``ctx.report(epoch, **metrics) -> stop``), in lockstep, and
+scores the folds from the reports; :func:`refit_and_test` calls it on all non-test rows and scores
+the returned model on the test split (see :mod:`trials._trainable`).
+
 Scores: a member that diverges (non-finite validation loss) stops at once and reports ``nan``
 ``val_loss``; callers should treat a non-finite trial value as a failed trial.
 """
