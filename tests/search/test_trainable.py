@@ -151,3 +151,48 @@ def test_parallel_folds_on_ray_score_each_fold_as_lockstep_does(tmp_path: Path) 
                                    "parallel_folds": parallel}), storage=url, refit=False)
         got[parallel] = [(t.params, t.user_attrs["fold_scores"], t.intermediate_values) for t in trials_of(url, name)]
     assert got[True] == got[False] and len(got[True]) == 2
+
+
+@pytest.mark.slow
+def test_a_trainable_defined_in_main_trains_on_ray_workers(tmp_path: Path) -> None:
+    """A notebook's training function (``__main__:train``) reaches the Ray workers by value."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from .resume_checks import ROOT
+
+    spec = _spec("X", n_trials=2, resources={"max_concurrent": 1})
+    script = tmp_path / "notebook.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch.nn.functional as F
+        from torch import nn
+        from search import run_study
+
+        def train(ctx):
+            model = nn.Linear(ctx.input_shape[0], ctx.n_outputs)
+            opt = __import__("torch").optim.SGD(model.parameters(), lr=ctx.params["lr"])
+            for epoch in range(1, ctx.max_epochs + 1):
+                for x, y in ctx.loader("train"):
+                    loss = F.cross_entropy(model(x), y)
+                    opt.zero_grad(); loss.backward(); opt.step()
+                if ctx.val is None:
+                    ctx.report(epoch)
+                    continue
+                x, y = ctx.val.tensors
+                out = model(x)
+                if ctx.report(epoch, val_loss=F.cross_entropy(out, y).item(),
+                              val_accuracy=(out.argmax(1) == y).float().mean().item()):
+                    break
+            return model
+
+        spec = {spec!r}
+        spec["trainable"] = train
+        result = run_study(spec, storage="sqlite:///{tmp_path}/s.db")
+        print("DONE", result.done, result.test_result["test_score"] > 0.5)
+    """), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.rstrip().endswith("DONE 2 True"), proc.stdout
+    trials = trials_of(f"sqlite:///{tmp_path}/s.db", "own")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
