@@ -27,7 +27,7 @@ demo: setup
 examples: setup
 	$(VENV)/bin/hpsearch run examples/diabetes.yaml --storage sqlite:///examples.db
 	$(VENV)/bin/hpsearch best diabetes-demo --storage sqlite:///examples.db
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/hpsearch run examples/patients.yaml --storage sqlite:///examples.db
+	$(VENV)/bin/hpsearch run examples/patients.yaml --storage sqlite:///examples.db
 	$(VENV)/bin/hpsearch best patients-demo --storage sqlite:///examples.db
 	$(VENV)/bin/hpsearch run examples/custom_loop.yaml --storage sqlite:///examples.db --n-trials 4
 	$(VENV)/bin/hpsearch best custom-loop-demo --storage sqlite:///examples.db

@@ -7,7 +7,6 @@ A *stack* holds ``M`` independent members; every state tensor has a leading memb
 from __future__ import annotations
 
 import copy
-import importlib
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ._config import ModelError, factory_name
+from ._imports import ImportPathError, import_callable
 from ._optim import per_member
 
 __all__ = ["FunctionalStack", "StackedMLP", "load_factory"]
@@ -260,32 +260,12 @@ def load_factory(path: str | Callable[..., nn.Module]) -> Callable[..., nn.Modul
     Raises
     ------
     ModelError
-        Naming the path and the expected form when it is malformed, cannot be imported, or is
-        not callable.
+        Naming the path and the fix when it is malformed, cannot be imported, or is not callable.
     """
-    if callable(path):
-        return path
-    form = "expected an import path of the form 'package.module:function'"
-    if not isinstance(path, str) or path.count(":") != 1:
-        raise ModelError(f"model.factory {path!r}: {form}", str(path))
-    module_name, attr = path.split(":")
-    if not module_name or not attr:
-        raise ModelError(f"model.factory {path!r}: {form}", str(path))
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(
-            f"model.factory {path!r}: cannot import module {module_name!r} ({exc}); {form}, importable "
-            "on every worker (PYTHONPATH / installed package)", path,
-        ) from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ModelError(f"model.factory {path!r}: module {module_name!r} has no attribute {attr!r}; {form}",
-                             path)
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ModelError(f"model.factory {path!r} is not callable; {form}", path)
-    return obj
+        return import_callable(path, "model.factory")
+    except ImportPathError as exc:
+        raise ModelError(str(exc), str(path)) from exc.__cause__
 
 
 def build_factory_stack(

@@ -9,7 +9,6 @@ not streamed.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._config import DataSpec, factory_name, factory_path_error, stored_callable
+from ._imports import ImportPathError, import_callable
 
 __all__ = ["PythonData", "load_data_factory", "load_python"]
 
@@ -54,20 +54,10 @@ def load_data_factory(factory: str | Callable[[], Any]) -> Callable[[], Any]:
         return factory
     if stored_callable(factory) is not None:  # a stored study made with a callable, resumed without it
         raise _error(str(factory_path_error(factory, "data.factory")))
-    form = "expected an import path 'package.module:function' of a function returning " + _EXPECTED
-    module_name, _, attr = str(factory).partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # an ImportError, or whatever the module raises while it is imported
-        raise _error(f"data.factory {factory!r}: cannot import module {module_name!r} ({type(exc).__name__}: "
-                     f"{exc}); make it importable on the driver (PYTHONPATH, an installed package)") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise _error(f"data.factory {factory!r}: module {module_name!r} has no attribute {attr!r}; {form}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise _error(f"data.factory {factory!r} is a {type(obj).__name__}, not a function; {form}")
-    return obj
+        return import_callable(factory, "data.factory")
+    except ImportPathError as exc:
+        raise _error(f"{exc} (a function returning {_EXPECTED})") from exc.__cause__
 
 
 def load_python(data: DataSpec, groups: str | None) -> PythonData:

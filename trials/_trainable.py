@@ -27,11 +27,8 @@ at the same time.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import random
-import sys
 import threading
 import time
 import traceback
@@ -46,6 +43,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ._config import TrialSettings, factory_name
 from ._data import Dataset, holdout_split
 from ._engine import _MemberRecord, fit_scaler
+from ._imports import ImportPathError, import_callable
 from ._metrics import METRICS
 from ._results import EpochReport, FoldResult, TestResult, TrialResult
 from ._scores import make_scores
@@ -100,25 +98,10 @@ def load_trainable(trainable: str | Callable[..., Any]) -> Callable[[TrainContex
     TrainableError
         The module does not import, or has no such callable.
     """
-    if callable(trainable):
-        return trainable
-    module_name, _, attr = trainable.partition(":")
-    here = os.getcwd()
-    if here not in sys.path:  # as `python -m` does (and Ray does for its local workers)
-        sys.path.insert(0, here)
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or an error of the module's own code
-        raise TrainableError(f"trainable {trainable!r}: cannot import module {module_name!r} "
-                             f"({type(e).__name__}: {e}); check the path and that the package is installed on "
-                             "the driver and every worker", trainable) from None
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise TrainableError(f"trainable {trainable!r}: module {module_name!r} has no {attr!r}", trainable)
-    if not callable(obj):
-        raise TrainableError(f"trainable {trainable!r} is a {type(obj).__name__}, not a function", trainable)
-    return obj  # type: ignore[no-any-return]
+        return import_callable(trainable, "trainable")
+    except ImportPathError as exc:
+        raise TrainableError(str(exc), factory_name(trainable)) from None
 
 
 def _tail(exc: BaseException) -> str:

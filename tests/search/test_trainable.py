@@ -96,7 +96,7 @@ def test_a_trainable_that_fails_the_drivers_check_leaves_no_study(tmp_path: Path
     path.write_text(yaml.safe_dump(_spec("tests.search.trainables:no_such_function")), encoding="utf-8")
     r = CliRunner().invoke(main, ["run", str(path), "--storage", url], prog_name="hpsearch")
     assert r.exit_code == 2, r.output
-    assert_one_line_error(r.stderr, "module 'tests.search.trainables' has no 'no_such_function'")
+    assert_one_line_error(r.stderr, "module 'tests.search.trainables' has no attribute 'no_such_function'")
     assert not study_exists(url, "own")
 
 

@@ -53,7 +53,7 @@ def test_module_vmap_cannot_run_trains_member_by_member(small):
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("no_such_module_xyz:make", r"'no_such_module_xyz:make'.*cannot import.*package\.module:function"),
+        ("no_such_module_xyz:make", r"'no_such_module_xyz:make'.*cannot import.*installed package"),
         ("trials_factories:missing", r"'trials_factories:missing'.*no attribute"),
         ("trials_factories:not_a_module", r"returned int, expected a torch\.nn\.Module"),
         ("trials_factories:wrong_shape", r"expected \[batch, n_classes\]"),
