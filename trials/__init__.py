@@ -43,6 +43,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._checkpoint import CheckpointPlan
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
@@ -79,6 +80,7 @@ __all__ = [
     "TASKS",
     "TUNABLE_PARAMS",
     "CVSpec",
+    "CheckpointPlan",
     "DataError",
     "DataSpec",
     "Dataset",

@@ -8,7 +8,7 @@ its own split, standardized with statistics of its own training rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checkpoint import (
+    Checkpointer,
+    capture_stack_state,
+    report_from_state,
+    restore_stack_state,
+    stack_fingerprint,
+)
 from ._config import Hyperparams, stack_key
 from ._data import Dataset
 from ._metrics import metric_mode, task_metrics
@@ -413,6 +420,16 @@ class _MemberRecord:
                             v.get("val_accuracy", math.nan),
                             stopped=self.stopped, metrics=_validation(v))
 
+    def state(self) -> dict[str, Any]:
+        """Everything :meth:`update` reads and writes (for a checkpoint)."""
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in vars(self).items()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take the state :meth:`state` returned."""
+        for k in vars(self):
+            v = state[k]
+            setattr(self, k, dict(v) if isinstance(v, dict) else v)
+
     def result(self, fold: int) -> FoldResult:
         b = self.best
         return FoldResult(fold, self.best_epoch, self.epochs_run, b.get("val_loss", math.nan),
@@ -441,6 +458,8 @@ class FitOutcome:
     train_path: str
     eval_index: tuple[Tensor, Tensor, Tensor]
     """Every member's validation rows (``make_eval_index`` for ``source``)."""
+    resumed_from_epoch: int | None = None
+    """The epoch of the checkpoint training went on from; None when it started at epoch 1."""
 
 
 def _eval_chunk(n_members: int, widths: Sequence[int]) -> int:
@@ -539,6 +558,7 @@ def fit_stack(
     groups: Sequence[int] | None = None,
     report: Callable[[int, EpochReport], bool] | None = None,
     on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> FitOutcome:
     """Train one member per split, as one stack, with per-member early stopping.
 
@@ -558,6 +578,11 @@ def fit_stack(
     report
         Called after each epoch as ``report(group, EpochReport)`` for every group with a member
         that ran the epoch; returning True stops that group's members at once.
+    checkpoint
+        Save the whole stack's state at the epoch boundaries it asks for, and go on from the
+        checkpoint it holds for this very stack (:mod:`trials._checkpoint`): the epochs before it
+        are not trained again, their reports are sent again (in order), and the outcome is the
+        uninterrupted run's.
 
     Returns
     -------
@@ -594,8 +619,58 @@ def fit_stack(
         names = ("train_loss", *task_metrics(hp0.task, n_classes if hp0.task == "classification" else None))
         curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in names}
         halted: set[int] = set()  # groups stopped by their report
+        sent: list[tuple[int, EpochReport]] = []  # every report so far (a checkpoint sends them again)
 
-        for epoch in range(1, hp0.max_epochs + 1):
+        def compact(keep: list[int]) -> None:
+            """Keep only the members at stack positions ``keep``: stopped members leave the stack."""
+            nonlocal eval_idx, eval_w, eval_n, live
+            keep_t = torch.tensor(keep, device=device)
+            model.select(keep_t)
+            optimizer.select(keep_t, model.trainable())
+            source.select(keep)
+            eval_idx, eval_w, eval_n = (t.index_select(0, keep_t) for t in (eval_idx, eval_w, eval_n))
+            live = [live[j] for j in keep]
+
+        def send(g: int, r: EpochReport) -> None:
+            if checkpoint is not None:
+                sent.append((g, r))
+            if report is not None and report(g, r):
+                halted.add(g)
+
+        def still_training() -> list[int]:
+            return [j for j, mid in enumerate(live) if not records[mid].stopped and group_of[mid] not in halted]
+
+        first_epoch, finished = 1, False
+        fingerprint = ""
+        if checkpoint is not None:
+            fingerprint = stack_fingerprint(hps, splits, group_of, seed=seed, n_features=d, n_classes=n_classes,
+                                            shapes=[tuple(t.shape) for t in model.state_tensors()])
+            loaded = checkpoint.load(fingerprint, device)
+            if loaded is not None:
+                done, state = loaded
+                if len(state["live"]) < n_members:
+                    compact([int(m) for m in state["live"]])
+                restore_stack_state(state, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
+                                    records=records, order_gens=order_gens, dropout_gens=all_gens, device=device)
+                curves = {k: [list(c) for c in v] for k, v in state["curves"].items()}
+                halted = {int(g) for g in state["halted"]}
+                for g, r in state["reports"]:  # the reports of the epochs not trained again, in order
+                    send(int(g), report_from_state(r))
+                first_epoch = done + 1
+                keep = still_training()
+                if not keep:
+                    finished = True
+                elif len(keep) < len(live):
+                    compact(keep)
+
+        for epoch in range(first_epoch, hp0.max_epochs + 1):
+            if finished:
+                break
+            if checkpoint is not None and checkpoint.due(epoch - 1):
+                checkpoint.save(epoch - 1, fingerprint, capture_stack_state(
+                    live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
+                    records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
+                    dropout_gens=all_gens, device=device))
             if hp0.lr_schedule == "step":
                 optimizer.set_lr(base_lr[live] * step_schedule_factor(epoch, hp0.step_size, hp0.gamma))
             batches = make_epoch_batches(
@@ -626,21 +701,15 @@ def fit_stack(
                     lrs = optimizer.get_lr()
                     lrs[pos] = plateau.step(mids, vals, lrs[pos])
                     optimizer.set_lr(lrs)
-            if report is not None:
+            if report is not None or checkpoint is not None:
                 for g in sorted({group_of[mid] for mid in live}):
                     members = tuple(records[m].report(splits[m].fold) for m in range(n_members) if group_of[m] == g)
-                    if report(g, EpochReport(epoch=epoch, members=members)):
-                        halted.add(g)
-            keep = [j for j, mid in enumerate(live) if not records[mid].stopped and group_of[mid] not in halted]
+                    send(g, EpochReport(epoch=epoch, members=members))
+            keep = still_training()
             if not keep:
                 break
             if len(keep) < len(live):  # compact: stopped members leave the stack
-                keep_t = torch.tensor(keep, device=device)
-                model.select(keep_t)
-                optimizer.select(keep_t, model.trainable())
-                source.select(keep)
-                eval_idx, eval_w, eval_n = (t.index_select(0, keep_t) for t in (eval_idx, eval_w, eval_n))
-                live = [live[j] for j in keep]
+                compact(keep)
 
         model.load_state_tensors(best_state, all_gens)
         source.reset()  # all members again, for evaluating the restored stack
@@ -656,6 +725,7 @@ def fit_stack(
         stopped_by_report=halted,
         train_path=train_path,
         eval_index=eval_full,
+        resumed_from_epoch=None if checkpoint is None else checkpoint.resumed_from_epoch,
     )
 
 

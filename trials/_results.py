@@ -111,6 +111,11 @@ class TrialResult:
     stack_size
         Configurations trained in the same stack as this one (1: alone; see
         :func:`trials.run_trials`); ``duration_s`` is then the whole stack's.
+    resumed_from_epoch
+        The epoch of the checkpoint the trial went on from (:class:`trials.CheckpointPlan`);
+        None when it trained from epoch 1.
+    messages
+        What the user should know about the run (a checkpoint that could not be used or written).
     """
 
     folds: tuple[FoldResult, ...]
@@ -121,6 +126,8 @@ class TrialResult:
     train_path: str
     stopped_by_report: bool
     stack_size: int = 1
+    resumed_from_epoch: int | None = None
+    messages: tuple[str, ...] = ()
 
     def scores(self, metric: str) -> list[float]:
         """``metric`` (a validation metric of the task, or ``train_loss``) of each fold at its best epoch."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from ._checkpoint import Checkpointer, CheckpointPlan, CheckpointUnusable
 from ._config import TrialSettings, resolve_hyperparams
 from ._data import Dataset, holdout_split
 from ._engine import FitOutcome, MemberSplit, fit_stack, score_test
@@ -166,6 +167,7 @@ def run_trial(
     device: str | None = None,
     gpu_fraction: float | None = None,
     folds: Sequence[int] | None = None,
+    checkpoint: CheckpointPlan | None = None,
 ) -> TrialResult:
     """Train one configuration on the CV folds, all folds as one stack, and score it.
 
@@ -188,6 +190,10 @@ def run_trial(
         On CUDA, cap this process at this fraction of the GPU's memory.
     folds
         Train only these folds (indices into ``data.folds``); default all.
+    checkpoint
+        Save the trial's whole state to this checkpoint as it trains, and go on from the one
+        already there if it was made for this very trial (see :mod:`trials._checkpoint`); with
+        ``folds``, the checkpoint of those folds (:meth:`CheckpointPlan.for_folds`).
 
     Returns
     -------
@@ -202,7 +208,8 @@ def run_trial(
     """
     each = None if report is None else (lambda _i, r: report(r))
     return run_trials(
-        data, [params], settings, seeds=[seed], report=each, device=device, gpu_fraction=gpu_fraction, folds=folds
+        data, [params], settings, seeds=[seed], report=each, device=device, gpu_fraction=gpu_fraction, folds=folds,
+        checkpoint=checkpoint,
     )[0]
 
 
@@ -216,6 +223,7 @@ def run_trials(
     device: str | None = None,
     gpu_fraction: float | None = None,
     folds: Sequence[int] | None = None,
+    checkpoint: CheckpointPlan | None = None,
 ) -> list[TrialResult]:
     """Train several configurations as one stack: k folds x m configurations members.
 
@@ -233,6 +241,8 @@ def run_trials(
         training; returning True stops that configuration's members at once.
     data, settings, device, gpu_fraction, folds
         As for :func:`run_trial`.
+    checkpoint
+        As for :func:`run_trial`; the checkpoint then holds the state of the whole stack.
 
     Returns
     -------
@@ -269,11 +279,20 @@ def run_trials(
             member_hps.append(hp)
             groups.append(i)
 
+    saver = None if checkpoint is None else Checkpointer(checkpoint.for_folds(folds))
+
+    def fit() -> FitOutcome:
+        try:
+            return fit_stack(data.X, data.y, splits, member_hps, n_classes=data.n_classes, device=dev,
+                             seed=seeds[0], groups=groups, report=report, checkpoint=saver)
+        except CheckpointUnusable as e:  # found only while restoring it: train from epoch 1, saving as asked
+            assert saver is not None
+            saver.reset(f"{e}; the trial starts from epoch 1")
+            return fit_stack(data.X, data.y, splits, member_hps, n_classes=data.n_classes, device=dev,
+                             seed=seeds[0], groups=groups, report=report, checkpoint=saver)
+
     def train() -> list[TrialResult]:
-        out = fit_stack(
-            data.X, data.y, splits, member_hps,
-            n_classes=data.n_classes, device=dev, seed=seeds[0], groups=groups, report=report,
-        )
+        out = fit()
         results = []
         for i in range(len(hps)):
             mine = [m for m, g in enumerate(groups) if g == i]
@@ -286,6 +305,8 @@ def run_trials(
                 train_path=out.train_path,
                 stopped_by_report=i in out.stopped_by_report,
                 stack_size=len(hps),
+                resumed_from_epoch=out.resumed_from_epoch,
+                messages=() if saver is None else tuple(saver.messages),
             ))
         return results
 

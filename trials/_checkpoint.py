@@ -1,0 +1,411 @@
+"""Checkpoints of a running trial: the whole stack's training state, saved to an artifact store.
+
+A trial that was interrupted (its worker killed, its orchestrator stopped, a node lost) is run again
+as a new trial; when its :class:`CheckpointPlan` names the checkpoint of the interrupted run, it
+goes on from there instead of from epoch 1, and ends with the fold scores the uninterrupted run
+would have had (on CPU, bit-equal): the checkpoint holds every member's weights and best weights,
+the optimizer's state and learning rates, the plateau schedule, the early-stopping records, the
+curves and per-epoch reports so far, and every random generator's state.
+
+A checkpoint is one file of an Optuna :class:`~optuna.artifacts.FileSystemArtifactStore`, written
+by the worker (it needs the directory, never the database), replaced atomically at each save. It is
+a zip (``ZIP_STORED``) of ``hpsearch-checkpoint.json`` (the format, the epoch, the stack's
+fingerprint and the SHA-256 of the state) and ``state.pt`` (``torch.save`` of tensors and plain
+values, read back with ``weights_only=True``). A file that is missing, unreadable, fails its
+checksum, or was made for another stack (other params, another model shape, other folds or seeds:
+the fingerprint) is not used: the trial starts fresh, and says why.
+
+This module imports torch only when it saves or loads, so ``trials.CheckpointPlan`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointPlan",
+    "CheckpointUnusable",
+    "Checkpointer",
+    "checkpoint_files",
+    "read_checkpoint",
+    "remove_checkpoints",
+    "stack_fingerprint",
+    "write_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "hpsearch-checkpoint/1"
+_META = "hpsearch-checkpoint.json"
+_STATE = "state.pt"
+# how often a failed checkpoint write is tried in all before the trial goes on without checkpoints
+_WRITE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where a trial saves its checkpoint, and how often.
+
+    Attributes
+    ----------
+    directory
+        The artifact directory (an Optuna ``FileSystemArtifactStore``; shared by all nodes on a cluster).
+    artifact_id
+        The checkpoint's artifact id, chosen by the orchestrator and kept by every re-run of the trial.
+    every_epochs, every_s
+        Save after every ``every_epochs`` epochs and/or once ``every_s`` seconds passed since the
+        last save (at an epoch boundary); None: not by that rule.
+    rerun
+        This run continues an interrupted one: a missing checkpoint is then worth a message.
+    """
+
+    directory: str
+    artifact_id: str
+    every_epochs: int | None = None
+    every_s: float | None = None
+    rerun: bool = False
+
+    def for_folds(self, folds: Sequence[int] | None) -> CheckpointPlan:
+        """The plan of a part of the trial that trains only ``folds`` (``resources.parallel_folds``)."""
+        if folds is None:
+            return self
+        return dataclasses.replace(self, artifact_id=f"{self.artifact_id}-folds-{'-'.join(map(str, folds))}")
+
+
+class CheckpointUnusable(Exception):
+    """A checkpoint that cannot be used; ``str(err)`` says why (missing, corrupt, another stack's)."""
+
+
+def _store(directory: str) -> Any:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    return FileSystemArtifactStore(directory)
+
+
+def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> int:
+    """Save ``state`` as checkpoint ``artifact_id`` of epoch ``epoch``, atomically; returns its size in bytes.
+
+    The file is first written under a temporary artifact id and then renamed over the old one, so a
+    kill in the middle of a save leaves the previous checkpoint whole.
+
+    Raises
+    ------
+    OSError
+        When the directory cannot be written.
+    """
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    payload = buf.getvalue()
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), "fingerprint": fingerprint,
+            "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload), "saved_at": time.time()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(_META, json.dumps(meta))
+        z.writestr(_STATE, payload)
+    data = out.getvalue()
+    tmp = f".{artifact_id}.tmp-{os.getpid()}"
+    os.makedirs(directory, exist_ok=True)
+    _store(directory).write(tmp, io.BytesIO(data))
+    os.replace(os.path.join(directory, tmp), os.path.join(directory, artifact_id))
+    return len(data)
+
+
+def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: Any = "cpu") -> tuple[int, dict]:
+    """``(epoch, state)`` of checkpoint ``artifact_id``, checked against ``fingerprint``.
+
+    Raises
+    ------
+    CheckpointUnusable
+        Missing, unreadable, failing its checksum, of another format, or made for another stack.
+    """
+    import torch
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    where = os.path.join(directory, artifact_id)
+    try:
+        with _store(directory).open_reader(artifact_id) as f:
+            data = f.read()
+    except (ArtifactNotFound, FileNotFoundError):
+        raise CheckpointUnusable(f"no checkpoint at {where}") from None
+    except OSError as e:
+        raise CheckpointUnusable(f"cannot read the checkpoint {where} ({e.strerror or e})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            meta = json.loads(z.read(_META))
+            payload = z.read(_STATE)
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointUnusable(f"the checkpoint {where} is of format {fmt!r}, not {CHECKPOINT_FORMAT!r}")
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its SHA-256 checksum does not match)")
+    if meta.get("fingerprint") != fingerprint:
+        raise CheckpointUnusable(f"the checkpoint {where} was made for another stack (other params, model shape, "
+                                 "folds or seeds); it is ignored")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except Exception as e:  # a payload that passed its checksum but does not load: written by another torch
+        raise CheckpointUnusable(f"the checkpoint {where} does not load ({type(e).__name__}: {e})") from None
+    return int(meta["epoch"]), state
+
+
+def checkpoint_files(directory: str, artifact_id: str) -> list[str]:
+    """The files of checkpoint ``artifact_id`` in ``directory``: its own, its fold parts', leftover temporaries."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(n for n in names if n == artifact_id or n.startswith((f"{artifact_id}-folds-", f".{artifact_id}")))
+
+
+def remove_checkpoints(directory: str, artifact_id: str) -> int:
+    """Delete every file of checkpoint ``artifact_id`` (:func:`checkpoint_files`); returns the bytes freed."""
+    freed = 0
+    store = _store(directory)
+    for name in checkpoint_files(directory, artifact_id):
+        try:
+            freed += os.path.getsize(os.path.join(directory, name))
+            store.remove(name)
+        except (OSError, Exception):  # gone already (a repeated call), or not ours to delete: nothing lost
+            continue
+    return freed
+
+
+def _digest(values: Any) -> str:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(values, dtype=np.int64).tobytes()).hexdigest()
+
+
+def stack_fingerprint(
+    hps: Sequence[Any],
+    splits: Sequence[Any],
+    groups: Sequence[int],
+    *,
+    seed: int,
+    n_features: int,
+    n_classes: int,
+    shapes: Sequence[Sequence[int]],
+) -> str:
+    """What a checkpoint must have been made for: every member's hyperparameters and params, split
+    rows and seeds, the stack's groups, and the shapes of the model's state tensors."""
+    from ._config import factory_name
+
+    def hp_dict(hp: Any) -> dict[str, Any]:
+        d = {f.name: getattr(hp, f.name) for f in dataclasses.fields(hp)}
+        if d.get("factory") is not None:
+            d["factory"] = factory_name(d["factory"])
+        d["params"] = dict(d.get("params") or {})
+        return d
+
+    payload = {
+        "hps": [hp_dict(h) for h in hps],
+        "splits": [[int(s.fold), s.seeds.init, s.seeds.order, s.seeds.dropout, _digest(s.train), _digest(s.val)]
+                   for s in splits],
+        "groups": [int(g) for g in groups],
+        "seed": int(seed),
+        "n_features": int(n_features),
+        "n_classes": int(n_classes),
+        "shapes": [[int(x) for x in s] for s in shapes],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+class Checkpointer:
+    """A running stack's side of a :class:`CheckpointPlan`: when to save, and the saving and loading.
+
+    A failed save is tried again; when every attempt fails, the trial goes on without checkpoints
+    (a message says so): a checkpoint saves time, it is never worth a trial's result.
+
+    Attributes
+    ----------
+    messages
+        What the trial should tell the user (a checkpoint not used, saves given up).
+    resumed_from_epoch
+        The epoch of the checkpoint the trial went on from; None when it started fresh.
+    saved
+        Checkpoints written by this run.
+    """
+
+    def __init__(self, plan: CheckpointPlan, clock: Any = time.monotonic) -> None:
+        self.plan = plan
+        self._clock = clock
+        self._last_save = clock()
+        self._last_epoch = 0
+        self._disabled = False
+        self._skip_load = False
+        self.messages: list[str] = []
+        self.resumed_from_epoch: int | None = None
+        self.saved = 0
+        self.bytes = 0
+
+    def reset(self, message: str) -> None:
+        """Start over without loading: the checkpoint turned out unusable while it was restored."""
+        self.messages.append(message)
+        self.resumed_from_epoch = None
+        self._last_epoch = 0
+        self._skip_load = True
+
+    def load(self, fingerprint: str, device: Any) -> tuple[int, dict] | None:
+        """The checkpoint to go on from, or None (starting fresh; the reason is in :attr:`messages`)."""
+        if self._skip_load:
+            return None
+        try:
+            epoch, state = read_checkpoint(self.plan.directory, self.plan.artifact_id, fingerprint, device)
+        except CheckpointUnusable as e:
+            missing = str(e).startswith("no checkpoint")
+            if not missing or self.plan.rerun:
+                self.messages.append(f"{e}; the trial starts from epoch 1")
+            return None
+        self.resumed_from_epoch = self._last_epoch = epoch
+        return epoch, state
+
+    def due(self, epoch: int) -> bool:
+        """Whether to save the state after ``epoch`` (1-based) completed epochs."""
+        if self._disabled or epoch <= self._last_epoch:
+            return False
+        p = self.plan
+        if p.every_epochs is not None and epoch % p.every_epochs == 0:
+            return True
+        return p.every_s is not None and self._clock() - self._last_save >= p.every_s
+
+    def save(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
+        """Write the checkpoint of ``epoch``, trying again on ``OSError``; give up (with a message) after that."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                self.bytes = write_checkpoint(self.plan.directory, self.plan.artifact_id, epoch, fingerprint, state)
+                break
+            except OSError as e:
+                if attempt == _WRITE_ATTEMPTS:
+                    self._disabled = True
+                    self.messages.append(
+                        f"cannot write the checkpoint {os.path.join(self.plan.directory, self.plan.artifact_id)} "
+                        f"({e.strerror or e}) after {attempt} attempts; the trial goes on without checkpoints")
+                    return
+                time.sleep(0.1 * attempt)
+        self.saved += 1
+        self._last_epoch = epoch
+        self._last_save = self._clock()
+
+
+# ------------------------------------------------------------------------------ the stack's state
+
+
+def _report_state(r: Any) -> list[Any]:
+    return [int(r.epoch), [[int(m.fold), float(m.train_loss), float(m.val_loss), float(m.val_accuracy),
+                            bool(m.stopped), {k: float(v) for k, v in m.metrics.items()}] for m in r.members]]
+
+
+def report_from_state(state: Sequence[Any]) -> Any:
+    """The :class:`~trials.EpochReport` a checkpoint keeps (:func:`capture_stack_state`)."""
+    from ._results import EpochReport, MemberReport
+
+    epoch, members = state
+    return EpochReport(epoch=int(epoch), members=tuple(
+        MemberReport(int(f), float(tl), float(vl), float(va), bool(st), dict(metrics))
+        for f, tl, vl, va, st, metrics in members))
+
+
+def capture_stack_state(
+    *,
+    live: Sequence[int],
+    model: Any,
+    best_state: Sequence[Any],
+    optimizer: Any,
+    plateau: Any,
+    records: Sequence[Any],
+    curves: Mapping[str, list[list[float]]],
+    halted: set[int],
+    reports: Sequence[tuple[int, Any]],
+    order_gens: Sequence[Any],
+    dropout_gens: Sequence[Any],
+    device: Any,
+) -> dict[str, Any]:
+    """Everything the next epoch of :func:`trials._engine.fit_stack` reads, as tensors and plain values.
+
+    ``live`` are the member ids still in the (compacted) stack, in stack order; the model's and the
+    optimizer's tensors are those of the live members, ``best_state`` every member's.
+    """
+    import torch
+
+    def cpu(ts: Sequence[Any]) -> list[Any]:
+        return [t.detach().cpu() for t in ts]
+
+    return {
+        "live": [int(m) for m in live],
+        "model": cpu(model.state_tensors()),
+        "best_state": cpu(best_state),
+        "lr": optimizer.lr.detach().cpu(),
+        "optimizer": {k: cpu(v) for k, v in optimizer.state.items()},
+        "adam_steps": optimizer.steps.detach().cpu() if optimizer.kind == "adam" else None,
+        "plateau": None if plateau is None else {"best": [float(v) for v in plateau.best],
+                                                  "num_bad": [int(v) for v in plateau.num_bad]},
+        "records": [r.state() for r in records],
+        "curves": {k: [list(c) for c in v] for k, v in curves.items()},
+        "halted": sorted(int(g) for g in halted),
+        "reports": [[int(g), _report_state(r)] for g, r in reports],
+        "order_gens": [g.get_state() for g in order_gens],
+        "dropout_gens": [g.get_state() for g in dropout_gens],
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None,
+    }
+
+
+def restore_stack_state(
+    state: Mapping[str, Any],
+    *,
+    model: Any,
+    best_state: Sequence[Any],
+    optimizer: Any,
+    plateau: Any,
+    records: Sequence[Any],
+    order_gens: Sequence[Any],
+    dropout_gens: Sequence[Any],
+    device: Any,
+) -> None:
+    """Put ``state`` (:func:`capture_stack_state`) back into a stack already compacted to its live members.
+
+    Raises
+    ------
+    CheckpointUnusable
+        When a tensor's shape does not fit the stack (the fingerprint should have caught it).
+    """
+    import numpy as np
+    import torch
+
+    def copy_into(dst: Sequence[Any], src: Sequence[Any], what: str) -> None:
+        if len(dst) != len(src) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(dst, src)):
+            raise CheckpointUnusable(f"the checkpoint's {what} do not fit this stack")
+        with torch.no_grad():
+            for a, b in zip(dst, src):
+                a.copy_(b)
+
+    copy_into(model.state_tensors(), state["model"], "weights")
+    copy_into(best_state, state["best_state"], "best weights")
+    copy_into([optimizer.lr], [state["lr"]], "learning rates")
+    optimizer.set_lr(optimizer.lr.cpu().numpy())  # the float32 copy SGD steps with
+    for name, tensors in optimizer.state.items():
+        copy_into(tensors, state["optimizer"][name], f"optimizer state {name}")
+    if optimizer.kind == "adam":
+        copy_into([optimizer.steps], [state["adam_steps"]], "Adam step counts")
+    if plateau is not None:
+        plateau.best = np.array(state["plateau"]["best"], dtype=np.float64)
+        plateau.num_bad = np.array(state["plateau"]["num_bad"], dtype=np.int64)
+    for r, s in zip(records, state["records"], strict=True):
+        r.load_state(s)
+    for g, s in zip([*order_gens, *dropout_gens], [*state["order_gens"], *state["dropout_gens"]], strict=True):
+        g.set_state(s.cpu() if hasattr(s, "cpu") else s)
+    torch.set_rng_state(state["rng"].cpu())
+    if state.get("cuda_rng") is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
