@@ -20,7 +20,7 @@ from storage import StudyAttr, TrialAttr
 from trials import Dataset, check_metric, load_dataset
 from trials import check_data as check_data_source
 
-from ._artifacts import ModelStore, check_writable, not_saved_hint, resolve_artifacts
+from ._artifacts import ModelStore, check_writable, checkpoint_needs_dir, not_saved_hint, resolve_artifacts
 from ._errors import NoTrialCompleted, UsageError
 from ._notify import Notifier
 from ._open import check_data, drop_if_empty, nothing_to_do, open_study, spec_diff
@@ -145,10 +145,15 @@ def _execute(
     url = st.resolve_url(storage)
     if backend is None:
         _check_cluster_storage(url, address, allow_sqlite)
-    # the model's directory is checked before anything runs: a refit that cannot save it is hours lost
-    art_dir = resolve_artifacts(url, artifacts) if refit else None
+    # the model's directory is checked before anything runs: a refit that cannot save it is hours lost;
+    # so are checkpoints a trial cannot write
+    ckpt = spec.checkpoint.enabled
+    art_dir = resolve_artifacts(url, artifacts) if refit or ckpt else None
+    if ckpt and art_dir is None:
+        raise UsageError(f"checkpoint: {checkpoint_needs_dir(url)}")
     if art_dir is not None:
-        check_writable(art_dir)
+        check_writable(art_dir, "checkpoints and the best model are" if ckpt and refit
+                       else "checkpoints are" if ckpt else "the best model is")
     attempts = db_retry_attempts()
     lease_stale_after()  # a malformed setting fails before anything is written
     if spec.notify is not None:
@@ -253,9 +258,9 @@ def _execute_leased(
                 (callbacks or Callbacks()).on_message(
                     f"resources.stack_trials: {stack} ignored: {why}; trials run one per task")
                 stack = 1
-            models = None if art_dir is None else ModelStore(art_dir, _model_info(data))
+            models = None if art_dir is None or not refit else ModelStore(art_dir, _model_info(data))
             orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=call, stack_trials=stack, stop=token,
-                                models=models)
+                                models=models, checkpoints=art_dir)
             orch.run()
             if refit:
                 test = orch.refit_best()

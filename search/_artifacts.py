@@ -34,6 +34,7 @@ __all__ = [
     "ArtifactStoreError",
     "ModelStore",
     "check_writable",
+    "checkpoint_needs_dir",
     "not_saved_hint",
     "pack_model",
     "read_artifact",
@@ -92,8 +93,15 @@ def not_saved_hint(url: str) -> str:
             "directory the driver can write and its readers can read)")
 
 
-def check_writable(path: str) -> None:
-    """Create ``path`` if needed and write (then remove) a probe file in it.
+def checkpoint_needs_dir(url: str) -> str:
+    """Why checkpoints cannot be saved when :func:`resolve_artifacts` found no store, and what to pass."""
+    return ("checkpoints are saved to the artifact directory, and the storage is not a SQLite file with a "
+            f"directory beside it; pass --artifacts DIR (or set ${ENV}) with a directory every worker can write "
+            "(on a cluster: a shared one), or remove the checkpoint section")
+
+
+def check_writable(path: str, what: str = "the best model is") -> None:
+    """Create ``path`` if needed and write (then remove) a probe file in it; ``what`` says what is saved there.
 
     Raises
     ------
@@ -106,8 +114,8 @@ def check_writable(path: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"the artifact directory {path!r} is not writable ({e.strerror or e}); the best model "
-                         f"is saved there. Fix its permissions, or pass --artifacts DIR (or set ${ENV}) with a "
+        raise UsageError(f"the artifact directory {path!r} is not writable ({e.strerror or e}); {what} "
+                         f"saved there. Fix its permissions, or pass --artifacts DIR (or set ${ENV}) with a "
                          "directory this user can write") from None
 
 

@@ -22,8 +22,9 @@ __all__ = ["check_data", "drop_if_empty", "nothing_to_do", "open_study", "spec_d
 
 _log = logging.getLogger(__name__)
 # keys that may change between invocations of one study: how much and where, not what (``refit``
-# decides only the final refit, not what a trial scores; studies stored before it existed lack it)
-_MUTABLE_PREFIXES = ("n_trials", "resources.", "refit.")
+# decides only the final refit, not what a trial scores; studies stored before it existed lack it;
+# ``checkpoint`` decides how often a trial saves its state, and a resumed trial scores what it would have)
+_MUTABLE_PREFIXES = ("n_trials", "resources.", "refit.", "checkpoint.")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

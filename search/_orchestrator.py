@@ -31,7 +31,15 @@ from storage import (
     suggest,
 )
 from storage import trial_id as trial_id_of
-from trials import TestResult, TrialResult, resolve_hyperparams, stack_key, trial_seed
+from trials import (
+    CheckpointPlan,
+    TestResult,
+    TrialResult,
+    remove_checkpoints,
+    resolve_hyperparams,
+    stack_key,
+    trial_seed,
+)
 
 from . import __version__
 from ._artifacts import ArtifactStoreError, ModelStore, pack_model
@@ -128,6 +136,11 @@ class Orchestrator:
         the in-flight trials for re-running and raises :class:`Interrupted`.
     models:
         The artifact store the final refit's model is saved to (:meth:`refit_best`); None: not saved.
+    checkpoints:
+        The artifact directory trials save their checkpoints to (``checkpoint`` in the spec); None:
+        no checkpoints. The orchestrator chooses each trial's checkpoint id, records it on the trial
+        (a re-run of the trial keeps it, and goes on from it) and deletes the checkpoint once the
+        trial is finished; workers only write the files.
     """
 
     def __init__(
@@ -142,6 +155,7 @@ class Orchestrator:
         stack_trials: int = 1,
         stop: StopToken | None = None,
         models: ModelStore | None = None,
+        checkpoints: str | None = None,
     ) -> None:
         self.study = study
         self._store = study_storage(study)  # for writes of several items in one transaction
@@ -161,6 +175,7 @@ class Orchestrator:
         self._done = 0
         self.stop = stop if stop is not None else StopToken()
         self.models = models  # where the refit model is saved (None: not saved)
+        self.checkpoints = checkpoints if spec.checkpoint.enabled else None
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
 
     def _db(self, fn: Callable[[], T]) -> T:
@@ -232,8 +247,18 @@ class Orchestrator:
     def _prepare(self, trial: optuna.Trial) -> _Running:
         attrs = self._db(lambda: trial.user_attrs)
         seed = int(attrs.get(TrialAttr.SEED, trial_seed(self.spec.seed, trial.number)))
-        if TrialAttr.SEED not in attrs:
-            self._db(lambda: trial.set_user_attr(TrialAttr.SEED, seed))
+        new: dict[str, Any] = {} if TrialAttr.SEED in attrs else {TrialAttr.SEED: seed}
+        plan = None
+        if self.checkpoints is not None:
+            # a re-run keeps the checkpoint id of the run it continues (set by _enqueue_retry)
+            ckpt = attrs.get(TrialAttr.CHECKPOINT)
+            if ckpt is None:
+                ckpt = new[TrialAttr.CHECKPOINT] = f"checkpoint-{uuid.uuid4().hex}"
+            c = self.spec.checkpoint
+            plan = CheckpointPlan(self.checkpoints, ckpt, every_epochs=c.every_epochs, every_s=c.every_s,
+                                  rerun=TrialAttr.RETRY_OF in attrs)
+        if new:  # recorded before the trial runs: a worker writes only where the database says
+            self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), new))
         r = self.spec.resources
         job = TrialJob(
             key=f"{trial.number}.{attrs.get(TrialAttr.ATTEMPT, 0)}",
@@ -242,6 +267,7 @@ class Orchestrator:
             seed=seed,
             attempt=int(attrs.get(TrialAttr.ATTEMPT, 0)),
             gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
+            checkpoint=plan,
         )
         return _Running(trial, job, alone=bool(attrs.get(TrialAttr.ALONE, False)), failures=_failures(attrs))
 
@@ -409,7 +435,13 @@ class Orchestrator:
             TrialAttr.TRAIN_PATH: res.train_path,
             TrialAttr.STACK_SIZE: int(res.stack_size),
             TrialAttr.CURVES: {k: [[round(float(x), 6) for x in c] for c in v] for k, v in res.curves.items()},
+            TrialAttr.RESUMED_FROM_EPOCH: res.resumed_from_epoch,
         }
+        for note in res.messages:  # a checkpoint not used or not written: the trial itself is fine
+            self.callbacks.on_message(f"trial {run.job.number}: {note}")
+        if res.resumed_from_epoch is not None:
+            self.callbacks.on_message(f"trial {run.job.number} went on from its checkpoint at epoch "
+                                      f"{res.resumed_from_epoch}")
         value = float(sum(scores) / len(scores)) if scores else math.nan
         if run.pruned or res.stopped_by_report:
             self._finish(run, TrialState.PRUNED, None, attrs)
@@ -462,12 +494,15 @@ class Orchestrator:
             if alone:  # counts the same failures and queues it alone too
                 attrs[TrialAttr.RERUN_ALONE] = True
             self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
-                                failures=failures, alone=alone)
+                                failures=failures, alone=alone,
+                                checkpoint=None if run.job.checkpoint is None else run.job.checkpoint.artifact_id)
         self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), attrs))
         self._tell(trial.number, state, value)
         self._running.pop(run.job.key, None)
         if not retry:
             self._done += 1
+            if run.job.checkpoint is not None:  # finished for good: its checkpoint is of no more use
+                remove_checkpoints(run.job.checkpoint.directory, run.job.checkpoint.artifact_id)
         if notify:
             frozen = self._db(lambda: self._store.get_trial(trial_id_of(trial)))
             self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
@@ -483,11 +518,13 @@ class Orchestrator:
         self._db(tell)
 
     def _enqueue_retry(
-        self, number: int, params: dict[str, Any], seed: int, attempt: int, *, failures: int, alone: bool = False
+        self, number: int, params: dict[str, Any], seed: int, attempt: int, *, failures: int, alone: bool = False,
+        checkpoint: str | None = None,
     ) -> None:
         """Queue the one re-run of trial ``number`` (``attempt`` + 1; ``failures``: its own failures
-        so far; ``alone``: never in a stack with other trials); a no-op if it is already queued (a
-        repeated storage call, or a second Ctrl-C in the middle of recording the trial)."""
+        so far; ``alone``: never in a stack with other trials; ``checkpoint``: the id of the checkpoint
+        it goes on from); a no-op if it is already queued (a repeated storage call, or a second Ctrl-C
+        in the middle of recording the trial)."""
 
         def enqueue() -> None:
             waiting = self._store.get_all_trials(
@@ -498,6 +535,8 @@ class Orchestrator:
                                           TrialAttr.FAILURES: failures, TrialAttr.SEED: seed}
             if alone:
                 user_attrs[TrialAttr.ALONE] = True
+            if checkpoint is not None:
+                user_attrs[TrialAttr.CHECKPOINT] = checkpoint
             self.study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
         self._db(enqueue)
@@ -519,6 +558,7 @@ class Orchestrator:
             params = self._full_params(t)
             alone = bool(t.user_attrs.get(TrialAttr.ALONE) or t.user_attrs.get(TrialAttr.RERUN_ALONE))
             attempt = int(t.user_attrs.get(TrialAttr.ATTEMPT, 0))
+            ckpt = t.user_attrs.get(TrialAttr.CHECKPOINT)
             if t.state == TrialState.RUNNING and params is None:
                 self._unstarted.append(trial_id_of(t))
                 self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
@@ -526,7 +566,7 @@ class Orchestrator:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:  # the orchestrator's end is not the trial's failure
                     self._enqueue_retry(t.number, params, seed, attempt, failures=_failures(t.user_attrs),
-                                        alone=alone)
+                                        alone=alone, checkpoint=ckpt)
                 # its training time is unknown: the span until this recovery would count the downtime
                 attrs = {TrialAttr.FAIL_REASON: reason, TrialAttr.WILL_RETRY: True, TrialAttr.DURATION_S: None}
                 self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self._store, trial_id_of(t), attrs))
@@ -535,7 +575,7 @@ class Orchestrator:
             elif t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.WILL_RETRY) and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
                 failures = int(t.user_attrs.get(TrialAttr.RERUN_FAILURES, _failures(t.user_attrs) + 1))
-                self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone)
+                self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone, checkpoint=ckpt)
 
     def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
         """The trial's params if every parameter is set (it may have run), else None (it never ran;

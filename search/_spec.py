@@ -45,6 +45,7 @@ from trials._config import callable_by_name, check_callable_field
 
 __all__ = [
     "CategoricalParam",
+    "CheckpointSpec",
     "FloatParam",
     "IntParam",
     "NotifySpec",
@@ -258,6 +259,19 @@ class RefitSpec(_Model):
                     "folds' best epochs; early_stopping: early stopping on an inner cv.val_fraction split")
 
 
+class CheckpointSpec(_Model):
+    """How often a running trial saves its whole state to the artifact store (``checkpoint``), so that
+    a re-run of an interrupted trial goes on from there. Neither key set: no checkpoints."""
+
+    every_epochs: int | None = Field(None, ge=1, description="save after every N epochs")
+    every_s: float | None = Field(None, gt=0, description="save at the first epoch boundary N seconds after the "
+                                                          "last save")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_epochs is not None or self.every_s is not None
+
+
 class NotifySpec(_Model):
     """Where to POST a JSON message when the study finishes, fails or stalls (``notify``)."""
 
@@ -300,6 +314,7 @@ class StudySpec(_Model):
     resources: ResourcesSpec = ResourcesSpec()
     retries: RetrySpec = RetrySpec()
     refit: RefitSpec = RefitSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
     trainable: str | Callable[..., Any] | None = None
     """Your own training function, ``package.module:function`` (from Python, the callable itself),
     called once per fold with a :class:`trials.TrainContext`; stored by name only when a callable."""

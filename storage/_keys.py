@@ -36,6 +36,10 @@ class TrialAttr:
     FAILURES = "failures"
     RERUN_FAILURES = "rerun_failures"
     SEED = "seed"
+    CHECKPOINT = "checkpoint"
+    """The artifact id of the trial's checkpoint (kept by its re-runs, which go on from it)."""
+    RESUMED_FROM_EPOCH = "resumed_from_epoch"
+    """The epoch of the checkpoint the trial went on from; None when it started at epoch 1."""
 
 
 class StudyAttr:

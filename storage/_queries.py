@@ -50,6 +50,8 @@ ROW_ATTRS = (
     TrialAttr.RETRY_OF,
     TrialAttr.WILL_RETRY,
     TrialAttr.ATTEMPT,
+    TrialAttr.CHECKPOINT,
+    TrialAttr.RESUMED_FROM_EPOCH,
 )
 """Trial user attributes :func:`trial_rows` reads (``curves`` and the rest are never loaded)."""
 
@@ -131,6 +133,10 @@ class TrialRow:
     attempt : int or None
     datetime_start, datetime_complete : datetime.datetime or None
         UTC, timezone-aware.
+    checkpoint : str or None
+        The artifact id of the trial's checkpoint (``checkpoint`` in the study file), else None.
+    resumed_from_epoch : int or None
+        The epoch of the checkpoint the trial went on from; None when it started at epoch 1.
     """
 
     number: int
@@ -149,6 +155,8 @@ class TrialRow:
     attempt: int | None
     datetime_start: datetime | None
     datetime_complete: datetime | None
+    checkpoint: str | None = None
+    resumed_from_epoch: int | None = None
 
 
 def _engine_of(engine: Any) -> Engine:
@@ -517,6 +525,8 @@ def trial_rows(
                 attempt=a.get(TrialAttr.ATTEMPT),
                 datetime_start=start,
                 datetime_complete=complete,
+                checkpoint=a.get(TrialAttr.CHECKPOINT),
+                resumed_from_epoch=a.get(TrialAttr.RESUMED_FROM_EPOCH),
             )
         )
     return result

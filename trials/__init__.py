@@ -43,7 +43,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import CheckpointPlan
+from ._checkpoint import CheckpointPlan, checkpoint_files, remove_checkpoints
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
@@ -104,6 +104,7 @@ __all__ = [
     "check_param_names",
     "check_task_settings",
     "check_trainable",
+    "checkpoint_files",
     "decode_labels",
     "default_loss",
     "encode_labels",
@@ -113,6 +114,7 @@ __all__ = [
     "metric_direction",
     "metric_mode",
     "refit_and_test",
+    "remove_checkpoints",
     "resolve_hyperparams",
     "run_trial",
     "run_trials",

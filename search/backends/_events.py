@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trials import EpochReport, TestResult, TrialResult
+from trials import CheckpointPlan, EpochReport, TestResult, TrialResult
 
 __all__ = ["FAILURE_KINDS", "Event", "Failed", "Finished", "Report", "TrialJob"]
 
@@ -27,6 +27,8 @@ class TrialJob:
     gpu_fraction: float | None = None
     epochs: int | None = None
     """A refit's fixed epoch count on all non-test rows; None: early stopping on an inner split."""
+    checkpoint: CheckpointPlan | None = None
+    """Where the trial saves its state as it trains, and goes on from (``checkpoint`` in the study file)."""
 
 
 @dataclass(frozen=True)

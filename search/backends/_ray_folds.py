@@ -67,6 +67,9 @@ class FoldGroup:
             device=rs[0].device,
             train_path=rs[0].train_path,
             stopped_by_report=any(r.stopped_by_report for r in rs),
+            resumed_from_epoch=min((r.resumed_from_epoch for r in rs if r.resumed_from_epoch is not None),
+                                   default=None),
+            messages=tuple(m for r in rs for m in r.messages),
         )
 
     def finished_event(self, key: str) -> Finished | None:

@@ -48,6 +48,7 @@ def train_job(
         report=report,
         gpu_fraction=job.gpu_fraction,
         folds=job.folds,
+        checkpoint=job.checkpoint,
     )
 
 
@@ -69,7 +70,10 @@ def train_stack(
     jobs: Sequence[TrialJob],
     report: Callable[[str, EpochReport], bool],
 ) -> list[TrialResult]:
-    """The default stack function: :func:`trials.run_trials` (k folds x m configurations)."""
+    """The default stack function: :func:`trials.run_trials` (k folds x m configurations).
+
+    A stack of several trials saves no checkpoint: its re-runs may be stacked with other trials.
+    """
     from trials import run_trials
 
     return run_trials(

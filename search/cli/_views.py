@@ -46,7 +46,8 @@ def ls_(storage: str | None, server: str | None, token: str | None, output: str)
 def _note(t: dict) -> str:
     """Why a trial failed, and whose re-run it is."""
     rerun = f"re-run of #{t['retry_of']}" if t.get("retry_of") is not None else ""
-    return "; ".join(x for x in (t.get("fail_reason") or "", rerun) if x)
+    resumed = f"went on from epoch {t['resumed_from_epoch']}" if t.get("resumed_from_epoch") is not None else ""
+    return "; ".join(x for x in (t.get("fail_reason") or "", rerun, resumed) if x)
 
 
 @click.command()
@@ -72,6 +73,10 @@ def show(name: str, storage: str | None, output: str, limit: int | None, sort: s
                      fmt(t.get("duration_s")), _note(t)])
     click.echo(f"study {out['study']!r} ({out['direction']}, metric {out.get('metric')})")
     table(["#", "state", "value", "params", "epochs", "seconds", "note"], rows)
+    ck = out.get("checkpoints")
+    if ck is not None:
+        click.echo(f"checkpoints: {ck['files']} file(s), {ck['bytes'] / 1e6:.1f} MB in {ck['directory']} (deleted as "
+                   "each trial finishes)")
 
 
 @click.command()

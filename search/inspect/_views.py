@@ -20,7 +20,7 @@ from trials import metric_direction
 __all__ = ["best_of", "list_studies", "progress_dict", "show_study", "study_progress", "summary_dict"]
 
 _TRIAL_KEYS = ("number", "state", "value", "value_std", "params", "fold_scores", "epochs", "duration_s",
-               "fail_reason", "node", "retry_of")
+               "fail_reason", "node", "retry_of", "resumed_from_epoch")
 
 
 def _clean(v: Any) -> Any:
@@ -114,7 +114,40 @@ def show_study(name: str, storage: str | None = None, *, limit: int | None = Non
         "strategy": spec.get("strategy"),
         "test_result": attrs.get(StudyAttr.TEST_RESULT) or None,
         "trials": [_trial_dict(r) for r in rows],
+        "checkpoints": checkpoint_usage(rows, _artifact_dir(engine)),
     }
+
+
+def _artifact_dir(engine: Any) -> str | None:
+    """The artifact directory a run on this storage uses by default (``$HPSEARCH_ARTIFACTS`` or beside SQLite)."""
+    from .._artifacts import resolve_artifacts
+
+    url = getattr(getattr(engine, "url", None), "render_as_string", None)
+    return resolve_artifacts(url(hide_password=True) if url else "", None)
+
+
+def checkpoint_usage(rows: Any, directory: str | None) -> dict[str, Any] | None:
+    """Disk use of the checkpoints of ``rows`` in ``directory``: ``{"directory", "files", "bytes"}``; None
+    when no trial has a checkpoint. A finished trial's checkpoint is deleted, so this is what the trials
+    still running (or waiting to go on) hold: at most one file per trial in flight (per fold with
+    ``resources.parallel_folds``)."""
+    import os
+
+    from trials import checkpoint_files
+
+    ids = sorted({r.checkpoint for r in rows if getattr(r, "checkpoint", None)})
+    if not ids:
+        return None
+    files, size = 0, 0
+    if directory is not None:
+        for cid in ids:
+            for name in checkpoint_files(directory, cid):
+                try:
+                    size += os.path.getsize(os.path.join(directory, name))
+                    files += 1
+                except OSError:
+                    continue
+    return {"directory": directory, "files": files, "bytes": size}
 
 
 def best_of(name: str, storage: str | None = None, *, engine: Any = None) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def test_export_json_csv_parquet_round_trip_equal_show(demo: str, tmp_path: Path
     df = pd.read_csv(io.StringIO(res.stdout))
     assert list(df.columns) == [
         "number", "state", "value", "value_std", "param_lr", "param_dropout", "param_batch_size",
-        "fold_0", "fold_1", "fold_2", "epochs", "duration_s", "fail_reason", "node", "retry_of",
+        "fold_0", "fold_1", "fold_2", "epochs", "duration_s", "fail_reason", "node", "retry_of", "resumed_from_epoch",
     ]
     assert normalized(unflatten(df)) == normalized(shown)
 

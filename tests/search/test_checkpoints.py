@@ -1,0 +1,163 @@
+"""Checkpoints through the orchestrator: a re-run of an interrupted trial goes on from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import search
+import storage as st
+from search import LocalBackend, TrialJob, run_study, train_job
+from search.cli import main
+
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
+SPEC: dict[str, Any] = {
+    "name": "ckpt",
+    "strategy": "grid",
+    "seed": 11,
+    "space": {"lr": {"values": [0.05]}},
+    "data": {"source": "digits"},
+    "model": {"hidden": [32], "dropout": 0.2},
+    "training": {"max_epochs": 8, "patience": 10, "optimizer": "adam", "lr_schedule": "plateau"},
+    "cv": {"folds": 2},
+    "checkpoint": {"every_epochs": 2},
+}
+
+
+class Died(Exception):
+    """Stands for the worker process dying after an epoch."""
+
+
+def dies_once_at(epoch: int, seen: list[TrialJob]):
+    """The real training, whose first attempt of each trial dies after epoch ``epoch``."""
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        seen.append(job)
+
+        def dying(r):  # type: ignore[no-untyped-def]
+            if job.attempt == 0 and r.epoch == epoch:
+                raise Died(f"killed after epoch {epoch}")
+            return report(r)
+
+        return train_job(data, settings, job, dying)
+    return worker
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def test_a_rerun_goes_on_from_the_checkpoint_and_scores_as_an_uninterrupted_run(fast_dir) -> None:
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "ckpt")[0]
+
+    url = f"sqlite:///{fast_dir / 'ckpt.db'}"
+    seen: list[TrialJob] = []
+    messages: list[str] = []
+
+    class Say(search.Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=dies_once_at(5, seen),
+              callbacks=Say())
+    first, rerun = trials(url, "ckpt")
+    assert first.state.name == "FAIL" and "killed after epoch 5" in first.user_attrs["fail_reason"]
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["retry_of"] == 0
+    # the orchestrator chose the checkpoint before the trial ran; the re-run kept it, and went on from it
+    assert first.user_attrs["checkpoint"] == rerun.user_attrs["checkpoint"] == seen[0].checkpoint.artifact_id
+    assert seen[0].checkpoint.rerun is False and seen[1].checkpoint.rerun is True
+    assert rerun.user_attrs["resumed_from_epoch"] == 4
+    assert plain.user_attrs["resumed_from_epoch"] is None
+    assert "trial 1 went on from its checkpoint at epoch 4" in messages
+    # bit-equal fold scores, and every epoch's value is the uninterrupted run's (replayed ones included)
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.user_attrs["fold_epochs"] == plain.user_attrs["fold_epochs"]
+    assert rerun.user_attrs["curves"] == plain.user_attrs["curves"]
+    assert rerun.intermediate_values == plain.intermediate_values and len(rerun.intermediate_values) == 8
+    # a finished trial's checkpoint is deleted
+    art = fast_dir / "ckpt.db.artifacts"
+    assert art.is_dir() and os.listdir(art) == []
+
+    code, out, err = invoke("show", "ckpt", "--storage", url, "-o", "json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert [t["resumed_from_epoch"] for t in shown["trials"]] == [None, 4]
+    assert shown["checkpoints"] == {"directory": str(art), "files": 0, "bytes": 0}
+    code, out, _ = invoke("show", "ckpt", "--storage", url)
+    assert "went on from epoch 4" in out and "checkpoints: 0 file(s), 0.0 MB in" in out
+
+
+def test_without_checkpoint_keys_no_checkpoint_is_written_and_show_says_nothing(fast_dir) -> None:
+    url = f"sqlite:///{fast_dir / 'off.db'}"
+    seen: list[TrialJob] = []
+    run_study({**SPEC, "checkpoint": {}}, storage=url, backend=LocalBackend(1), refit=False,
+              worker_fn=dies_once_at(5, seen))
+    assert [j.checkpoint for j in seen] == [None, None]
+    first, rerun = trials(url, "ckpt")
+    assert "checkpoint" not in first.user_attrs and rerun.user_attrs["resumed_from_epoch"] is None
+    code, out, _ = invoke("show", "ckpt", "--storage", url, "-o", "json")
+    assert code == 0 and json.loads(out)["checkpoints"] is None
+    assert not (fast_dir / "off.db.artifacts").exists()  # refit=False and no checkpoints: no directory
+
+
+def test_a_running_trial_holds_one_checkpoint_file(fast_dir) -> None:
+    """Disk use is bounded: while it runs, a trial's checkpoint is one file, overwritten in place."""
+    url = f"sqlite:///{fast_dir / 'disk.db'}"
+    art = fast_dir / "disk.db.artifacts"
+    sizes: list[list[str]] = []
+
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        def watch(r):  # type: ignore[no-untyped-def]
+            sizes.append(sorted(os.listdir(art)))
+            return report(r)
+        return train_job(data, settings, job, watch)
+
+    run_study({**SPEC, "checkpoint": {"every_epochs": 1}}, storage=url, backend=LocalBackend(1), refit=False,
+              worker_fn=worker)
+    (trial,) = trials(url, "ckpt")
+    assert sizes[0] == [] and all(s == [trial.user_attrs["checkpoint"]] for s in sizes[1:])
+    assert os.listdir(art) == []
+
+
+def test_an_artifact_directory_that_cannot_be_written_is_refused_before_any_trial(fast_dir) -> None:
+    (fast_dir / "a-file").write_text("x")
+    study = fast_dir / "study.yaml"
+    study.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{fast_dir / 'r.db'}"
+    code, _, err = invoke("run", str(study), "--storage", url, "--artifacts", str(fast_dir / "a-file" / "d"), "-q")
+    assert code == 2 and "is not writable" in err and "checkpoints and the best model are saved there" in err
+    assert not (fast_dir / "r.db").exists() or st.study_names(st.create_engine(url, create=False)) == []
+    with pytest.raises(search.UsageError, match="checkpoints are saved there"):
+        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, artifacts=str(fast_dir / "a-file" / "d"))
+
+
+def test_checkpoints_need_a_directory_when_the_storage_has_none(fast_dir) -> None:
+    """PostgreSQL has no file to stand beside: refused before the database is even opened."""
+    with pytest.raises(search.UsageError, match="checkpoint: checkpoints are saved to the artifact directory"):
+        run_study(SPEC, storage="postgresql://nobody@127.0.0.1:1/none", backend=LocalBackend(1), refit=False)
+
+
+def test_a_stored_spec_without_checkpoint_keys_resumes_unchanged_and_they_may_be_added(fast_dir) -> None:
+    url = f"sqlite:///{fast_dir / 'old.db'}"
+    old = {k: v for k, v in SPEC.items() if k != "checkpoint"}
+    run_study(old, storage=url, backend=LocalBackend(1), refit=False)
+    stored = st.study_attrs(st.create_engine(url), "ckpt")["hpsearch_spec"]
+    del stored["checkpoint"]  # as a study stored before the key existed
+    optuna.load_study(study_name="ckpt", storage=url).set_user_attr("hpsearch_spec", stored)
+    res = search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)
+    assert not any("updated" in m for m in res.messages)
+    res = run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False)
+    assert any("updated checkpoint.every_epochs: null -> 2" in m for m in res.messages), res.messages
