@@ -161,3 +161,33 @@ def test_a_stored_spec_without_checkpoint_keys_resumes_unchanged_and_they_may_be
     assert not any("updated" in m for m in res.messages)
     res = run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False)
     assert any("updated checkpoint.every_epochs: null -> 2" in m for m in res.messages), res.messages
+
+
+def test_a_corrupt_checkpoint_makes_the_rerun_start_fresh_with_a_message(fast_dir) -> None:
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "ckpt")[0]
+    url = f"sqlite:///{fast_dir / 'bad.db'}"
+    seen: list[TrialJob] = []
+    dying = dies_once_at(5, seen)
+    messages: list[str] = []
+
+    class Say(search.Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        if job.attempt == 1:  # the disk garbled the file between the runs
+            path = os.path.join(job.checkpoint.directory, job.checkpoint.artifact_id)
+            raw = bytearray(open(path, "rb").read())
+            raw[len(raw) // 2] ^= 0xFF
+            open(path, "wb").write(bytes(raw))
+        return dying(data, settings, job, report)
+
+    run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, callbacks=Say())
+    _, rerun = trials(url, "ckpt")
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] is None
+    said = [m for m in messages if m.startswith("trial 1: the checkpoint")]
+    assert len(said) == 1 and "is corrupt" in said[0] and "starts from epoch 1" in said[0], messages
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert os.listdir(fast_dir / "bad.db.artifacts") == []
