@@ -1,0 +1,82 @@
+"""A real process killed (SIGKILL) in the middle of a long trial, then resumed: the trial goes on from
+its checkpoint and scores what an uninterrupted run scores.
+
+Slow: the study runs as ``hpsearch run`` in a subprocess (tests/search/study_proc.py: epochs slowed to
+0.25 s) on the module's local Ray, as tests/search/test_resume.py's real-process tests do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+from search import parse_spec
+from trials import load_dataset, run_trial, trial_seed
+
+from .resume_checks import StudyProc
+from .test_resume import PROC_ENV, invoke, write_spec
+from .test_resume import ray_here as ray_here  # the module-scoped fixture: one local Ray
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_optuna")]
+
+SPEC: dict[str, Any] = {
+    "name": "ckpt-kill", "strategy": "grid", "seed": 5,
+    "space": {"lr": {"values": [0.05]}},
+    "data": {"source": "digits"}, "model": {"hidden": [32], "dropout": 0.2},
+    "training": {"max_epochs": 16, "patience": 30, "optimizer": "adam"}, "cv": {"folds": 2},
+    "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+    "checkpoint": {"every_epochs": 2},
+}
+
+
+def epochs_reported(url: str, name: str) -> int:
+    trials = optuna.load_study(study_name=name, storage=url).get_trials()
+    return max((len(t.intermediate_values) for t in trials), default=0)
+
+
+def test_sigkill_mid_trial_then_resume_goes_on_from_the_checkpoint(tmp_path, monkeypatch, ray_here) -> None:
+    url = f"sqlite:///{tmp_path}/study.db"
+    art = tmp_path / "study.db.artifacts"
+    study_file = write_spec(tmp_path / "study.yaml", SPEC)
+    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite"],
+                     env=PROC_ENV)
+    try:
+        proc.wait_for(lambda: epochs_reported(url, SPEC["name"]) >= 7, what="7 epochs of the trial")
+        proc.proc.kill()
+        proc.proc.wait()
+    finally:
+        proc.cleanup()
+    (trial,) = optuna.load_study(study_name=SPEC["name"], storage=url).get_trials()
+    assert trial.state.name == "RUNNING" and len(trial.intermediate_values) < 16, "killed mid-trial"
+    with zipfile.ZipFile(art / trial.user_attrs["checkpoint"]) as z:  # what the worker left on disk
+        saved_epoch = json.loads(z.read("hpsearch-checkpoint.json"))["epoch"]
+    assert saved_epoch >= 6 and saved_epoch % 2 == 0
+
+    monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "600")  # taken over by the same-host rule: its pid is gone
+    code, _, err = invoke("resume", SPEC["name"], "--storage", url, "-q", "--address", ray_here, "--allow-sqlite")
+    assert code == 0, err
+    assert f"went on from its checkpoint at epoch {saved_epoch}" in err
+    first, rerun = optuna.load_study(study_name=SPEC["name"], storage=url).get_trials()
+    assert first.state.name == "FAIL" and "orchestrator stopped" in first.user_attrs["fail_reason"]
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["retry_of"] == 0
+    assert rerun.user_attrs["resumed_from_epoch"] == saved_epoch
+    assert sorted(rerun.intermediate_values) == list(range(1, 17))
+
+    # the uninterrupted run of the same trial, here (one thread, as on the worker)
+    spec = parse_spec(SPEC)
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = run_trial(data, {"lr": 0.05}, spec.settings, seed=trial_seed(spec.seed, 0))
+    finally:
+        torch.set_num_threads(threads)
+    assert rerun.user_attrs["fold_scores"] == plain.scores(spec.metric)
+    assert rerun.user_attrs["fold_epochs"] == [f.best_epoch for f in plain.folds]
+    assert [k for k in os.listdir(art) if k.startswith("checkpoint-")] == []  # finished: deleted
