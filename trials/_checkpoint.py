@@ -8,25 +8,28 @@ the optimizer's state and learning rates, the plateau schedule, the early-stoppi
 curves and per-epoch reports so far, and every random generator's state.
 
 A checkpoint is one file of an Optuna :class:`~optuna.artifacts.FileSystemArtifactStore`, written
-by the worker (it needs the directory, never the database), replaced atomically at each save. It is
-a zip (``ZIP_STORED``) of ``hpsearch-checkpoint.json`` (the format, the epoch, the stack's
-fingerprint and the SHA-256 of the state) and ``state.pt`` (``torch.save`` of tensors and plain
-values, read back with ``weights_only=True``). A file that is missing, unreadable, fails its
-checksum, or was made for another stack (other params, another model shape, other folds or seeds:
-the fingerprint) is not used: the trial starts fresh, and says why.
+by the worker (it needs the directory, never the database), replaced atomically at each save, in a
+background thread (the state is copied first; training goes on while it is written). The file is a
+line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint, the size and
+SHA-256 of the state) and the state (``torch.save`` of tensors and plain values, read back with
+``weights_only=True``). A file that is missing, unreadable, fails its checksum, or was made for
+another stack (other params, another model shape, other folds or seeds: the fingerprint) is not
+used: the trial starts fresh, and says why.
 
 This module imports torch only when it saves or loads, so ``trials.CheckpointPlan`` stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import hashlib
 import io
 import json
 import os
+import threading
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +47,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "hpsearch-checkpoint/1"
-_META = "hpsearch-checkpoint.json"
-_STATE = "state.pt"
+_MAGIC = CHECKPOINT_FORMAT.encode() + b"\n"
 # how often a failed checkpoint write is tried in all before the trial goes on without checkpoints
 _WRITE_ATTEMPTS = 3
 
@@ -105,19 +107,24 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
 
     buf = io.BytesIO()
     torch.save(dict(state), buf)
-    payload = buf.getvalue()
-    meta = {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), "fingerprint": fingerprint,
-            "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload), "saved_at": time.time()}
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(_META, json.dumps(meta))
-        z.writestr(_STATE, payload)
-    data = out.getvalue()
-    tmp = f".{artifact_id}.tmp-{os.getpid()}"
+    payload = buf.getbuffer()
+    meta = {"epoch": int(epoch), "fingerprint": fingerprint, "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload), "saved_at": time.time()}
+    header = _MAGIC + json.dumps(meta).encode() + b"\n"
     os.makedirs(directory, exist_ok=True)
-    _store(directory).write(tmp, io.BytesIO(data))
-    os.replace(os.path.join(directory, tmp), os.path.join(directory, artifact_id))
-    return len(data)
+    # the store's own layout (FileSystemArtifactStore: <directory>/<artifact id>), written in two parts
+    # rather than through its write(), which would copy the state once more
+    tmp = os.path.join(directory, f".{artifact_id}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(payload)
+        os.replace(tmp, os.path.join(directory, artifact_id))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return len(header) + len(payload)
 
 
 def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: Any = "cpu") -> tuple[int, dict]:
@@ -139,16 +146,17 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: 
         raise CheckpointUnusable(f"no checkpoint at {where}") from None
     except OSError as e:
         raise CheckpointUnusable(f"cannot read the checkpoint {where} ({e.strerror or e})") from None
+    if not data.startswith(_MAGIC):
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (it is not an {CHECKPOINT_FORMAT} file)")
+    end = data.find(b"\n", len(_MAGIC))
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            meta = json.loads(z.read(_META))
-            payload = z.read(_STATE)
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError, EOFError) as e:
-        raise CheckpointUnusable(f"the checkpoint {where} is corrupt ({type(e).__name__}: {e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        fmt = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointUnusable(f"the checkpoint {where} is of format {fmt!r}, not {CHECKPOINT_FORMAT!r}")
-    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        meta = json.loads(data[len(_MAGIC):end]) if end > 0 else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its header does not parse)")
+    payload = memoryview(data)[end + 1:]
+    if len(payload) != meta.get("bytes") or hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
         raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its SHA-256 checksum does not match)")
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointUnusable(f"the checkpoint {where} was made for another stack (other params, model shape, "
@@ -245,6 +253,7 @@ class Checkpointer:
         self._last_epoch = 0
         self._disabled = False
         self._skip_load = False
+        self._writer: threading.Thread | None = None
         self.messages: list[str] = []
         self.resumed_from_epoch: int | None = None
         self.saved = 0
@@ -281,11 +290,28 @@ class Checkpointer:
         return p.every_s is not None and self._clock() - self._last_save >= p.every_s
 
     def save(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
-        """Write the checkpoint of ``epoch``, trying again on ``OSError``; give up (with a message) after that."""
+        """Write the checkpoint of ``epoch`` in the background (``state`` must be a copy: training goes
+        on). The previous save is waited for first, so at most one is in flight."""
+        self.wait()
+        self._last_epoch = epoch
+        self._last_save = self._clock()
+        self._writer = threading.Thread(target=self._write, args=(epoch, fingerprint, state),
+                                        name="hpsearch-checkpoint", daemon=True)
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Until the save in flight (if any) is on disk (:func:`~trials._engine.fit_stack` waits before it returns)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
+        """Try a failed write again; give up (with a message, no more saves) after that."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 self.bytes = write_checkpoint(self.plan.directory, self.plan.artifact_id, epoch, fingerprint, state)
-                break
+                self.saved += 1
+                return
             except OSError as e:
                 if attempt == _WRITE_ATTEMPTS:
                     self._disabled = True
@@ -294,9 +320,6 @@ class Checkpointer:
                         f"({e.strerror or e}) after {attempt} attempts; the trial goes on without checkpoints")
                     return
                 time.sleep(0.1 * attempt)
-        self.saved += 1
-        self._last_epoch = epoch
-        self._last_save = self._clock()
 
 
 # ------------------------------------------------------------------------------ the stack's state
@@ -339,22 +362,22 @@ def capture_stack_state(
     """
     import torch
 
-    def cpu(ts: Sequence[Any]) -> list[Any]:
-        return [t.detach().cpu() for t in ts]
+    def cpu(ts: Sequence[Any]) -> list[Any]:  # copies: training goes on while the checkpoint is written
+        return [t.detach().to("cpu", copy=True) for t in ts]
 
     return {
         "live": [int(m) for m in live],
         "model": cpu(model.state_tensors()),
         "best_state": cpu(best_state),
-        "lr": optimizer.lr.detach().cpu(),
+        "lr": optimizer.lr.detach().to("cpu", copy=True),
         "optimizer": {k: cpu(v) for k, v in optimizer.state.items()},
-        "adam_steps": optimizer.steps.detach().cpu() if optimizer.kind == "adam" else None,
+        "adam_steps": optimizer.steps.detach().to("cpu", copy=True) if optimizer.kind == "adam" else None,
         "plateau": None if plateau is None else {"best": [float(v) for v in plateau.best],
                                                   "num_bad": [int(v) for v in plateau.num_bad]},
-        "records": [r.state() for r in records],
+        "records": [copy.deepcopy(r.state()) for r in records],
         "curves": {k: [list(c) for c in v] for k, v in curves.items()},
         "halted": sorted(int(g) for g in halted),
-        "reports": [[int(g), _report_state(r)] for g, r in reports],
+        "reports": [[int(g), _report_state(r)] for g, r in reports],  # plain values: a copy
         "order_gens": [g.get_state() for g in order_gens],
         "dropout_gens": [g.get_state() for g in dropout_gens],
         "rng": torch.get_rng_state(),

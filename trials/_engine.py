@@ -7,8 +7,9 @@ its own split, standardized with statistics of its own training rows.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -546,6 +547,14 @@ def prepare_members(
     return source, mean, scale, model, optimizer
 
 
+@contextlib.contextmanager
+def _written_on_exit(checkpoint: Checkpointer) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        checkpoint.wait()
+
+
 def fit_stack(
     X: np.ndarray,
     y: np.ndarray,
@@ -594,7 +603,9 @@ def fit_stack(
     group_of = [0] * n_members if groups is None else [int(g) for g in groups]
     d = X.shape[1]
     rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
+    # a checkpoint still being written when training ends (or fails) is waited for
+    waiting = contextlib.nullcontext() if checkpoint is None else _written_on_exit(checkpoint)
+    with torch.random.fork_rng(devices=rng_devices), waiting:
         # Only user modules draw from the global RNG (vmap dropout); seed it per trial.
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
         source, mean, scale, model, optimizer = prepare_members(X, y, splits, hps, n_classes, device)

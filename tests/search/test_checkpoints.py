@@ -128,7 +128,9 @@ def test_a_running_trial_holds_one_checkpoint_file(fast_dir) -> None:
     run_study({**SPEC, "checkpoint": {"every_epochs": 1}}, storage=url, backend=LocalBackend(1), refit=False,
               worker_fn=worker)
     (trial,) = trials(url, "ckpt")
-    assert sizes[0] == [] and all(s == [trial.user_attrs["checkpoint"]] for s in sizes[1:])
+    # (plus, while a save is being written, its temporary file, renamed over the old one when whole)
+    assert sizes[0] == [] and all([n for n in s if not n.startswith(".")] == [trial.user_attrs["checkpoint"]]
+                                  and len(s) <= 2 for s in sizes[1:])
     assert os.listdir(art) == []
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 
 import pytest
 
@@ -96,20 +95,20 @@ def test_a_corrupt_checkpoint_is_detected_and_the_trial_starts_fresh(small, tmp_
     plan = CheckpointPlan(str(tmp_path), "c", every_epochs=1, rerun=True)
     interrupted(small, settings, plan, at=4)
     path = tmp_path / "c"
-    with zipfile.ZipFile(path) as z:  # one flipped byte of the state, in a well-formed zip
-        meta, state = z.read("hpsearch-checkpoint.json"), bytearray(z.read("state.pt"))
-    state[len(state) // 2] ^= 0xFF
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("hpsearch-checkpoint.json", meta)
-        z.writestr("state.pt", bytes(state))
+    raw = bytearray(path.read_bytes())  # one flipped byte of the state; the header is whole
+    raw[-len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
     out = run_trial(small, {}, settings, seed=7, checkpoint=plan)
     assert out.resumed_from_epoch is None
     assert len(out.messages) == 1 and "corrupt" in out.messages[0] and "SHA-256" in out.messages[0]
     assert "starts from epoch 1" in out.messages[0]
     assert out.folds == plain.folds
-    path.write_bytes(b"not a zip at all")  # a truncated or overwritten file
+    path.write_bytes(bytes(raw[: len(raw) // 2]))  # a truncated file
     out = run_trial(small, {}, settings, seed=7, checkpoint=plan)
     assert out.resumed_from_epoch is None and "corrupt" in out.messages[0]
+    path.write_bytes(b"something else entirely")
+    out = run_trial(small, {}, settings, seed=7, checkpoint=plan)
+    assert out.resumed_from_epoch is None and "is not an hpsearch-checkpoint/1 file" in out.messages[0]
 
 
 def test_a_missing_checkpoint_of_a_rerun_says_so_and_a_first_run_says_nothing(small, tmp_path):
