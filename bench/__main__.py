@@ -13,6 +13,7 @@ quality   python -m bench.bench_quality     grid vs random vs TPE on digits
 e2e       python -m bench.bench_e2e         hpsearch vs a plain Optuna script, end to end
 refit     python -m bench.bench_refit       the final refit's test score vs the CV score and a plain loop
 service   python -m bench.bench_service     hpsearch serve: warm submit vs cold CLI, API p99, fair share
+ckpt      python -m bench.bench_checkpoint  (checkpoint) its cost per epoch; a 30-epoch trial killed at 20
 ========  ================================  ======================================================
 
 Each writes ``DIR/<name>.json``; this runner adds ``DIR/results.json`` with every benchmark's status,
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
     "e2e": ("module", "bench.bench_e2e", []),
     "refit": ("module", "bench.bench_refit", []),
     "service": ("module", "bench.bench_service", []),
+    "checkpoint": ("module", "bench.bench_checkpoint", []),
 }
 TIMEOUT_S = {"smoke": 600, "full": 3600}
 

@@ -3,8 +3,11 @@
 ``overhead``: one trial on digits (the default 64-200-200-10 MLP, 5 folds as one stack, SGD, every
 epoch run: no early stop), timed with and without ``checkpoint.every_epochs: 1`` (a save of the
 whole stack at every epoch boundary, to a directory on the local disk), interleaved over rounds in
-the same process with one intra-op thread (as on a Ray worker). The ratio is per epoch:
-``(t_checkpointed - t_plain) / t_plain`` of the median round. Goal: at most 5 %.
+the same process with one intra-op thread (as on a Ray worker). The ratio is per epoch,
+``t_checkpointed / t_plain - 1`` of the fastest run of each (a shared machine's load inflates the
+others; the median of the paired runs is recorded too), and, measured inside each save, the time the
+training thread spends on it (copying the state) and the time the background write takes, as
+fractions of an epoch. Goal: at most 5 %.
 
 ``kill``: a 30-epoch trial (same network) killed after epoch 20 (its process dies right after the
 epoch's report, before the next save), then run again from its checkpoint, for ``every_epochs`` 1
@@ -46,29 +49,60 @@ def _settings(epochs: int) -> Any:
                                                patience=10_000))
 
 
+def _fit(data: Any, settings: Any, checkpoint: Any = None) -> Any:
+    """One trial's stack (every fold), as :func:`trials.run_trial` trains it, with ``checkpoint`` (a Checkpointer)."""
+    import torch
+
+    from trials import resolve_hyperparams
+    from trials._engine import MemberSplit, fit_stack
+    from trials._seeding import member_seeds
+
+    hp = resolve_hyperparams(settings, {})
+    splits = [MemberSplit(f, tr, va, member_seeds(0, f)) for f, (tr, va) in enumerate(data.folds)]
+    return fit_stack(data.X, data.y, splits, hp, n_classes=data.n_classes, device=torch.device("cpu"), seed=0,
+                     checkpoint=checkpoint)
+
+
 def overhead(data: Any, *, epochs: int, rounds: int, tmp: Path) -> dict[str, Any]:
-    from trials import CheckpointPlan, run_trial
-    from trials._checkpoint import checkpoint_files
+    from trials import CheckpointPlan
+    from trials._checkpoint import Checkpointer
 
     settings = _settings(epochs)
-    plain_s, ckpt_s, size = [], [], 0
-    run_trial(data, {}, settings, seed=0)  # warm-up: first-call costs out of the way
+    plain_s, ckpt_s, blocking, waiting, writing, size = [], [], [], [], [], 0
+    _fit(data, settings)  # warm-up: first-call costs out of the way
     for r in range(rounds):
         for mode in (("plain", "ckpt") if r % 2 == 0 else ("ckpt", "plain")):
-            plan = CheckpointPlan(str(tmp), f"bench-{r}", every_epochs=1) if mode == "ckpt" else None
+            saver = Checkpointer(CheckpointPlan(str(tmp), f"bench-{r}", every_epochs=1)) if mode == "ckpt" else None
             t0 = time.perf_counter()
-            res = run_trial(data, {}, settings, seed=0, checkpoint=plan)
-            dt = (time.perf_counter() - t0) / res.epochs_run
-            (ckpt_s if plan else plain_s).append(dt)
-            if plan is not None:
-                files = checkpoint_files(str(tmp), plan.artifact_id)
-                size = (tmp / files[0]).stat().st_size if files else 0
+            _fit(data, settings, saver)
+            dt = (time.perf_counter() - t0) / epochs
+            if saver is None:
+                plain_s.append(dt)
+            else:
+                ckpt_s.append(dt)
+                blocking.append(saver.blocking_s / saver.saved)
+                waiting.append(saver.waiting_s / saver.saved)
+                writing.append(saver.writing_s / saver.saved)
+                size = saver.bytes
+    epoch = min(plain_s)
     ratios = [c / p - 1.0 for p, c in zip(plain_s, ckpt_s)]
-    out = {"epochs": epochs, "rounds": rounds, "plain_epoch_s": stats(plain_s), "checkpoint_epoch_s": stats(ckpt_s),
-           "ratios": ratios, "overhead": statistics.median(ratios), "checkpoint_bytes": size}
-    print(f"overhead: {statistics.median(plain_s) * 1e3:.1f} ms/epoch plain, "
-          f"{statistics.median(ckpt_s) * 1e3:.1f} ms/epoch with a checkpoint every epoch "
-          f"({out['overhead'] * 100:+.2f} %, {size / 1e6:.2f} MB each)", flush=True)
+    out = {"epochs": epochs, "rounds": rounds, "saves_per_run": epochs - 1,
+           "plain_epoch_s": stats(plain_s), "checkpoint_epoch_s": stats(ckpt_s), "paired_ratios": ratios,
+           # the fastest run of each: what a machine shared with other work disturbs least
+           "wall_overhead": min(ckpt_s) / min(plain_s) - 1.0,
+           "median_paired_overhead": statistics.median(ratios),
+           # per save, against the fastest plain epoch: what the training thread waits for (the copy of the
+           # state), and what the background write costs (paid on another core, or shared with training)
+           "blocking_per_epoch": statistics.median(blocking) / epoch,
+           "waiting_per_epoch": statistics.median(waiting) / epoch,
+           "writing_per_epoch": statistics.median(writing) / epoch,
+           "checkpoint_bytes": size}
+    print(f"overhead: {min(plain_s) * 1e3:.1f} ms/epoch plain, {min(ckpt_s) * 1e3:.1f} ms/epoch with a checkpoint "
+          f"every epoch ({out['wall_overhead'] * 100:+.2f} %; median of paired runs "
+          f"{out['median_paired_overhead'] * 100:+.2f} %); per save: {out['blocking_per_epoch'] * 100:.2f} % of an "
+          f"epoch copying the state, {out['waiting_per_epoch'] * 100:.2f} % waiting for the previous write, "
+          f"{out['writing_per_epoch'] * 100:.2f} % in the writer; "
+          f"{size / 1e6:.2f} MB each", flush=True)
     return out
 
 
@@ -109,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: 3 epochs, 1 round, a 6-epoch kill")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 5; smoke 1)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 9; smoke 1)")
     args = p.parse_args(argv)
     import torch
 
@@ -118,14 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result = report_header("bench_checkpoint", args.smoke, argv)
     data = load_dataset(DataSpec(source="digits"), CVSpec(folds=5), seed=0)
-    epochs, rounds = (3, 1) if args.smoke else (10, args.rounds or 5)
+    epochs, rounds = (3, 1) if args.smoke else (6, args.rounds or 9)
     total, kill_at = (6, 4) if args.smoke else (30, 20)
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as tmp:
         result["overhead"] = overhead(data, epochs=epochs, rounds=args.rounds or rounds, tmp=Path(tmp))
         result["kill"] = [kill_and_resume(data, epochs=total, kill_at=kill_at, every=e, tmp=Path(tmp))
                           for e in ((1, 2) if args.smoke else (1, 5))]
     goals = [{"goal": "a checkpoint every epoch costs at most 5 % of epoch time (digits MLP)",
-              "value": result["overhead"]["overhead"], "met": result["overhead"]["overhead"] <= 0.05}]
+              "value": result["overhead"]["wall_overhead"], "met": result["overhead"]["wall_overhead"] <= 0.05},
+             {"goal": "the training thread spends at most 5 % of an epoch per checkpoint (copy + wait)",
+              "value": result["overhead"]["blocking_per_epoch"] + result["overhead"]["waiting_per_epoch"],
+              "met": result["overhead"]["blocking_per_epoch"] + result["overhead"]["waiting_per_epoch"] <= 0.05}]
     for k in result["kill"]:
         goals.append({"goal": f"killed at epoch {k['killed_after_epoch']} of {k['epochs']}: at most every_epochs "
                               f"({k['every_epochs']}) epochs trained again, scores equal",

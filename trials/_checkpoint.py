@@ -30,7 +30,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,8 +242,11 @@ class Checkpointer:
         What the trial should tell the user (a checkpoint not used, saves given up).
     resumed_from_epoch
         The epoch of the checkpoint the trial went on from; None when it started fresh.
-    saved
-        Checkpoints written by this run.
+    saved, bytes
+        Checkpoints written by this run, and the size of the last one.
+    blocking_s, waiting_s, writing_s
+        Time the saves took from training to copy the state, and to wait for the previous write
+        (still in flight), and time the background writes took.
     """
 
     def __init__(self, plan: CheckpointPlan, clock: Any = time.monotonic) -> None:
@@ -258,6 +261,9 @@ class Checkpointer:
         self.resumed_from_epoch: int | None = None
         self.saved = 0
         self.bytes = 0
+        self.blocking_s = 0.0  # time saves took from training to copy the state
+        self.waiting_s = 0.0  # ... and to wait for the previous save (still being written)
+        self.writing_s = 0.0  # time the background writes took
 
     def reset(self, message: str) -> None:
         """Start over without loading: the checkpoint turned out unusable while it was restored."""
@@ -289,15 +295,21 @@ class Checkpointer:
             return True
         return p.every_s is not None and self._clock() - self._last_save >= p.every_s
 
-    def save(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
-        """Write the checkpoint of ``epoch`` in the background (``state`` must be a copy: training goes
-        on). The previous save is waited for first, so at most one is in flight."""
+    def save(self, epoch: int, fingerprint: str, capture: Callable[[], Mapping[str, Any]]) -> None:
+        """Write the checkpoint of ``epoch`` in the background: ``capture()`` returns a copy of the state
+        (training goes on while it is written). The previous save is waited for first, so at most one
+        is in flight. :attr:`blocking_s` and :attr:`waiting_s` add up the time this takes from training."""
+        t0 = time.perf_counter()
         self.wait()
+        t1 = time.perf_counter()
+        self.waiting_s += t1 - t0
+        state = capture()
         self._last_epoch = epoch
         self._last_save = self._clock()
         self._writer = threading.Thread(target=self._write, args=(epoch, fingerprint, state),
                                         name="hpsearch-checkpoint", daemon=True)
         self._writer.start()
+        self.blocking_s += time.perf_counter() - t1
 
     def wait(self) -> None:
         """Until the save in flight (if any) is on disk (:func:`~trials._engine.fit_stack` waits before it returns)."""
@@ -307,10 +319,12 @@ class Checkpointer:
 
     def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
         """Try a failed write again; give up (with a message, no more saves) after that."""
+        t0 = time.perf_counter()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 self.bytes = write_checkpoint(self.plan.directory, self.plan.artifact_id, epoch, fingerprint, state)
                 self.saved += 1
+                self.writing_s += time.perf_counter() - t0
                 return
             except OSError as e:
                 if attempt == _WRITE_ATTEMPTS:

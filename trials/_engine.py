@@ -678,7 +678,7 @@ def fit_stack(
             if finished:
                 break
             if checkpoint is not None and checkpoint.due(epoch - 1):
-                checkpoint.save(epoch - 1, fingerprint, capture_stack_state(
+                checkpoint.save(epoch - 1, fingerprint, lambda: capture_stack_state(
                     live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                     records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
                     dropout_gens=all_gens, device=device))
