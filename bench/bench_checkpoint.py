@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import report_header, stats, write_json
+from bench.common import report_header, stats, wait_for_quiet, write_json
 
 
 class _Killed(Exception):
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     result = report_header("bench_checkpoint", args.smoke, argv)
+    result["waited_for_quiet_s"] = round(wait_for_quiet(1.5, 0 if args.smoke else 300), 1)
+    result["load_average_at_start"] = os.getloadavg()[0]
     data = load_dataset(DataSpec(source="digits"), CVSpec(folds=5), seed=0)
     epochs, rounds = (3, 1) if args.smoke else (6, args.rounds or 9)
     total, kill_at = (6, 4) if args.smoke else (30, 20)

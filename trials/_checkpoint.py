@@ -10,11 +10,11 @@ curves and per-epoch reports so far, and every random generator's state.
 A checkpoint is one file of an Optuna :class:`~optuna.artifacts.FileSystemArtifactStore`, written
 by the worker (it needs the directory, never the database), replaced atomically at each save, in a
 background thread (the state is copied first; training goes on while it is written). The file is a
-line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint, the size and
-SHA-256 of the state) and the state (``torch.save`` of tensors and plain values, read back with
-``weights_only=True``). A file that is missing, unreadable, fails its checksum, or was made for
-another stack (other params, another model shape, other folds or seeds: the fingerprint) is not
-used: the trial starts fresh, and says why.
+line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint, the sizes and
+SHA-256 of the rest), the state as JSON with each tensor replaced by its index, dtype and shape, and
+the tensors' raw bytes (no pickle: reading a checkpoint runs no code). A file that is missing,
+unreadable, fails its checksum, or was made for another stack (other params, another model shape,
+other folds or seeds: the fingerprint) is not used: the trial starts fresh, and says why.
 
 This module imports torch only when it saves or loads, so ``trials.CheckpointPlan`` stays cheap.
 """
@@ -25,7 +25,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import threading
@@ -92,43 +91,80 @@ def _store(directory: str) -> Any:
     return FileSystemArtifactStore(directory)
 
 
-def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> int:
-    """Save ``state`` as checkpoint ``artifact_id`` of epoch ``epoch``, atomically; returns its size in bytes.
+def _flatten(value: Any, tensors: list[Any]) -> Any:
+    """``value`` as JSON, each tensor replaced by ``{"tensor": [index, dtype, shape]}`` (appended to ``tensors``)."""
+    import torch
 
-    The file is first written under a temporary artifact id and then renamed over the old one, so a
-    kill in the middle of a save leaves the previous checkpoint whole.
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return {"tensor": [len(tensors) - 1, str(value.dtype).removeprefix("torch."), list(value.shape)]}
+    if isinstance(value, Mapping):
+        return {str(k): _flatten(v, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_flatten(v, tensors) for v in value]
+    return value
+
+
+def _unflatten(value: Any, tensors: list[Any]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return tensors[value["tensor"][0]]
+        return {k: _unflatten(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unflatten(v, tensors) for v in value]
+    return value
+
+
+def _raw(t: Any) -> memoryview:
+    """The bytes of CPU tensor ``t`` without a copy."""
+    import torch
+
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> int:
+    """Save ``state`` (CPU tensors and plain values) as checkpoint ``artifact_id`` of epoch ``epoch``,
+    atomically; returns its size in bytes.
+
+    The file is first written under a temporary name and then renamed over the old one, so a kill in
+    the middle of a save leaves the previous checkpoint whole. The tensors' bytes are hashed and
+    written straight from their memory (no pickling, no copy; the GIL is released for both, so
+    training in the other thread goes on).
 
     Raises
     ------
     OSError
         When the directory cannot be written.
     """
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(dict(state), buf)
-    payload = buf.getbuffer()
-    meta = {"epoch": int(epoch), "fingerprint": fingerprint, "sha256": hashlib.sha256(payload).hexdigest(),
-            "bytes": len(payload), "saved_at": time.time()}
+    tensors: list[Any] = []
+    layout = json.dumps(_flatten(dict(state), tensors)).encode()
+    raws = [_raw(t) for t in tensors]
+    sha = hashlib.sha256(layout)
+    for r in raws:
+        sha.update(r)
+    meta = {"epoch": int(epoch), "fingerprint": fingerprint, "sha256": sha.hexdigest(), "layout_bytes": len(layout),
+            "tensor_bytes": [len(r) for r in raws], "saved_at": time.time()}
     header = _MAGIC + json.dumps(meta).encode() + b"\n"
     os.makedirs(directory, exist_ok=True)
-    # the store's own layout (FileSystemArtifactStore: <directory>/<artifact id>), written in two parts
-    # rather than through its write(), which would copy the state once more
+    # the store's own layout (FileSystemArtifactStore: <directory>/<artifact id>), written part by part
+    # rather than through its write(), which would need the whole file as one more copy
     tmp = os.path.join(directory, f".{artifact_id}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(header)
-            f.write(payload)
+            f.write(layout)
+            for r in raws:
+                f.write(r)
         os.replace(tmp, os.path.join(directory, artifact_id))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return len(header) + len(payload)
+    return len(header) + len(layout) + sum(len(r) for r in raws)
 
 
 def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: Any = "cpu") -> tuple[int, dict]:
-    """``(epoch, state)`` of checkpoint ``artifact_id``, checked against ``fingerprint``.
+    """``(epoch, state)`` of checkpoint ``artifact_id``, checked against ``fingerprint``; tensors on ``device``.
 
     Raises
     ------
@@ -151,21 +187,40 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: 
     end = data.find(b"\n", len(_MAGIC))
     try:
         meta = json.loads(data[len(_MAGIC):end]) if end > 0 else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        meta = None
-    if not isinstance(meta, dict):
-        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its header does not parse)")
-    payload = memoryview(data)[end + 1:]
-    if len(payload) != meta.get("bytes") or hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        sizes = [int(n) for n in meta["tensor_bytes"]]
+        n_layout = int(meta["layout_bytes"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its header does not parse)") from None
+    body = memoryview(data)[end + 1:]
+    if len(body) != n_layout + sum(sizes) or hashlib.sha256(body).hexdigest() != meta.get("sha256"):
         raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its SHA-256 checksum does not match)")
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointUnusable(f"the checkpoint {where} was made for another stack (other params, model shape, "
                                  "folds or seeds); it is ignored")
-    try:
-        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
-    except Exception as e:  # a payload that passed its checksum but does not load: written by another torch
-        raise CheckpointUnusable(f"the checkpoint {where} does not load ({type(e).__name__}: {e})") from None
-    return int(meta["epoch"]), state
+    layout = json.loads(bytes(body[:n_layout]))
+    specs: list[Any] = []
+    _flatten_specs(layout, specs)
+    tensors, at = [], n_layout
+    for (_, dtype, shape), size in zip(sorted(specs), sizes, strict=True):  # in index order: the bytes' order
+        dt = getattr(torch, dtype)
+        t = (torch.frombuffer(bytearray(body[at:at + size]), dtype=dt) if size else torch.empty(0, dtype=dt))
+        tensors.append(t.reshape(shape).to(device))
+        at += size
+    return int(meta["epoch"]), _unflatten(layout, tensors)
+
+
+def _flatten_specs(value: Any, out: list[Any]) -> None:
+    """The ``[index, dtype, shape]`` of every tensor in a layout."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            index, dtype, shape = value["tensor"]
+            out.append((int(index), str(dtype), tuple(shape)))
+            return
+        for v in value.values():
+            _flatten_specs(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _flatten_specs(v, out)
 
 
 def checkpoint_files(directory: str, artifact_id: str) -> list[str]:

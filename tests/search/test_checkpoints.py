@@ -193,3 +193,14 @@ def test_a_corrupt_checkpoint_makes_the_rerun_start_fresh_with_a_message(fast_di
     assert len(said) == 1 and "is corrupt" in said[0] and "starts from epoch 1" in said[0], messages
     assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
     assert os.listdir(fast_dir / "bad.db.artifacts") == []
+
+
+def test_checkpoint_keys_are_validated_with_their_key_path() -> None:
+    with pytest.raises(search.SpecError) as e:
+        search.parse_spec({**SPEC, "checkpoint": {"every_epochs": 0, "every_s": -1, "every": 3}})
+    lines = e.value.errors
+    assert any(x.startswith("checkpoint.every_epochs: ") and "greater than or equal to 1" in x for x in lines), lines
+    assert any(x.startswith("checkpoint.every_s: ") and "greater than 0" in x for x in lines), lines
+    assert any(x.startswith("checkpoint.every: unknown key") for x in lines), lines
+    assert not search.parse_spec({k: v for k, v in SPEC.items() if k != "checkpoint"}).checkpoint.enabled
+    assert search.parse_spec({**SPEC, "checkpoint": {"every_s": 600}}).checkpoint.enabled
