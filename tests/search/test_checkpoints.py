@@ -204,3 +204,32 @@ def test_checkpoint_keys_are_validated_with_their_key_path() -> None:
     assert any(x.startswith("checkpoint.every: unknown key") for x in lines), lines
     assert not search.parse_spec({k: v for k, v in SPEC.items() if k != "checkpoint"}).checkpoint.enabled
     assert search.parse_spec({**SPEC, "checkpoint": {"every_s": 600}}).checkpoint.enabled
+
+
+def test_parallel_fold_parts_merge_their_resume_epochs_and_messages() -> None:
+    """With resources.parallel_folds each fold part has its own checkpoint file; the trial went on
+    from the earliest epoch any part went on from, and says what each part said."""
+    from search.backends._events import Finished
+    from search.backends._ray_folds import FoldGroup
+    from trials import FoldResult, TrialResult
+
+    def part(fold: int, resumed: int | None, messages: tuple[str, ...] = ()) -> Finished:
+        res = TrialResult(folds=(FoldResult(fold, 3, 4, 0.5, 0.9),), curves={"val_loss": [[0.5] * 4]}, epochs_run=4,
+                          duration_s=1.0, device="cpu", train_path="stacked", stopped_by_report=False,
+                          resumed_from_epoch=resumed, messages=messages)
+        return Finished(f"0.0/fold{fold}", res)
+
+    group = FoldGroup(parts=["0.0/fold0", "0.0/fold1"])
+    group.add_result("0.0/fold0", part(0, 4))
+    group.add_result("0.0/fold1", part(1, 2, ("no checkpoint at x",)))
+    merged = group.merged()
+    assert merged is not None and merged.resumed_from_epoch == 2 and merged.messages == ("no checkpoint at x",)
+    fresh = FoldGroup(parts=["a", "b"])
+    fresh.add_result("a", part(0, None))
+    fresh.add_result("b", part(1, None))
+    assert fresh.merged().resumed_from_epoch is None
+
+    from trials import CheckpointPlan
+
+    plan = CheckpointPlan("/d", "checkpoint-1", every_epochs=2)
+    assert plan.for_folds(None) is plan and plan.for_folds([1]).artifact_id == "checkpoint-1-folds-1"
