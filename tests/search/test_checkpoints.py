@@ -233,3 +233,31 @@ def test_parallel_fold_parts_merge_their_resume_epochs_and_messages() -> None:
 
     plan = CheckpointPlan("/d", "checkpoint-1", every_epochs=2)
     assert plan.for_folds(None) is plan and plan.for_folds([1]).artifact_id == "checkpoint-1-folds-1"
+
+
+def test_ctrl_c_mid_trial_then_resume_goes_on_from_the_checkpoint(fast_dir) -> None:
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "ckpt")[0]
+    url = f"sqlite:///{fast_dir / 'stop.db'}"
+    token = search.StopToken()
+
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        def stop_at_5(r):  # type: ignore[no-untyped-def]
+            if r.epoch == 5:
+                token.set("Ctrl-C")
+            return report(r)
+        return train_job(data, settings, job, stop_at_5)
+
+    with pytest.raises(search.Interrupted):
+        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, stop=token)
+    (first,) = [t for t in trials(url, "ckpt") if t.state.name == "FAIL"]
+    assert "interrupted (Ctrl-C)" in first.user_attrs["fail_reason"]
+    assert os.listdir(fast_dir / "stop.db.artifacts") == [first.user_attrs["checkpoint"]]  # kept for the re-run
+    search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)
+    rerun = trials(url, "ckpt")[-1]
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["retry_of"] == first.number
+    assert rerun.user_attrs["resumed_from_epoch"] in (4, 6)  # the stop lands at the next epoch boundary or so
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.intermediate_values == plain.intermediate_values
+    assert os.listdir(fast_dir / "stop.db.artifacts") == []
