@@ -3,11 +3,11 @@
 ``overhead``: one trial on digits (the default 64-200-200-10 MLP, 5 folds as one stack, SGD, every
 epoch run: no early stop), timed with and without ``checkpoint.every_epochs: 1`` (a save of the
 whole stack at every epoch boundary, to a directory on the local disk), interleaved over rounds in
-the same process with one intra-op thread (as on a Ray worker). The ratio is per epoch,
-``t_checkpointed / t_plain - 1`` of the fastest run of each (a shared machine's load inflates the
-others; the median of the paired runs is recorded too), and, measured inside each save, the time the
-training thread spends on it (copying the state) and the time the background write takes, as
-fractions of an epoch. Goal: at most 5 %.
+the same process with one intra-op thread (as on a Ray worker). The goal's ratio is in CPU time,
+which the load of a shared machine does not inflate: per epoch, the CPU time of a save (the copy of
+the state in the training thread plus the whole write in the background thread, as if the write had
+no core of its own) over a plain epoch's CPU time. Wall time is recorded too: ``t_checkpointed /
+t_plain - 1`` of the fastest run of each, and the median of the paired runs. Goal: at most 5 %.
 
 ``kill``: a 30-epoch trial (same network) killed after epoch 20 (its process dies right after the
 epoch's report, before the next save), then run again from its checkpoint, for ``every_epochs`` 1
@@ -69,41 +69,49 @@ def overhead(data: Any, *, epochs: int, rounds: int, tmp: Path) -> dict[str, Any
     from trials._checkpoint import Checkpointer
 
     settings = _settings(epochs)
-    plain_s, ckpt_s, blocking, waiting, writing, size = [], [], [], [], [], 0
+    wall: dict[str, list[float]] = {"plain": [], "ckpt": []}
+    cpu: dict[str, list[float]] = {"plain": [], "ckpt": []}
+    blocking, waiting, writing, copy_cpu, write_cpu, size = [], [], [], [], [], 0
     _fit(data, settings)  # warm-up: first-call costs out of the way
     for r in range(rounds):
         for mode in (("plain", "ckpt") if r % 2 == 0 else ("ckpt", "plain")):
             saver = Checkpointer(CheckpointPlan(str(tmp), f"bench-{r}", every_epochs=1)) if mode == "ckpt" else None
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             _fit(data, settings, saver)
-            dt = (time.perf_counter() - t0) / epochs
-            if saver is None:
-                plain_s.append(dt)
-            else:
-                ckpt_s.append(dt)
-                blocking.append(saver.blocking_s / saver.saved)
-                waiting.append(saver.waiting_s / saver.saved)
-                writing.append(saver.writing_s / saver.saved)
+            wall[mode].append((time.perf_counter() - t0) / epochs)
+            cpu[mode].append((time.thread_time() - c0) / epochs)  # the training thread (one intra-op thread)
+            if saver is not None:
+                n = saver.saved
+                blocking.append(saver.blocking_s / n)
+                waiting.append(saver.waiting_s / n)
+                writing.append(saver.writing_s / n)
+                copy_cpu.append(saver.blocking_cpu_s / n)
+                write_cpu.append(saver.writing_cpu_s / n)
                 size = saver.bytes
-    epoch = min(plain_s)
-    ratios = [c / p - 1.0 for p, c in zip(plain_s, ckpt_s)]
-    out = {"epochs": epochs, "rounds": rounds, "saves_per_run": epochs - 1,
-           "plain_epoch_s": stats(plain_s), "checkpoint_epoch_s": stats(ckpt_s), "paired_ratios": ratios,
-           # the fastest run of each: what a machine shared with other work disturbs least
-           "wall_overhead": min(ckpt_s) / min(plain_s) - 1.0,
-           "median_paired_overhead": statistics.median(ratios),
-           # per save, against the fastest plain epoch: what the training thread waits for (the copy of the
-           # state), and what the background write costs (paid on another core, or shared with training)
-           "blocking_per_epoch": statistics.median(blocking) / epoch,
-           "waiting_per_epoch": statistics.median(waiting) / epoch,
-           "writing_per_epoch": statistics.median(writing) / epoch,
-           "checkpoint_bytes": size}
-    print(f"overhead: {min(plain_s) * 1e3:.1f} ms/epoch plain, {min(ckpt_s) * 1e3:.1f} ms/epoch with a checkpoint "
-          f"every epoch ({out['wall_overhead'] * 100:+.2f} %; median of paired runs "
-          f"{out['median_paired_overhead'] * 100:+.2f} %); per save: {out['blocking_per_epoch'] * 100:.2f} % of an "
-          f"epoch copying the state, {out['waiting_per_epoch'] * 100:.2f} % waiting for the previous write, "
-          f"{out['writing_per_epoch'] * 100:.2f} % in the writer; "
-          f"{size / 1e6:.2f} MB each", flush=True)
+    epoch_cpu = min(cpu["plain"])
+    saves = (epochs - 1) / epochs  # a save at every epoch boundary but the last
+    out = {"epochs": epochs, "rounds": rounds, "saves_per_run": epochs - 1, "checkpoint_bytes": size,
+           "plain_epoch_s": stats(wall["plain"]), "checkpoint_epoch_s": stats(wall["ckpt"]),
+           "plain_epoch_cpu_s": stats(cpu["plain"]), "checkpoint_epoch_cpu_s": stats(cpu["ckpt"]),
+           # CPU time: what a save costs if it had no core of its own (the copy in the training thread plus the
+           # whole background write), per epoch, against a plain epoch's CPU time; a busy machine does not
+           # inflate CPU time as it inflates wall time
+           "cpu_overhead": (statistics.median(copy_cpu) + statistics.median(write_cpu)) * saves / epoch_cpu,
+           "copy_cpu_per_epoch": statistics.median(copy_cpu) / epoch_cpu,
+           "write_cpu_per_epoch": statistics.median(write_cpu) / epoch_cpu,
+           # wall time: the fastest run of each, and the median of the paired runs
+           "wall_overhead": min(wall["ckpt"]) / min(wall["plain"]) - 1.0,
+           "median_paired_wall_overhead": statistics.median(c / p - 1.0 for p, c in zip(wall["plain"], wall["ckpt"])),
+           "blocking_per_epoch": statistics.median(blocking) / min(wall["plain"]),
+           "waiting_per_epoch": statistics.median(waiting) / min(wall["plain"]),
+           "writing_per_epoch": statistics.median(writing) / min(wall["plain"])}
+    print(f"overhead: {epoch_cpu * 1e3:.1f} ms CPU per plain epoch; a save costs "
+          f"{out['copy_cpu_per_epoch'] * 100:.2f} % of it copying the state + "
+          f"{out['write_cpu_per_epoch'] * 100:.2f} % writing "
+          f"({out['cpu_overhead'] * 100:.2f} % per epoch, {size / 1e6:.2f} MB each); wall: "
+          f"{min(wall['plain']) * 1e3:.1f} vs {min(wall['ckpt']) * 1e3:.1f} ms/epoch "
+          f"({out['wall_overhead'] * 100:+.2f} %, median of pairs {out['median_paired_wall_overhead'] * 100:+.2f} %)",
+          flush=True)
     return out
 
 
@@ -161,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         result["overhead"] = overhead(data, epochs=epochs, rounds=args.rounds or rounds, tmp=Path(tmp))
         result["kill"] = [kill_and_resume(data, epochs=total, kill_at=kill_at, every=e, tmp=Path(tmp))
                           for e in ((1, 2) if args.smoke else (1, 5))]
-    goals = [{"goal": "a checkpoint every epoch costs at most 5 % of epoch time (digits MLP)",
-              "value": result["overhead"]["wall_overhead"], "met": result["overhead"]["wall_overhead"] <= 0.05},
-             {"goal": "the training thread spends at most 5 % of an epoch per checkpoint (copy + wait)",
-              "value": result["overhead"]["blocking_per_epoch"] + result["overhead"]["waiting_per_epoch"],
-              "met": result["overhead"]["blocking_per_epoch"] + result["overhead"]["waiting_per_epoch"] <= 0.05}]
+    o = result["overhead"]
+    goals = [{"goal": "a checkpoint every epoch costs at most 5 % of epoch time (digits MLP; CPU time of the copy "
+                      "and the write against a plain epoch's)", "value": o["cpu_overhead"],
+              "met": o["cpu_overhead"] <= 0.05},
+             {"goal": "... and in wall time (fastest runs; a shared machine's load makes it noisy)",
+              "value": o["wall_overhead"], "met": o["wall_overhead"] <= 0.05}]
     for k in result["kill"]:
         goals.append({"goal": f"killed at epoch {k['killed_after_epoch']} of {k['epochs']}: at most every_epochs "
                               f"({k['every_epochs']}) epochs trained again, scores equal",

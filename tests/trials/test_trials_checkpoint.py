@@ -100,7 +100,7 @@ def test_a_corrupt_checkpoint_is_detected_and_the_trial_starts_fresh(small, tmp_
     path.write_bytes(bytes(raw))
     out = run_trial(small, {}, settings, seed=7, checkpoint=plan)
     assert out.resumed_from_epoch is None
-    assert len(out.messages) == 1 and "corrupt" in out.messages[0] and "SHA-256" in out.messages[0]
+    assert len(out.messages) == 1 and "corrupt" in out.messages[0] and "CRC-32" in out.messages[0]
     assert "starts from epoch 1" in out.messages[0]
     assert out.folds == plain.folds
     path.write_bytes(bytes(raw[: len(raw) // 2]))  # a truncated file
