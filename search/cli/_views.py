@@ -74,7 +74,9 @@ def show(name: str, storage: str | None, output: str, limit: int | None, sort: s
     click.echo(f"study {out['study']!r} ({out['direction']}, metric {out.get('metric')})")
     table(["#", "state", "value", "params", "epochs", "seconds", "note"], rows)
     ck = out.get("checkpoints")
-    if ck is not None:
+    if ck is not None and ck["directory"] is None:
+        click.echo("checkpoints: their directory is not known here (set $HPSEARCH_ARTIFACTS to the run's --artifacts)")
+    elif ck is not None:
         click.echo(f"checkpoints: {ck['files']} file(s), {ck['bytes'] / 1e6:.1f} MB in {ck['directory']} (deleted as "
                    "each trial finishes)")
 
