@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ErrorOut", "StudyDetailOut", "StudyListOut", "StudyOut", "SubmitIn", "TrialOut", "TrialsOut"]
+__all__ = ["CheckpointsOut", "ErrorOut", "StudyDetailOut", "StudyListOut", "StudyOut", "SubmitIn", "TrialOut",
+           "TrialsOut"]
 
 
 class SubmitIn(BaseModel):
@@ -81,6 +82,16 @@ class TrialOut(BaseModel):
     fail_reason: str | None = None
     node: str | None = None
     retry_of: int | None = None
+    resumed_from_epoch: int | None = None
+    """The epoch of the checkpoint the trial went on from; null when it started fresh."""
+
+
+class CheckpointsOut(BaseModel):
+    """Disk use of a study's checkpoints (``checkpoint`` in the study file)."""
+
+    directory: str | None = None
+    files: int
+    bytes: int
 
 
 class TrialsOut(BaseModel):
@@ -92,3 +103,4 @@ class TrialsOut(BaseModel):
     strategy: str | None = None
     test_result: dict[str, Any] | None = None
     trials: list[TrialOut]
+    checkpoints: CheckpointsOut | None = None
