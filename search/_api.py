@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ import storage as st
 from storage import StudyAttr, TrialAttr
 from trials import Dataset, check_metric, load_dataset
 from trials import check_data as check_data_source
+from trials._config import factory_name
 
 from ._artifacts import ModelStore, check_writable, checkpoint_needs_dir, not_saved_hint, resolve_artifacts
 from ._errors import NoTrialCompleted, UsageError
 from ._notify import Notifier
-from ._open import check_data, drop_if_empty, nothing_to_do, open_study, spec_diff
+from ._open import check_data, check_scaling, drop_if_empty, nothing_to_do, open_study, spec_diff
 from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
 from ._session import Session, leased
 from ._settings import db_retry_attempts, lease_stale_after, notify_backoff_s
@@ -188,11 +190,12 @@ def _execute(
             notifier.close()
 
 
-def _check_model(spec: StudySpec, data: Dataset) -> None:
+def _check_model(spec: StudySpec, data: Dataset, callbacks: Callbacks | None = None) -> None:
     """Try a ``model.factory`` (:func:`trials.check_model`) or a ``trainable`` (one epoch on a few rows:
     :func:`trials.check_trainable`) on the driver before any trial runs: code that cannot serve the
     study then fails it at once, and leaves no study behind, rather than failing (and retrying)
-    every trial on the workers."""
+    every trial on the workers. A model that ``torch.func.vmap`` cannot stack is said once
+    (``callbacks.on_message``): its trials train one fold at a time."""
     if spec.trainable is not None:
         from trials import check_trainable
 
@@ -203,8 +206,13 @@ def _check_model(spec: StudySpec, data: Dataset) -> None:
         return
     from trials import check_model
 
-    for params in spec.probe_params():
-        check_model(spec.settings, params, int(data.X.shape[1]), int(data.n_classes))
+    reasons = {check_model(spec.settings, params, data.sample_shape, int(data.n_classes))
+               for params in spec.probe_params()}
+    reasons.discard(None)
+    if reasons:
+        (callbacks or Callbacks()).on_message(
+            f"model.factory {factory_name(spec.model.factory)}: its folds train one member at a time, not stacked "
+            f"through torch.func.vmap, which cannot run the model ({sorted(reasons)[0]})")
 
 
 def _execute_leased(
@@ -239,8 +247,11 @@ def _execute_leased(
                 if spec.task == "classification":
                     check_metric(data.n_classes, spec.metric, data.name)
                 token.check()
+                scaling = call(lambda: check_scaling(study, data.scaling))
+                if scaling != data.scaling:
+                    data = dataclasses.replace(data, scaling=scaling)
                 call(lambda: check_data(study, spec, data.fingerprint(), data.classes))
-                _check_model(spec, data)
+                _check_model(spec, data, callbacks)
             except BaseException:
                 backend.close()
                 raise
@@ -274,7 +285,8 @@ def _execute_leased(
 
 
 def _model_info(data: Dataset) -> dict[str, Any]:
-    """What a saved model records about its data: the shape of one sample and the class labels."""
+    """What a saved model records about its data: the shape of one sample, how its features are
+    scaled (``feature_mean`` / ``feature_scale`` hold one value per feature either way) and the class labels."""
     # the label of output i: the data's own labels (plain Python values); none for a regression; 0 .. K-1
     # for a Dataset built without them
     classes = list(data.classes) if data.classes is not None else [] if data.n_classes == 1 else list(
@@ -283,7 +295,8 @@ def _model_info(data: Dataset) -> dict[str, Any]:
         "n_features": int(data.n_features),
         "n_classes": int(data.n_classes),
         "classes": classes,
-        "input_shape": [int(data.n_features)],
+        "input_shape": [int(s) for s in data.sample_shape],
+        "scaling": data.scaling,
     }
 
 

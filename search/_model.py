@@ -86,7 +86,8 @@ def _build(data: bytes, source: str) -> ScaledModel:
     try:
         model = build_model(hp, state, n_features=meta["n_features"], n_classes=meta["n_classes"],
                             mean=meta["feature_mean"], scale=meta["feature_scale"], classes=meta["classes"],
-                            input_shape=meta["input_shape"], target=_target_of(meta))
+                            input_shape=meta["input_shape"], target=_target_of(meta),
+                            scaling=meta.get("scaling", "per_feature"))
     except ValueError as e:
         raise UsageError(f"{source}: {e}") from None
     model.metadata = meta  # type: ignore[assignment]  # what it was trained on and how it scored
@@ -171,8 +172,11 @@ def predict(name: str, data: str | Path, *, storage: str | None = None, artifact
     X = load_features(spec.data, str(data), spec.cv.groups)
     want = int(model.metadata["n_features"])  # type: ignore[index]
     if X.shape[1] != want:
-        raise UsageError(f"{str(data)!r} has {X.shape[1]} feature columns; the model of study {name!r} takes {want} "
-                         f"(the columns of its training data, without {spec.data.target or 'the label'})")
+        shape = list(model.input_shape)
+        sample = f" (samples of shape {shape})" if len(shape) > 1 else ""
+        raise UsageError(f"{str(data)!r} has {X.shape[1]} feature columns (values per sample); the model of study "
+                         f"{name!r} takes {want}{sample} (the columns of its training data, without "
+                         f"{spec.data.target or 'the label'})")
     labels: list[Any] = []
     probs: list[list[float]] = []
     with torch.no_grad():

@@ -162,3 +162,24 @@ def check_data(
             "two data sets. Restore the original data to resume, or run the new data as a new study "
             "(--study NEW_NAME)"
         )
+
+
+def check_scaling(study: optuna.Study, scaling: str) -> str:
+    """The feature scaling the study's trials use: ``scaling`` (``Dataset.scaling``) for a new study,
+    stored with it (``hpsearch_scaling``); the stored one for a study that has it.
+
+    A study whose trials were scored before ``data.scaling`` existed (it has a data fingerprint but
+    no stored scaling) scaled every feature on its own: it continues with ``per_feature``, which is
+    then stored, so that its later trials are scored as its first ones were. Call it before
+    :func:`check_data` (which stores the fingerprint of a new study).
+    """
+    attrs = study.user_attrs
+    stored = attrs.get(StudyAttr.SCALING)
+    if stored is not None:
+        return str(stored)
+    if attrs.get(StudyAttr.DATA_FINGERPRINT) is not None and scaling != "per_feature":
+        logging.getLogger(__name__).info("study %r predates data.scaling: its trials keep per_feature scaling",
+                                         study.study_name)
+        scaling = "per_feature"
+    study.set_user_attr(StudyAttr.SCALING, scaling)
+    return scaling

@@ -52,3 +52,5 @@ class StudyAttr:
     REFIT_ERROR = "hpsearch_refit_error"
     CLASSES = "hpsearch_classes"
     """The original class labels in code order (``classes[code]``, as ``trials.decode_labels`` reads them)."""
+    SCALING = "hpsearch_scaling"
+    """How the study's trials scale features (``data.scaling`` resolved for its samples: ``trials.Dataset.scaling``)."""

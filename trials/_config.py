@@ -30,11 +30,14 @@ __all__ = [
     "factory_name",
     "group_source_error",
     "resolve_hyperparams",
+    "resolve_scaling",
     "stack_key",
 ]
 
 _FILE_SOURCES = ("npz", "csv", "parquet", "idx")
 _GROUP_SOURCES = ("npz", "csv", "parquet", "python")
+SCALINGS = ("auto", "per_feature", "global", "per_channel", "none")
+"""Values of ``data.scaling`` (``auto`` resolves by the samples' rank: see :func:`resolve_scaling`)."""
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 # How a spec stores a Python callable given as a factory: by name only, so it cannot be imported back.
 _CALLABLE_PREFIX = "python callable "
@@ -60,6 +63,21 @@ def check_callable_field(key: str, value: str | Callable[..., Any] | None) -> No
 def callable_by_name(value: str | Callable[..., Any] | None) -> str | None:
     """How a spec stores an import path or callable: the path as given; a callable by name only."""
     return value if value is None or isinstance(value, str) else _CALLABLE_PREFIX + factory_name(value)
+def resolve_scaling(scaling: str, input_shape: tuple[int, ...]) -> str:
+    """``data.scaling`` for samples of ``input_shape``: ``auto`` is ``per_feature`` for flat
+    samples (tabular data) and ``global`` for N-D samples (images); other values as given.
+
+    Raises
+    ------
+    ValueError
+        ``per_channel`` for flat samples, which have no channel axis.
+    """
+    if scaling == "auto":
+        return "per_feature" if len(input_shape) == 1 else "global"
+    if scaling == "per_channel" and len(input_shape) < 2:
+        raise ValueError(f"data.scaling: per_channel needs N-D samples [channels, ...]; these samples have shape "
+                         f"{list(input_shape)}: set data.shape (e.g. [1, 8, 8]) or use per_feature / global / none")
+    return scaling
 
 
 class _Spec(BaseModel):
@@ -100,6 +118,17 @@ class DataSpec(_Spec):
     max_preload_mb
         The most memory, in MiB, that the features of a ``Dataset`` may take when preloaded
         (default 4096); a larger one is refused before it is read.
+    shape
+        The shape of one sample, e.g. ``[1, 28, 28]`` (channels first): each row (a csv/parquet
+        row, a flat array's row, or an N-D sample of the same size) is reshaped to it. ``None``:
+        samples keep the shape the source gives them (npz and idx keep N-D samples; tables,
+        ``digits``, ``diabetes`` and ``synthetic`` give flat rows).
+    scaling
+        How the features are scaled, with statistics of each fold's training rows only:
+        ``per_feature`` (standardize every feature on its own, as ``StandardScaler``), ``global``
+        (one mean and std over every value of a sample), ``per_channel`` (one mean and std per
+        channel, the first axis of N-D samples) or ``none`` (as loaded; idx images are /255).
+        ``auto`` (the default): ``per_feature`` for flat samples, ``global`` for N-D samples.
     """
 
     source: Literal["digits", "diabetes", "synthetic", "npz", "csv", "parquet", "idx", "python"] = "digits"
@@ -112,6 +141,8 @@ class DataSpec(_Spec):
     n_informative: int | None = Field(None, ge=1)
     factory: str | Callable[..., Any] | None = None
     max_preload_mb: float = Field(4096.0, gt=0.0)
+    shape: tuple[int, ...] | None = None
+    scaling: Literal[SCALINGS] = "auto"  # type: ignore[valid-type]
 
     @field_serializer("factory", when_used="json")
     def _factory_by_name(self, v: str | Callable[..., Any] | None) -> str | None:
@@ -131,6 +162,9 @@ class DataSpec(_Spec):
         factory_error = factory_path_error(self.factory, "data.factory")
         if factory_error and not (stored and stored_callable(self.factory)):
             raise ValueError(factory_error)
+        if self.shape is not None and (not self.shape or any(s < 1 for s in self.shape)):
+            raise ValueError(f"data.shape must list positive sizes of one sample, e.g. [1, 28, 28], "
+                             f"got {list(self.shape)}")
         if self.source in _FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.source in ("csv", "parquet") and not self.target:

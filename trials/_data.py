@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
-from ._config import CVSpec, DataSpec, factory_name, group_source_error
+from ._config import CVSpec, DataSpec, factory_name, group_source_error, resolve_scaling
 from ._idx import find_idx_file, read_idx
 
-__all__ = ["DataError", "Dataset", "check_data", "check_metric", "decode_labels", "encode_labels", "load_dataset"]
+__all__ = ["DataError", "Dataset", "check_data", "check_metric", "decode_labels", "encode_labels", "load_dataset",
+           "reshape_samples"]
 
 
 _GROUPS_KEY = "groups"  # how a message names the groups where the key is not at hand (the refit's data)
@@ -55,6 +56,12 @@ class Dataset:
     groups
         With ``cv.groups``: the group of each row of ``X`` (``int64`` codes); no group has rows in two
         folds, nor in both ``X`` and ``X_test``. ``None`` without groups.
+    input_shape
+        The shape of one sample (``X`` is ``[n, *input_shape]``); ``()`` (a Dataset built without
+        it) means ``(n_features,)``.
+    scaling
+        How each fold scales its features: ``per_feature``, ``global``, ``per_channel`` or ``none``
+        (``data.scaling`` resolved for these samples; see :func:`trials._config.resolve_scaling`).
     """
 
     X: np.ndarray
@@ -70,6 +77,13 @@ class Dataset:
     task: str = "classification"
     classes: tuple[Any, ...] | None = None
     groups: np.ndarray | None = None
+    input_shape: tuple[int, ...] = ()
+    scaling: str = "per_feature"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``input_shape``, or ``(n_features,)`` when it was not given."""
+        return tuple(self.input_shape) or (int(self.n_features),)
 
     def fingerprint(self) -> str:
         """A digest of what trials are scored on: every array, with its dtype and shape, and the folds.
@@ -78,7 +92,10 @@ class Dataset:
         other rows or values, or when a library version splits the same rows differently.
         """
         h = hashlib.blake2b(digest_size=16)
-        arrays = [self.X, self.y, self.X_test, self.y_test, self.index, self.test_index]
+        # features as rows [n, n_features]: the digest of N-D samples is the one of the flat rows
+        # they were before samples kept their shape (a stored study's data still matches)
+        flat = [np.reshape(a, (len(a), -1)) for a in (self.X, self.X_test)]
+        arrays = [flat[0], self.y, flat[1], self.y_test, self.index, self.test_index]
         arrays += [a for fold in self.folds for a in fold]
         if self.groups is not None:  # only then: a study without groups keeps its stored fingerprint
             arrays.append(self.groups)
@@ -278,7 +295,7 @@ def _load_idx(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
             if arr.ndim < 2:
                 raise DataError(f"IDX image file {path!r} has rank {arr.ndim}; expected images [n, rows, cols]")
             scale = 255.0 if arr.dtype == np.uint8 else 1.0
-            arr = arr.reshape(arr.shape[0], -1).astype(np.float32) / np.float32(scale)
+            arr = arr.astype(np.float32) / np.float32(scale)  # images keep their shape [n, rows, cols]
         elif arr.ndim != 1:
             raise DataError(f"IDX label file {path!r} has rank {arr.ndim}; expected a vector of labels")
         arrays[key] = arr
@@ -288,10 +305,10 @@ def _load_idx(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
                 f"IDX {split} images and labels differ in length in {directory!r}: "
                 f"{len(arrays[xk])} images vs {len(arrays[yk])} labels"
             )
-    if arrays["X"].shape[1] != arrays["X_test"].shape[1]:
+    if arrays["X"].shape[1:] != arrays["X_test"].shape[1:]:
         raise DataError(
             f"IDX train and t10k images differ in size in {directory!r}: "
-            f"{arrays['X'].shape[1]} vs {arrays['X_test'].shape[1]} pixels"
+            f"{list(arrays['X'].shape[1:])} vs {list(arrays['X_test'].shape[1:])} pixels"
         )
     return arrays["X"], arrays["y"], arrays["X_test"], arrays["y_test"]
 
@@ -329,23 +346,41 @@ def _load_synthetic(spec: DataSpec, seed: int, task: str = "classification") -> 
 
 
 def _features(X: np.ndarray, where: str) -> np.ndarray:
+    """Numeric, finite features ``float32 [n, *sample_shape]`` (N-D samples keep their shape)."""
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
         raise DataError(f"{where}: features must be numeric, got dtype {X.dtype}")
     if X.ndim == 1:
         raise DataError(f"{where}: features must be 2-D [n_samples, n_features], got shape {X.shape}")
-    if X.ndim > 2:
-        X = X.reshape(X.shape[0], -1)
-    if X.shape[0] == 0 or X.shape[1] == 0:
+    if X.size == 0:
         raise DataError(f"{where}: features are empty (shape {X.shape})")
     finite = np.isfinite(X)
     if not finite.all():
-        rows, cols = np.nonzero(~finite)
+        rows, cols = np.nonzero(~finite.reshape(X.shape[0], -1))
         raise DataError(
             f"{where}: features contain {rows.size} NaN/inf value(s) (first at row {int(rows[0])}, "
             f"column {int(cols[0])}); impute or drop them before the search"
         )
     return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def reshape_samples(X: np.ndarray, shape: Sequence[int] | None, where: str) -> np.ndarray:
+    """``X`` with every sample reshaped to ``shape`` (``data.shape``); as is when ``shape`` is None.
+
+    Raises
+    ------
+    DataError
+        When a sample does not hold ``prod(shape)`` values, naming both.
+    """
+    if shape is None:
+        return X
+    want = tuple(int(s) for s in shape)
+    width = int(np.prod(X.shape[1:]))
+    if width != math.prod(want):
+        given = f"rows of {width} values" if X.ndim == 2 else f"samples of shape {list(X.shape[1:])} ({width} values)"
+        raise DataError(f"{where}: data.shape {list(want)} holds {math.prod(want)} values per sample, but the data "
+                        f"has {given}; set data.shape to a shape of {width} values, or check the columns")
+    return X.reshape(len(X), *want)
 
 
 def _label_vector(y: np.ndarray, where: str) -> np.ndarray:
@@ -555,8 +590,9 @@ def check_data(
 
     For a file source: the path exists and is a file (``idx``: a directory) that can be opened;
     ``npz``: it opens as an archive holding arrays ``X`` and ``y`` (only ``y`` is read);
-    ``csv``: its header row names the ``data.target`` column; ``parquet``: its schema does;
-    ``idx``: the directory holds the train and t10k image and label files (plain or gzipped).
+    ``csv``: its header row names the ``data.target`` column; ``parquet``: its schema does (and
+    either has the feature columns ``data.shape`` holds, when it is set); ``idx``: the directory
+    holds the train and t10k image and label files (plain or gzipped).
     For ``npz``, ``csv`` and ``parquet`` the labels (only that column or array) are read and
     checked for ``task``: rows exist, no label is missing, class labels are discrete (no
     fractional floats), a regression target is numeric, and a ``metric`` of ``val_auc`` has two
@@ -605,6 +641,9 @@ def check_data(
         columns = _table_columns(path, data.source)  # type: ignore[arg-type]
         _check_target(columns, data.target, path)  # type: ignore[arg-type]
         _check_group_column(columns, group_key, data.target, path)  # type: ignore[arg-type]
+        # data.shape against the row width (every column but the target and the groups), from the header alone
+        width = len(columns) - 1 - (group_key is not None)
+        reshape_samples(np.empty((0, width), np.float32), data.shape, path)  # type: ignore[arg-type]
         y, groups = _table_target(path, data.target, data.source, group_key)  # type: ignore[arg-type]
         y = target(y, path)  # type: ignore[arg-type]
     elif data.source == "python":
@@ -667,7 +706,7 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
     if data.source == "digits":
         from sklearn.datasets import load_digits
 
-        X, y = load_digits(return_X_y=True)
+        X, y = load_digits(return_X_y=True)  # flat rows of 64 pixels (data.shape [1, 8, 8]: images)
         name = "digits"
     elif data.source == "synthetic":
         X, y = _load_synthetic(data, seed, task)
@@ -697,12 +736,17 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
 
     classify = task == "classification"
     target = _class_labels if classify else _regression_target
-    X = _features(X, where)
+    X = reshape_samples(_features(X, where), data.shape, where)
     y = target(y, where)
     _check_lengths(X, y, where)
     groups = None if cv.groups is None else _group_codes(groups_raw, len(y), where, cv.groups)
+    input_shape = tuple(int(s) for s in X.shape[1:])
+    try:
+        scaling = resolve_scaling(data.scaling, input_shape)
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from None
     if X_test is not None:
-        X_test = _features(X_test, f"{where} (t10k)")
+        X_test = reshape_samples(_features(X_test, f"{where} (t10k)"), data.shape, f"{where} (t10k)")
         y_test = target(y_test, f"{where} (t10k)")
         _check_lengths(X_test, y_test, f"{where} (t10k)")
         index = np.arange(len(X))
@@ -733,12 +777,14 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         index=index,
         test_index=test_index,
         folds=folds,
-        n_features=int(X.shape[1]),
+        n_features=math.prod(input_shape),
         n_classes=len(classes) if classes is not None else 1,
         name=name,
         task=task,
         classes=classes,
         groups=groups,
+        input_shape=input_shape,
+        scaling=scaling,
     )
 
 

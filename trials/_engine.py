@@ -41,6 +41,7 @@ __all__ = [
     "MemberSplit",
     "evaluate",
     "fit_scaler",
+    "fit_scaling",
     "fit_stack",
     "make_epoch_batches",
     "make_eval_index",
@@ -87,6 +88,44 @@ def fit_scaler(X: np.ndarray, rows: np.ndarray, chunk: int = 16384) -> tuple[np.
     scale = np.sqrt(sq / n)
     scale[scale < 1e-12] = 1.0
     return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def fit_scaling(
+    X: np.ndarray, rows: np.ndarray, scaling: str = "per_feature", input_shape: Sequence[int] | None = None,
+    chunk: int = 16384,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale ``[d]`` of the flat rows ``X`` ``[n, d]`` over ``rows``, one value per feature.
+
+    ``per_feature``: :func:`fit_scaler`. ``global``: one mean and population std over every value
+    of ``X[rows]``; ``per_channel``: one per channel, the first axis of ``input_shape`` (channels
+    first), over the channel's values; both repeated over the features they cover, so that every
+    kind is applied as ``(x - mean) / scale``. ``none``: mean 0, scale 1. A std below 1e-12 is 1.
+    """
+    n, d = len(rows), X.shape[1]
+    if scaling == "per_feature":
+        return fit_scaler(X, rows, chunk)
+    if scaling == "none":
+        return np.zeros(d, np.float32), np.ones(d, np.float32)
+    if scaling == "global":
+        group = np.zeros(d, dtype=np.int64)
+    elif scaling == "per_channel":
+        if input_shape is None or len(input_shape) < 2:
+            raise ValueError(f"per_channel scaling needs N-D samples [channels, ...], got shape {input_shape}")
+        group = np.repeat(np.arange(int(input_shape[0])), d // int(input_shape[0]))
+    else:
+        raise ValueError(f"unknown scaling {scaling!r}")
+    size = np.bincount(group).astype(np.float64) * n  # values per group
+    total = np.zeros(d)
+    for c in range(0, n, chunk):
+        total += X[rows[c : c + chunk]].sum(axis=0, dtype=np.float64)
+    mean = np.bincount(group, weights=total) / size
+    sq = np.zeros(d)
+    for c in range(0, n, chunk):
+        diff = X[rows[c : c + chunk]].astype(np.float64) - mean[group]
+        sq += np.einsum("ij,ij->j", diff, diff)
+    scale = np.sqrt(np.bincount(group, weights=sq) / size)
+    scale[scale < 1e-12] = 1.0
+    return mean[group].astype(np.float32), scale[group].astype(np.float32)
 
 
 class FeatureSource:
@@ -470,14 +509,17 @@ def _eval_chunk(n_members: int, widths: Sequence[int]) -> int:
 def build_stack(
     hps: Sequence[Hyperparams],
     splits: Sequence[MemberSplit],
-    n_features: int,
+    input_shape: Sequence[int] | int,
     n_classes: int,
     device: torch.device,
 ) -> Stack:
-    """The stacked model for ``splits`` (built-in MLP, or the user factory's modules)."""
+    """The stacked model for ``splits`` (built-in MLP, or the user factory's modules) for samples of
+    ``input_shape`` (an int: flat samples of that many features)."""
     hp = hps[0]
     if hp.factory is not None:
-        return build_factory_stack(hp.factory, hp.params, n_features, n_classes, [s.seeds.init for s in splits], device)
+        return build_factory_stack(hp.factory, hp.params, input_shape, n_classes, [s.seeds.init for s in splits],
+                                   device)
+    n_features = input_shape if isinstance(input_shape, int) else math.prod(int(s) for s in input_shape)
     return StackedMLP(
         n_features,
         hp.hidden,
@@ -512,11 +554,15 @@ def prepare_members(
     hps: Sequence[Hyperparams],
     n_classes: int,
     device: torch.device,
+    scaling: str = "per_feature",
 ) -> tuple[FeatureSource, Tensor, Tensor, Stack, StackedOptimizer]:
-    """What every member needs before its first epoch: the rows on the device, standardized with
+    """What every member needs before its first epoch: the rows on the device, scaled with
     its training split's statistics (members training the same split share them; a regression's
     target too), the stacked model and its optimizer. Called inside the caller's seeded RNG context
     (:func:`fit_stack`, the refit's ``fit_fixed_epochs``), since building the model draws from it.
+
+    ``X`` is ``[n, *input_shape]``: the rows are kept flat ``[n, d]`` (scaled as ``scaling`` says,
+    :func:`fit_scaling`) and the model takes them to its samples' shape.
 
     Returns
     -------
@@ -525,18 +571,20 @@ def prepare_members(
     """
     hp0 = hps[0]
     regression = hp0.task == "regression"
+    input_shape = tuple(int(s) for s in X.shape[1:])
+    X = X.reshape(len(X), -1)
     Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
     yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32 if regression else np.int64)).to(device)
     # members training the same split (one fold, several configurations) share its scaling
     distinct: dict[tuple[int, int], int] = {}
-    scaling = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
-    train_of = {u: s.train for s, u in zip(splits, scaling)}
-    stats = [fit_scaler(X, train_of[u]) for u in range(len(distinct))]
+    member_rows = [distinct.setdefault((s.fold, id(s.train)), len(distinct)) for s in splits]
+    train_of = {u: s.train for s, u in zip(splits, member_rows)}
+    stats = [fit_scaling(X, train_of[u], scaling, input_shape) for u in range(len(distinct))]
     mean = torch.from_numpy(np.stack([s[0] for s in stats])).to(device)
     scale = torch.from_numpy(np.stack([s[1] for s in stats])).to(device)
     target = fit_target_scaler(y, [train_of[u] for u in range(len(distinct))], device) if regression else None
-    source = FeatureSource(Xt, yt, mean, scale, scaling, target=target)
-    model = build_stack(hps, splits, X.shape[1], n_classes, device)
+    source = FeatureSource(Xt, yt, mean, scale, member_rows, target=target)
+    model = build_stack(hps, splits, input_shape, n_classes, device)
     optimizer = StackedOptimizer(
         model.trainable(),
         kind=hp0.optimizer,
@@ -568,6 +616,7 @@ def fit_stack(
     report: Callable[[int, EpochReport], bool] | None = None,
     on_batch: Callable[[int, Tensor, Tensor], None] | None = None,
     checkpoint: Checkpointer | None = None,
+    scaling: str = "per_feature",
 ) -> FitOutcome:
     """Train one member per split, as one stack, with per-member early stopping.
 
@@ -592,6 +641,9 @@ def fit_stack(
         checkpoint it holds for this very stack (:mod:`trials._checkpoint`): the epochs before it
         are not trained again, their reports are sent again (in order), and the outcome is the
         uninterrupted run's.
+    scaling
+        How features are scaled (``Dataset.scaling``; :func:`fit_scaling`). ``X`` is
+        ``[n, *input_shape]``; the model takes samples of that shape.
 
     Returns
     -------
@@ -601,14 +653,14 @@ def fit_stack(
     hps = _per_member_hyperparams(hp, n_members)
     hp0 = hps[0]
     group_of = [0] * n_members if groups is None else [int(g) for g in groups]
-    d = X.shape[1]
+    d = math.prod(X.shape[1:])
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     # a checkpoint still being written when training ends (or fails) is waited for
     waiting = contextlib.nullcontext() if checkpoint is None else _written_on_exit(checkpoint)
     with torch.random.fork_rng(devices=rng_devices), waiting:
         # Only user modules draw from the global RNG (vmap dropout); seed it per trial.
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
-        source, mean, scale, model, optimizer = prepare_members(X, y, splits, hps, n_classes, device)
+        source, mean, scale, model, optimizer = prepare_members(X, y, splits, hps, n_classes, device, scaling)
         train_path = "stacked" if isinstance(model, StackedMLP) else model.mode
         all_gens = list(model.dropout_gens)
         base_lr = np.array([h.lr for h in hps])
@@ -748,7 +800,7 @@ def score_test(out: Any, data: Dataset, hp: Hyperparams, device: torch.device) -
     regression, the target); metrics are keyed by their validation names (``val_accuracy`` ...).
     """
     regression = hp.task == "regression"
-    Xt = torch.from_numpy(np.ascontiguousarray(data.X_test, dtype=np.float32)).to(device)
+    Xt = torch.from_numpy(np.ascontiguousarray(data.X_test.reshape(len(data.X_test), -1), dtype=np.float32)).to(device)
     yt = torch.from_numpy(np.ascontiguousarray(data.y_test, dtype=np.float32 if regression else np.int64)).to(device)
     target = out.source.target_stats()
     flat = None if target is None else (target[0][:, 0], target[1][:, 0])

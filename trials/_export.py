@@ -11,6 +11,8 @@ of ``nn.Linear`` layers for the built-in MLP, the factory's own module otherwise
 from __future__ import annotations
 
 import io
+import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,31 +20,46 @@ import torch
 from torch import Tensor, nn
 
 from ._config import Hyperparams
-from ._models import FunctionalStack, StackedMLP, load_factory
+from ._models import FunctionalStack, StackedMLP, resolve_factory
 
-__all__ = ["ScaledModel", "build_model", "build_module", "member_state_dict", "state_dict_bytes"]
+__all__ = ["ScaledModel", "build_model", "build_module", "member_state_dict", "module_input_shape",
+           "state_dict_bytes"]
 
 
-def build_module(hp: Hyperparams, n_features: int, n_classes: int) -> nn.Module:
-    """An untrained module of the configuration ``hp``: what one member of its stack computes.
+def build_module(hp: Hyperparams, input_shape: Sequence[int] | int, n_classes: int) -> nn.Module:
+    """An untrained module of the configuration ``hp``: what one member of its stack computes, for
+    samples of ``input_shape`` (an int: flat samples of that many features).
 
-    The built-in MLP is ``nn.Sequential(Linear, activation, Dropout, ..., Linear)``; a
-    ``model.factory`` is called as in training, ``factory(params, n_features, n_classes)``.
+    The built-in MLP is ``nn.Sequential(Flatten, Linear, activation, Dropout, ..., Linear)`` (the
+    ``Linear`` layers keyed ``0``, ``3``, ...; ``flatten`` holds no state); a ``model.factory`` is
+    called as in training (:class:`~trials._models.ModelFactory`: ``factory(params, input_shape,
+    n_outputs)``, or the legacy ``factory(params, n_features, n_classes)``).
     """
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
     if hp.factory is not None:
-        module = load_factory(hp.factory)(dict(hp.params), int(n_features), int(n_classes))
+        factory = resolve_factory(hp.factory)
+        module = factory(hp.params, shape, int(n_classes))
         if not isinstance(module, nn.Module):
-            raise ValueError(f"model.factory {hp.factory!r} returned {type(module).__name__}, "
+            raise ValueError(f"model.factory {factory.name!r} returned {type(module).__name__}, "
                              "expected a torch.nn.Module")
         return module.float()
-    layers: list[nn.Module] = []
-    sizes = [int(n_features), *[int(h) for h in hp.hidden], int(n_classes)]
+    layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+    sizes = [math.prod(shape), *[int(h) for h in hp.hidden], int(n_classes)]
     for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        layers[str(3 * i)] = nn.Linear(sizes[i], sizes[i + 1])
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU() if hp.activation == "relu" else nn.LeakyReLU(0.01))
-            layers.append(nn.Dropout(hp.dropout))
-    return nn.Sequential(*layers)
+            layers[str(3 * i + 1)] = nn.ReLU() if hp.activation == "relu" else nn.LeakyReLU(0.01)
+            layers[str(3 * i + 2)] = nn.Dropout(hp.dropout)
+    return nn.Sequential(OrderedDict(layers))
+
+
+def module_input_shape(hp: Hyperparams, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape of one sample as :func:`build_module`'s module takes it: flat for the built-in MLP
+    and a legacy factory, ``input_shape`` for a factory of the current form."""
+    shape = tuple(int(s) for s in input_shape)
+    if hp.factory is None:
+        return (math.prod(shape),)
+    return resolve_factory(hp.factory).module_shape(shape)
 
 
 def member_state_dict(model: StackedMLP | FunctionalStack, member: int = 0) -> dict[str, Tensor]:
@@ -68,8 +85,10 @@ def state_dict_bytes(state: Mapping[str, Tensor]) -> bytes:
 class ScaledModel(nn.Module):
     """A trained network behind the feature scaling of its training rows: it takes raw inputs.
 
-    ``forward(x)`` flattens each sample (``[batch, *input_shape]`` -> ``[batch, n_features]``),
-    standardizes it with ``mean`` and ``scale`` and returns the network's logits ``[batch, n_classes]``.
+    ``forward(x)`` flattens each sample (``[batch, *input_shape]`` or flat rows ``[batch,
+    n_features]`` -> ``[batch, n_features]``), scales it with ``mean`` and ``scale`` (one value per
+    feature: ``data.scaling``'s statistics repeated over the features they cover), reshapes it to
+    ``net_shape`` and returns the network's logits ``[batch, n_classes]``.
 
     Attributes
     ----------
@@ -79,6 +98,10 @@ class ScaledModel(nn.Module):
         The class label of each output (``predict`` maps an argmax to it).
     input_shape
         The shape of one sample.
+    net_shape
+        The shape of one sample as ``net`` takes it (flat for the built-in MLP and a legacy factory).
+    scaling
+        ``data.scaling`` as the training rows were scaled (``per_feature`` for models saved before it).
     target
         Regression: the target's ``(mean, scale)`` over the training rows; ``forward`` then returns
         ``[batch, 1]`` predictions in the target's units. ``None`` for a classifier.
@@ -86,7 +109,8 @@ class ScaledModel(nn.Module):
 
     def __init__(self, net: nn.Module, mean: Sequence[float], scale: Sequence[float], *,
                  classes: Sequence[Any], input_shape: Sequence[int],
-                 target: tuple[float, float] | None = None) -> None:
+                 target: tuple[float, float] | None = None, net_shape: Sequence[int] | None = None,
+                 scaling: str = "per_feature") -> None:
         super().__init__()
         self.target = None if target is None else (float(target[0]), float(target[1]))
         self.net = net
@@ -94,11 +118,14 @@ class ScaledModel(nn.Module):
         self.register_buffer("scale", torch.tensor(list(scale), dtype=torch.float32))
         self.classes = list(classes)
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.net_shape = (len(mean),) if net_shape is None else tuple(int(s) for s in net_shape)
+        self.scaling = scaling
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x, dtype=torch.float32, device=self.mean.device)
         x = x.reshape(x.shape[0], -1)
-        out = self.net((x - self.mean) / self.scale)
+        x = ((x - self.mean) / self.scale).reshape(x.shape[0], *self.net_shape)
+        out = self.net(x)
         return out if self.target is None else out * self.target[1] + self.target[0]
 
     @torch.no_grad()
@@ -117,15 +144,20 @@ class ScaledModel(nn.Module):
 
 def build_model(hp: Hyperparams, state: Mapping[str, Tensor], *, n_features: int, n_classes: int,
                 mean: Sequence[float], scale: Sequence[float], classes: Sequence[Any],
-                input_shape: Sequence[int], target: tuple[float, float] | None = None) -> ScaledModel:
+                input_shape: Sequence[int], target: tuple[float, float] | None = None,
+                scaling: str = "per_feature") -> ScaledModel:
     """The saved model: :func:`build_module` with ``state`` loaded, behind its scaling, in eval mode.
+
+    ``input_shape`` is the shape of one sample (``[n_features]`` for a model saved before samples
+    kept their shape); ``mean`` and ``scale`` hold one value per feature.
 
     Raises
     ------
     ValueError
         When ``state`` does not fit the module (the factory or the settings changed since it was saved).
     """
-    net = build_module(hp, n_features, n_classes)
+    shape = tuple(int(s) for s in input_shape) or (int(n_features),)
+    net = build_module(hp, shape, n_classes)
     wanted = net.state_dict().keys()
     try:
         net.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
@@ -133,5 +165,6 @@ def build_model(hp: Hyperparams, state: Mapping[str, Tensor], *, n_features: int
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"the saved weights do not fit the model built from its settings ({first}); was "
                          "model.factory changed since the model was saved?") from None
-    model = ScaledModel(net, mean, scale, classes=classes, input_shape=input_shape, target=target)
+    model = ScaledModel(net, mean, scale, classes=classes, input_shape=shape, target=target,
+                        net_shape=module_input_shape(hp, shape), scaling=scaling)
     return model.eval()

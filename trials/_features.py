@@ -43,7 +43,8 @@ def _npz_features(path: str) -> np.ndarray:
 
 
 def load_features(data: DataSpec, path: str, groups: str | None = None) -> np.ndarray:
-    """Features ``float32 [n, d]`` of the rows in ``path``, read like ``data`` (the study's data section).
+    """Features ``float32 [n, d]`` of the rows in ``path``, read like ``data`` (the study's data section),
+    one flat row per sample (N-D samples flattened; the saved model reshapes them to ``data.shape``).
 
     csv / parquet: every column but ``data.target`` and the ``groups`` column (the study's
     ``cv.groups``; either may be absent); npz: array ``X`` (``y`` is
@@ -80,5 +81,6 @@ def load_features(data: DataSpec, path: str, groups: str | None = None) -> np.nd
         except (OSError, ValueError) as exc:
             raise DataError(f"corrupt IDX file {file!r}: {exc}") from exc
         scale = 255.0 if arr.dtype == np.uint8 else 1.0
-        X = arr.reshape(arr.shape[0], -1).astype(np.float32) / np.float32(scale)
-    return _features(X, path)
+        X = arr.astype(np.float32) / np.float32(scale)
+    X = _features(X, path)
+    return X.reshape(len(X), -1)  # the saved model reshapes each row to the shape it was trained on

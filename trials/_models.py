@@ -1,13 +1,17 @@
 """Stacked networks: the built-in MLP and user model factories (vmap or member by member).
 
 A *stack* holds ``M`` independent members; every state tensor has a leading member dimension and
-``forward`` maps ``[M, batch, n_features]`` to ``[M, batch, n_classes]`` logits.
+``forward`` maps ``[M, batch, n_features]`` (flat rows, as :class:`~trials._engine.FeatureSource`
+serves them) to ``[M, batch, n_classes]`` logits; a user module gets each member's rows reshaped to
+the shape it takes (``[batch, *input_shape]``, or flat rows for a factory of the legacy form).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +25,10 @@ from ._config import ModelError, factory_name
 from ._imports import ImportPathError, import_callable
 from ._optim import per_member
 
-__all__ = ["FunctionalStack", "StackedMLP", "load_factory"]
+__all__ = ["FunctionalStack", "ModelFactory", "StackedMLP", "load_factory", "resolve_factory"]
+
+_log = logging.getLogger(__name__)
+_LOGGED_FALLBACKS: set[tuple[str, str]] = set()  # (factory, reason) already logged by this process
 
 
 class StackedMLP(nn.Module):
@@ -104,7 +111,7 @@ class StackedMLP(nn.Module):
         ``active`` (training only) names the members that take this step; the others draw no
         dropout mask, so each member's mask stream depends on its own steps only.
         """
-        h = x
+        h = x if x.dim() == 3 else x.flatten(2)  # the MLP flattens N-D samples itself
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b, h, w)
@@ -164,14 +171,21 @@ class FunctionalStack(nn.Module):
     With ``mode="vmap"`` the members run as one ``vmap(..., randomness="different")`` call; with
     ``mode="sequential"`` the same functional call runs member by member (for modules vmap
     cannot handle, e.g. ones that call ``.item()``). Either way the parameters are stacked
-    ``[M, ...]`` leaves trained by the same optimizer and loop as :class:`StackedMLP`.
+    ``[M, ...]`` leaves trained by the same optimizer and loop as :class:`StackedMLP`. With
+    ``input_shape`` each member's flat rows ``[B, d]`` are reshaped to ``[B, *input_shape]``
+    before its module sees them (a convolutional network's images).
     """
 
-    def __init__(self, modules: Sequence[nn.Module], mode: str = "vmap") -> None:
+    def __init__(self, modules: Sequence[nn.Module], mode: str = "vmap",
+                 input_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         if mode not in ("vmap", "sequential"):
             raise ValueError(f"unknown mode {mode!r}")
         self.mode = mode
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        """The shape of one sample the modules take; ``None``: the rows as given (flat)."""
+        self.fallback_reason: str | None = None
+        """Why the stack runs member by member (``mode == "sequential"`` after vmap failed)."""
         params, buffers = stack_module_state(list(modules))
         self._pnames = list(params)
         self._bnames = list(buffers)
@@ -195,6 +209,8 @@ class FunctionalStack(nn.Module):
 
     def forward(self, x: Tensor, active: Sequence[bool] | None = None) -> Tensor:
         """Logits ``[M, B, n_classes]`` of inputs ``[M, B, n_features]`` (``active`` is unused)."""
+        if self.input_shape is not None:
+            x = x.reshape(x.shape[0], x.shape[1], *self.input_shape)
         p = dict(zip(self._pnames, self.stacked_params))
         b = dict(zip(self._bnames, self._buffers_list))
         if self.mode == "vmap":
@@ -230,7 +246,8 @@ class FunctionalStack(nn.Module):
         Raises
         ------
         Exception
-            Whatever the functional call raises; ``ValueError`` for a wrong output shape.
+            Whatever the functional call raises; :class:`_OutputShapeError` (a ``ValueError``) for
+            a wrong output shape, naming the input batch's shape and the output's.
         """
         saved = [b.clone() for b in self._buffers_list]
         dev = self.stacked_params[0].device if len(self.stacked_params) else torch.device("cpu")
@@ -242,8 +259,9 @@ class FunctionalStack(nn.Module):
                 out = self(x)
                 if tuple(out.shape) != (self.n_members, 2, n_classes):
                     raise _OutputShapeError(
-                        f"the model returned logits of shape {tuple(out.shape[1:])} for a batch of 2; "
-                        f"expected [batch, n_classes] = [2, {n_classes}]"
+                        f"the model returned logits of shape {tuple(out.shape[1:])} for a batch of 2; expected "
+                        f"[batch, n_classes] = [2, {n_classes}] (the input batch had shape "
+                        f"{self.batch_shape(2, n_features)})"
                     )
                 out.float().sum().backward()
         finally:
@@ -252,6 +270,10 @@ class FunctionalStack(nn.Module):
             for b, s in zip(self._buffers_list, saved):
                 b.copy_(s)
             self.train(was_training)
+
+    def batch_shape(self, batch: int, n_features: int) -> tuple[int, ...]:
+        """The shape of the batch one member's module gets for ``batch`` rows of ``n_features``."""
+        return (batch, *self.input_shape) if self.input_shape is not None else (batch, n_features)
 
 
 def load_factory(path: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -268,10 +290,79 @@ def load_factory(path: str | Callable[..., nn.Module]) -> Callable[..., nn.Modul
         raise ModelError(str(exc), str(path)) from exc.__cause__
 
 
+class ModelFactory:
+    """A ``model.factory`` and the form it is called in.
+
+    The current form, ``factory(params, input_shape, n_outputs)``, gets the shape of one sample
+    (a tuple, e.g. ``(1, 8, 8)``) and its module gets batches ``[batch, *input_shape]``. A factory
+    of the legacy form, ``factory(params, n_features, n_classes)``, gets ``prod(input_shape)`` and
+    its module gets flat batches ``[batch, n_features]``, as before samples kept their shape. The
+    current form is recognised by a parameter named ``input_shape`` (positional, or keyword-only:
+    then called with keywords ``input_shape=`` and ``n_outputs=``) or by ``factory(params, **kwargs)``
+    (called with those keywords); any other signature, or one that cannot be read, is the legacy form.
+
+    Attributes
+    ----------
+    fn
+        The callable.
+    name
+        ``package.module:function`` (a callable: ``module:qualname``).
+    shaped
+        True for the current form.
+    """
+
+    def __init__(self, path: str | Callable[..., nn.Module]) -> None:
+        self.fn = load_factory(path)
+        self.name = factory_name(path)
+        self.shaped, self._keywords = _factory_form(self.fn)
+
+    def module_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of one sample as the module takes it: as is, or flat for the legacy form."""
+        shape = tuple(int(s) for s in input_shape)
+        return shape if self.shaped else (math.prod(shape),)
+
+    def describe(self, input_shape: Sequence[int], n_outputs: int) -> str:
+        """How it is called, for messages: ``factory(params, input_shape=(1, 8, 8), n_outputs=10)``."""
+        shape = tuple(int(s) for s in input_shape)
+        if self.shaped:
+            return f"factory(params, input_shape={shape}, n_outputs={n_outputs})"
+        return f"factory(params, n_features={math.prod(shape)}, n_classes={n_outputs})"
+
+    def __call__(self, params: Mapping[str, Any], input_shape: Sequence[int], n_outputs: int) -> Any:
+        shape = tuple(int(s) for s in input_shape)
+        if not self.shaped:
+            return self.fn(dict(params), math.prod(shape), int(n_outputs))
+        if self._keywords:
+            return self.fn(dict(params), input_shape=shape, n_outputs=int(n_outputs))
+        return self.fn(dict(params), shape, int(n_outputs))
+
+
+def _factory_form(fn: Callable[..., Any]) -> tuple[bool, bool]:
+    """``(shaped, by_keyword)``: whether ``fn`` takes ``input_shape`` (see :class:`ModelFactory`),
+    and whether it is passed by keyword. A signature that cannot be read is the legacy form."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False, False
+    param = sig.parameters.get("input_shape")
+    if param is not None:
+        return True, param.kind is inspect.Parameter.KEYWORD_ONLY
+    kinds = [p.kind for p in sig.parameters.values()]
+    positional = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+    if inspect.Parameter.VAR_KEYWORD in kinds and positional < 3 and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        return True, True  # factory(params, **kw): called with input_shape= and n_outputs=
+    return False, False
+
+
+def resolve_factory(path: str | Callable[..., nn.Module] | ModelFactory) -> ModelFactory:
+    """``path`` as a :class:`ModelFactory` (imported once; see :func:`load_factory` for the errors)."""
+    return path if isinstance(path, ModelFactory) else ModelFactory(path)
+
+
 def build_factory_stack(
-    path: str | Callable[..., nn.Module],
+    path: str | Callable[..., nn.Module] | ModelFactory,
     params: Mapping[str, Any],
-    n_features: int,
+    input_shape: Sequence[int] | int,
     n_classes: int,
     init_seeds: Sequence[int],
     device: torch.device,
@@ -279,53 +370,71 @@ def build_factory_stack(
     """Build one module per member (global RNG seeded per member) and stack them.
 
     Tries ``vmap`` first and falls back to member-by-member calls; the returned stack's ``mode``
-    says which works.
+    says which works, and its ``fallback_reason`` why vmap did not (also logged, once per factory
+    and reason in a process).
+
+    Parameters
+    ----------
+    input_shape
+        The shape of one sample (an int: flat samples of that many features).
 
     Raises
     ------
     ModelError
         The factory does not import, raises, returns something other than an ``nn.Module``, or
-        its module fails on (or returns the wrong shape for) a batch of 2.
+        its module fails on (or returns the wrong shape for) a batch of 2; the message names the
+        input batch's shape and, for a wrong output, the output's and the expected one.
     torch.OutOfMemoryError
         As raised, so that the caller can tell a configuration too large for the device.
     """
-    factory = load_factory(path)
-    name = factory_name(path)
+    factory = resolve_factory(path)
+    name = factory.name
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+    n_features = math.prod(shape)
+    call = factory.describe(shape, n_classes)
     shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no tuned parameters"
     modules = []
     for s in init_seeds:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(s))
             try:
-                module = factory(dict(params), int(n_features), int(n_classes))
+                module = factory(params, shape, n_classes)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:
                 raise ModelError(f"model.factory {name!r} raised {type(exc).__name__}: {exc} when called as "
-                                 f"factory(params, n_features={n_features}, n_classes={n_classes}) with "
-                                 f"{shown}; fix the factory for these values, or narrow the space",
+                                 f"{call} with {shown}; fix the factory for these values, or narrow the space",
                                  name, params) from exc
         if not isinstance(module, nn.Module):
             raise ModelError(f"model.factory {name!r} returned {type(module).__name__}, expected a torch.nn.Module",
                              name, params)
         modules.append(module.to(device).float())
-    stack = FunctionalStack(modules, mode="vmap")
+    stack = FunctionalStack(modules, mode="vmap", input_shape=factory.module_shape(shape) if factory.shaped else None)
+    batch = list(stack.batch_shape(2, n_features))
     try:
         stack.probe(n_features, n_classes)
         return stack
     except _OutputShapeError as exc:
-        raise ModelError(f"model.factory {name!r}: {exc} (with {shown})", name, params) from None
+        raise ModelError(f"model.factory {name!r}: {exc} (called as {call}, with {shown})", name, params) from None
     except torch.OutOfMemoryError:
         raise
-    except Exception:  # vmap cannot run this module (e.g. it calls .item()): go member by member
+    except Exception as exc:  # vmap cannot run this module (e.g. it calls .item()): go member by member
         stack.mode = "sequential"
+        stack.fallback_reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
     try:
         stack.probe(n_features, n_classes)
     except _OutputShapeError as exc:
-        raise ModelError(f"model.factory {name!r}: {exc} (with {shown})", name, params) from None
+        raise ModelError(f"model.factory {name!r}: {exc} (called as {call}, with {shown})", name, params) from None
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:
-        raise ModelError(f"model from model.factory {name!r} fails on a batch [2, {n_features}] (with {shown}): "
-                         f"{type(exc).__name__}: {exc}", name, params) from exc
+        raise ModelError(f"model from model.factory {name!r} fails on an input batch of shape {batch} (one sample: "
+                         f"{list(factory.module_shape(shape))}; called as {call}, with {shown}): "
+                         f"{type(exc).__name__}: {exc}; make the model take inputs [batch, *input_shape]",
+                         name, params) from exc
+    key = (name, stack.fallback_reason or "")
+    if key not in _LOGGED_FALLBACKS:
+        _LOGGED_FALLBACKS.add(key)
+        _log.warning("model.factory %s: torch.func.vmap cannot run its module (%s); its %d member(s) train one at "
+                     "a time", name, stack.fallback_reason, stack.n_members)
     return stack

@@ -56,6 +56,7 @@ def fit_fixed_epochs(
     n_classes: int,
     device: torch.device,
     seed: int,
+    scaling: str = "per_feature",
 ) -> FixedFit:
     """Train one member on ``split.train`` for exactly ``epochs`` epochs and keep the last weights.
 
@@ -63,6 +64,8 @@ def fit_fixed_epochs(
     epochs as in a fold; ``plateau`` has no validation metric to watch, so it reduces the rate on
     plateaus of the training loss. Training stops before ``epochs`` only if the training loss is
     no longer finite (diverged): more epochs could not make the model usable.
+
+    ``X`` is ``[n, *input_shape]``, scaled as ``scaling`` says (``Dataset.scaling``), as in a fold.
 
     Raises
     ------
@@ -75,7 +78,7 @@ def fit_fixed_epochs(
     with torch.random.fork_rng(devices=rng_devices):
         # as fit_stack: only user modules draw from the global RNG (vmap dropout)
         torch.manual_seed(int(np.random.SeedSequence([int(seed), 2]).generate_state(1)[0]))
-        source, mean, scale, model, optimizer = prepare_members(X, y, [split], [hp], n_classes, device)
+        source, mean, scale, model, optimizer = prepare_members(X, y, [split], [hp], n_classes, device, scaling)
         plateau = (PlateauSchedule(1, mode="min", factor=hp.plateau_factor, patience=hp.plateau_patience)
                    if hp.lr_schedule == "plateau" else None)
         train = torch.as_tensor(split.train, dtype=torch.long)

@@ -52,28 +52,39 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def check_model(settings: TrialSettings, params: Mapping[str, Any], n_features: int, n_classes: int) -> None:
+def check_model(
+    settings: TrialSettings, params: Mapping[str, Any], input_shape: Sequence[int] | int, n_classes: int
+) -> str | None:
     """Try the study's model on the CPU before any trial runs: build it for ``params`` and run one
-    training-mode forward and backward pass on a batch of 2, as every trial does first.
+    training-mode forward and backward pass on a batch of 2 samples of ``input_shape`` (an int:
+    flat samples of that many features), as every trial does first.
 
     Only a ``model.factory`` is tried (the built-in MLP is checked by :func:`resolve_hyperparams`).
     A driver calls this once per configuration worth trying, so that a factory that does not
     import, raises, or returns the wrong shape fails the study at once instead of every trial.
 
+    Returns
+    -------
+    str or None
+        Why the factory's modules cannot be stacked through ``torch.func.vmap`` (its trials then
+        train one member at a time); ``None`` when they can, and for the built-in MLP.
+
     Raises
     ------
     ModelError
-        Naming the factory, the configuration and what went wrong.
+        Naming the factory, the configuration and what went wrong (a wrong output size or input
+        shape: the input batch's shape and the output's).
     HyperparameterError
         For params the model cannot take.
     """
     hp = resolve_hyperparams(settings, params)
     if hp.factory is None:
-        return
+        return None
     try:
-        build_factory_stack(hp.factory, hp.params, n_features, n_classes, [0], torch.device("cpu"))
+        stack = build_factory_stack(hp.factory, hp.params, input_shape, n_classes, [0, 1], torch.device("cpu"))
     except torch.OutOfMemoryError:
-        pass  # the driver's memory says nothing about a worker's device
+        return None  # the driver's memory says nothing about a worker's device
+    return stack.fallback_reason
 
 
 def _run_trainable(
@@ -284,12 +295,14 @@ def run_trials(
     def fit() -> FitOutcome:
         try:
             return fit_stack(data.X, data.y, splits, member_hps, n_classes=data.n_classes, device=dev,
-                             seed=seeds[0], groups=groups, report=report, checkpoint=saver)
+                             seed=seeds[0], groups=groups, report=report, checkpoint=saver,
+                             scaling=data.scaling)
         except CheckpointUnusable as e:  # found only while restoring it: train from epoch 1, saving as asked
             assert saver is not None
             saver.reset(f"{e}; the trial starts from epoch 1")
             return fit_stack(data.X, data.y, splits, member_hps, n_classes=data.n_classes, device=dev,
-                             seed=seeds[0], groups=groups, report=report, checkpoint=saver)
+                             seed=seeds[0], groups=groups, report=report, checkpoint=saver,
+                             scaling=data.scaling)
 
     def train() -> list[TrialResult]:
         out = fit()
@@ -362,11 +375,12 @@ def refit_and_test(
     def train() -> TestResult:
         fitted: FitOutcome | FixedFit
         if epochs is None:
-            fitted = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed)
+            fitted = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed,
+                               scaling=data.scaling)
             best_epoch, epochs_run = fitted.folds[0].best_epoch, fitted.folds[0].epochs_run
         else:
             fitted = fit_fixed_epochs(data.X, data.y, split, hp, epochs=epochs, n_classes=data.n_classes,
-                                      device=dev, seed=seed)
+                                      device=dev, seed=seed, scaling=data.scaling)
             best_epoch = epochs_run = fitted.epochs_run
         metrics = score_test(fitted, data, hp, dev)
         target = fitted.source.target_stats()  # regression: the network predicts the standardized target

@@ -277,9 +277,11 @@ def _write_idx(directory, gz: bool, n_train=30, n_test=12, rows=4, cols=5, label
 def test_idx(tmp_path, gz):
     arrays = _write_idx(tmp_path / "mnist", gz)
     ds = load_dataset(DataSpec(source="idx", path=str(tmp_path / "mnist")), CVSpec(folds=3), seed=0)
-    assert ds.X.shape == (30, 20) and ds.X_test.shape == (12, 20) and ds.n_classes == 3
-    np.testing.assert_allclose(ds.X, arrays["train-images-idx3-ubyte"].reshape(30, -1) / 255.0, rtol=1e-6)
-    np.testing.assert_allclose(ds.X_test, arrays["t10k-images-idx3-ubyte"].reshape(12, -1) / 255.0, rtol=1e-6)
+    # images keep their shape [n, rows, cols]; N-D samples are scaled globally unless data.scaling says otherwise
+    assert ds.X.shape == (30, 4, 5) and ds.X_test.shape == (12, 4, 5) and ds.n_classes == 3
+    assert ds.input_shape == (4, 5) and ds.n_features == 20 and ds.scaling == "global"
+    np.testing.assert_allclose(ds.X, arrays["train-images-idx3-ubyte"] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(ds.X_test, arrays["t10k-images-idx3-ubyte"] / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
     assert set(ds.test_index.tolist()) == set(range(30, 42))  # the t10k files are the test split
 

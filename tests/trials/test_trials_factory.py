@@ -56,7 +56,9 @@ def test_module_vmap_cannot_run_trains_member_by_member(small):
         ("no_such_module_xyz:make", r"'no_such_module_xyz:make'.*cannot import.*installed package"),
         ("trials_factories:missing", r"'trials_factories:missing'.*no attribute"),
         ("trials_factories:not_a_module", r"returned int, expected a torch\.nn\.Module"),
-        ("trials_factories:wrong_shape", r"expected \[batch, n_classes\]"),
+        ("trials_factories:wrong_shape",
+         r"logits of shape \(2, 4\) for a batch of 2; expected \[batch, n_classes\] = \[2, 3\] \(the input batch "
+         r"had shape \(2, 10\)\)"),
     ],
 )
 def test_bad_factory(small, path, message):
