@@ -31,6 +31,9 @@ examples: setup
 	$(VENV)/bin/hpsearch best patients-demo --storage sqlite:///examples.db
 	$(VENV)/bin/hpsearch run examples/custom_loop.yaml --storage sqlite:///examples.db --n-trials 4
 	$(VENV)/bin/hpsearch best custom-loop-demo --storage sqlite:///examples.db
+	# your own model: the factory examples.digits_cnn:build (small budget: CI)
+	$(VENV)/bin/hpsearch run examples/digits_cnn.yaml --storage sqlite:///examples.db
+	$(VENV)/bin/hpsearch best digits-cnn --storage sqlite:///examples.db
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

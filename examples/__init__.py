@@ -1,1 +1,2 @@
-"""Example code that study files under examples/ name (``trainable: examples.custom_loop:train``)."""
+"""Example code that the study files under examples/ name (``examples.digits_cnn:build``,
+``examples.custom_loop:train``, ``examples.patients:load``)."""

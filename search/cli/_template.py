@@ -24,11 +24,13 @@ data:
   # target: label         # label column of csv/parquet (any discrete labels: integers, strings)
   # factory: mypkg.data:load      # source python: load() returns (X, y), (X, y, groups) or a torch Dataset
   test_fraction: 0.2      # stratified held-out test split, scored once at the end
+  # shape: [1, 8, 8]      # one sample's shape (channels first): rows become images for your model
+  # scaling: auto         # auto | per_feature | global | per_channel | none (auto: per_feature, images global)
 
 model:
   hidden: [200, 200]      # MLP hidden layers; dropout follows each activation
   activation: relu        # relu | leaky_relu
-  # factory: mypkg.models:build   # your own nn.Module: build(params, n_features, n_classes)
+  # factory: mypkg.models:build   # your own nn.Module: build(params, input_shape, n_outputs)
 
 training:
   optimizer: sgd          # sgd | adam
