@@ -106,3 +106,18 @@ def test_a_study_stored_before_data_scaling_keeps_per_feature_scaling() -> None:
     assert check_scaling(new, "global") == "global" and new.user_attrs[StudyAttr.SCALING] == "global"
     new.set_user_attr(StudyAttr.DATA_FINGERPRINT, "f" * 32)
     assert check_scaling(new, "global") == "global"  # stored: kept on every resume
+
+
+def test_the_cnn_example_parses_and_its_model_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/digits_cnn.yaml (run end to end by `make examples`): its factory takes the digits as
+    images [1, 8, 8] at both ends of the space, and vmap stacks it."""
+    from search import load_spec
+    from trials import check_model
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(repo))
+    spec = load_spec(repo / "examples" / "digits_cnn.yaml")
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    assert data.input_shape == (1, 8, 8) and data.scaling == "global"
+    for params in spec.probe_params():
+        assert check_model(spec.settings, params, data.input_shape, data.n_classes) is None
