@@ -5,13 +5,15 @@ Usage::
     .venv/bin/python bench/bench_training.py              # full run (~3-5 min on CPU)
     .venv/bin/python bench/bench_training.py --smoke      # tiny sizes, seconds (CI)
     options: --out PATH (default bench/results/training[-smoke].json), --rounds N,
-             --cases digits,digits_b32,digits_small,synthetic, --threads N (default 1),
+             --cases digits,digits_b32,digits_small,synthetic,digits_cnn, --threads N (default 1),
              --configs M (default 3), --device cpu|cuda
 
 Cases: ``digits`` (1797 x 64, MLP 200-200), ``digits_b32`` (the same with batch 32, the issue's
 prototype setting), ``digits_small`` (the same data, MLP 32: a model small enough that per-operation
 overhead dominates), ``synthetic`` (make_classification 60000 x 784, 10 classes, MLP 200-200).
 Always 5 folds, SGD(momentum 0.9), dropout 0.2, batch 64 unless the case says otherwise.
+``digits_cnn``: the digits as images [1, 8, 8] (``data.shape``) and the example CNN
+(``examples.digits_cnn:build``, 16 channels, dropout 0.2), which only variants 1 and 1b below run.
 
 For each case it measures the time per epoch (training on the fold's training rows + evaluating
 its validation rows) of:
@@ -19,6 +21,10 @@ its validation rows) of:
 1. ``stacked``: ``trials.run_trial`` on all 5 folds as one stack, versus ``one_by_one``: the same
    5 folds run one after the other, each as a stack of one (sum of the 5 epoch times). Ratio
    ``stack_speedup`` = one_by_one / stacked (goal >= 3x on CPU).
+1b. ``digits_cnn`` only: ``stacked`` is the 5 folds as one ``torch.func.vmap`` stack, and
+   ``sequential`` the same stack run one member at a time (the fallback for a module vmap cannot
+   run: ``FunctionalStack(mode="sequential")``, forced here). Ratio ``vmap_speedup`` =
+   sequential / stacked; ``stack_speedup`` as above.
 2. One member: ``trials.run_trial`` on fold 0 alone (``trials_1``), versus ``handwritten``: a
    minimal loop over preloaded, pre-standardized tensors with ``nn.Sequential`` + ``nn.Dropout``
    and ``torch.optim.SGD`` doing the same work (``randperm`` batches, then a validation pass
@@ -61,6 +67,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import trials._engine
 from trials import (
     CVSpec,
     DataSpec,
@@ -105,15 +112,81 @@ def settings(hidden: tuple[int, ...], epochs: int, batch: int = BATCH) -> TrialS
     )
 
 
-def time_trials(data, hidden, folds: list[int], epochs: int, batch: int) -> list[tuple[float, float]]:
+def time_trials(data, hidden, folds: list[int], epochs: int, batch: int,
+                s: TrialSettings | None = None, params: dict | None = None) -> list[tuple[float, float]]:
     stamps: list[tuple[float, float]] = []
 
     def report(_r) -> bool:
         stamps.append(clocks())
         return False
 
-    run_trial(data, {}, settings(hidden, epochs, batch), seed=0, folds=folds, report=report)
+    s = s if s is not None else settings(hidden, epochs, batch)
+    run_trial(data, params or {}, s, seed=0, folds=folds, report=report)
     return gaps(stamps)
+
+
+CNN_FACTORY = "examples.digits_cnn:build"
+CNN_PARAMS = {"channels": 16, "dropout": DROPOUT}
+CNN_VARIANTS = ("stacked", "sequential", "one_by_one")
+
+
+def cnn_settings(epochs: int, batch: int) -> TrialSettings:
+    base = settings((), epochs, batch)
+    return base.model_copy(update={"model": ModelSpec(factory=CNN_FACTORY)})
+
+
+def time_sequential(data, folds: list[int], epochs: int, batch: int) -> list[tuple[float, float]]:
+    """The CNN's stack run one member at a time (the vmap fallback), forced by patching the engine."""
+    build = trials._engine.build_factory_stack
+
+    def sequential(*args, **kwargs):
+        stack = build(*args, **kwargs)
+        stack.mode = "sequential"
+        return stack
+
+    trials._engine.build_factory_stack = sequential
+    try:
+        return time_trials(data, (), folds, epochs, batch, cnn_settings(epochs, batch), CNN_PARAMS)
+    finally:
+        trials._engine.build_factory_stack = build
+
+
+def bench_cnn_case(name: str, data, epochs: int, rounds: int, batch: int) -> dict:
+    k = len(data.folds)
+    s = cnn_settings(epochs, batch)
+    samples: dict[str, list[tuple[float, float]]] = {v: [] for v in CNN_VARIANTS}
+    for r in range(rounds):
+        samples["stacked"] += time_trials(data, (), list(range(k)), epochs, batch, s, CNN_PARAMS)
+        samples["sequential"] += time_sequential(data, list(range(k)), epochs, batch)
+        per_fold = [time_trials(data, (), [f], epochs, batch, s, CNN_PARAMS) for f in range(k)]
+        samples["one_by_one"] += [tuple(map(sum, zip(*epoch))) for epoch in zip(*per_fold)]
+        last = ", ".join(f"{v}={statistics.median(x[1] for x in samples[v]) * 1e3:.1f}" for v in CNN_VARIANTS)
+        print(f"  [{name}] after round {r + 1}/{rounds}, median CPU ms/epoch: {last}", flush=True)
+
+    def ratios(t: dict[str, float]) -> dict[str, float]:
+        return {"vmap_speedup": round(t["sequential"] / t["stacked"], 3),
+                "stack_speedup": round(t["one_by_one"] / t["stacked"], 3)}
+
+    wall = {v: statistics.median(x[0] for x in samples[v]) for v in CNN_VARIANTS}
+    cpu = {v: statistics.median(x[1] for x in samples[v]) for v in CNN_VARIANTS}
+    on_gpu = DEVICE.type == "cuda"
+    return {
+        "rows": int(len(data.y) + len(data.y_test)),
+        "input_shape": list(data.input_shape),
+        "classes": data.n_classes,
+        "model": f"{CNN_FACTORY} {CNN_PARAMS}",
+        "batch_size": batch,
+        "folds": k,
+        "train_rows_per_fold": len(data.folds[0][0]),
+        "epochs_per_run": epochs,
+        "rounds": rounds,
+        "epochs_timed_per_variant": len(samples["stacked"]),
+        "clock": "wall" if on_gpu else "cpu",
+        "epoch_s_cpu": {v: round(t, 6) for v, t in cpu.items()},
+        "epoch_s_wall": {v: round(t, 6) for v, t in wall.items()},
+        **ratios(wall if on_gpu else cpu),
+        "wall_ratios": ratios(wall),
+    }
 
 
 def config_params(m: int) -> list[dict[str, float]]:
@@ -232,7 +305,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON output (default bench/results/training[-smoke].json)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, as on a Ray worker)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3; smoke 1)")
-    parser.add_argument("--cases", default="digits,digits_b32,digits_small,synthetic", help="comma list of cases")
+    parser.add_argument("--cases", default="digits,digits_b32,digits_small,synthetic,digits_cnn",
+                        help="comma list of cases")
     parser.add_argument("--configs", type=int, default=CONFIGS, help="configurations in variant configs_stacked")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the headline clock is wall time)")
     args = parser.parse_args()
@@ -252,6 +326,7 @@ def main() -> None:
             big[1],
             BATCH,
         ),
+        ("digits_cnn", DataSpec(source="digits", shape=(1, 8, 8)), (), small_epochs, BATCH),
     ]
     wanted = {c.strip() for c in args.cases.split(",")}
     cases = [c for c in cases if c[0] in wanted]
@@ -274,6 +349,16 @@ def main() -> None:
     t0 = time.perf_counter()
     for name, spec, hidden, epochs, batch in cases:
         data = load_dataset(spec, CVSpec(folds=FOLDS), seed=0)
+        if name == "digits_cnn":
+            print(f"{name}: {len(data.y)} search rows of {list(data.input_shape)}, {CNN_FACTORY}, batch {batch}, "
+                  f"{epochs} epochs per run, {rounds} round(s)", flush=True)
+            report["results"][name] = res = bench_cnn_case(name, data, epochs, rounds, batch)
+            e = res[f"epoch_s_{res['clock']}"]
+            print(f"{name}: {res['clock']} s/epoch  vmap(5)={e['stacked']:.4f}  one member at a time(5)="
+                  f"{e['sequential']:.4f}  one-by-one(5)={e['one_by_one']:.4f}  -> vmap speedup "
+                  f"{res['vmap_speedup']:.2f}x (wall {res['wall_ratios']['vmap_speedup']:.2f}x), stack speedup "
+                  f"{res['stack_speedup']:.2f}x", flush=True)
+            continue
         print(
             f"{name}: {len(data.y)} search rows x {data.n_features}, hidden {hidden}, batch {batch}, "
             f"{epochs} epochs per run, {rounds} round(s)",
