@@ -359,6 +359,37 @@ def resolve_factory(path: str | Callable[..., nn.Module] | ModelFactory) -> Mode
     return path if isinstance(path, ModelFactory) else ModelFactory(path)
 
 
+def _has_lazy(module: nn.Module) -> bool:
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    return any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in module.modules())
+
+
+@torch.no_grad()
+def _materialize(module: nn.Module, batch: tuple[int, ...], device: torch.device, seed: int) -> None:
+    """Initialize a module's lazy parameters with one forward pass on zeros (eval mode: no running
+    statistics change); their initial values are drawn from the member's seed, as the others were."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module(torch.zeros(batch, device=device))
+    finally:
+        module.train(was)
+
+
+def _fails_on_batch(factory: ModelFactory, shape: tuple[int, ...], n_classes: int, params: Mapping[str, Any],
+                    exc: BaseException) -> ModelError:
+    """The error for a module that fails on a probe batch: it names the batch's and a sample's shape."""
+    sample = list(factory.module_shape(shape))
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no tuned parameters"
+    return ModelError(f"model from model.factory {factory.name!r} fails on an input batch of shape {[2, *sample]} "
+                      f"(one sample: {sample}; called as {factory.describe(shape, n_classes)}, with {shown}): "
+                      f"{type(exc).__name__}: {exc}; make the model take inputs [batch, *input_shape]",
+                      factory.name, params)
+
+
 def build_factory_stack(
     path: str | Callable[..., nn.Module] | ModelFactory,
     params: Mapping[str, Any],
@@ -408,9 +439,16 @@ def build_factory_stack(
         if not isinstance(module, nn.Module):
             raise ModelError(f"model.factory {name!r} returned {type(module).__name__}, expected a torch.nn.Module",
                              name, params)
-        modules.append(module.to(device).float())
+        module = module.to(device).float()
+        if _has_lazy(module):  # nn.LazyLinear & co. take their sizes from a first batch: give them one
+            try:
+                _materialize(module, (2, *factory.module_shape(shape)), device, int(s))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                raise _fails_on_batch(factory, shape, n_classes, params, exc) from exc
+        modules.append(module)
     stack = FunctionalStack(modules, mode="vmap", input_shape=factory.module_shape(shape) if factory.shaped else None)
-    batch = list(stack.batch_shape(2, n_features))
     try:
         stack.probe(n_features, n_classes)
         return stack
@@ -428,10 +466,7 @@ def build_factory_stack(
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:
-        raise ModelError(f"model from model.factory {name!r} fails on an input batch of shape {batch} (one sample: "
-                         f"{list(factory.module_shape(shape))}; called as {call}, with {shown}): "
-                         f"{type(exc).__name__}: {exc}; make the model take inputs [batch, *input_shape]",
-                         name, params) from exc
+        raise _fails_on_batch(factory, shape, n_classes, params, exc) from exc
     key = (name, stack.fallback_reason or "")
     if key not in _LOGGED_FALLBACKS:
         _LOGGED_FALLBACKS.add(key)

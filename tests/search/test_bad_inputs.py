@@ -218,6 +218,10 @@ def narrow_only(params, n_features, n_classes):
     return nn.Sequential(nn.Linear(n_features, width), nn.ReLU(), nn.Linear(width, n_classes))
 
 
+def rgb_cnn(params, input_shape, n_outputs):  # the current form, written for RGB images
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(n_outputs))
+
+
 def good(params, n_features, n_classes):
     return nn.Sequential(nn.Linear(n_features, int(params.get("width", 16))), nn.ReLU(),
                          nn.Linear(int(params.get("width", 16)), n_classes))
@@ -256,8 +260,10 @@ def test_a_budget_spent_on_failures_exits_4(tmp_path: Path, local_runs: None, us
                                 "[batch, n_classes] = [2, 10]"),
         ("{m}:narrow_only", {"width": {"type": "int", "low": 8, "high": 64}},
          "model.factory 'hpsearch_test_models:narrow_only' raised ValueError: width 64 is not supported"),
+        ("{m}:rgb_cnn", {}, "model from model.factory 'hpsearch_test_models:rgb_cnn' fails on an input batch of shape "
+                            "[2, 64] (one sample: [64]; called as factory(params, input_shape=(64,), n_outputs=10)"),
     ],
-    ids=["no-module", "no-function", "wrong-output-shape", "fails-at-the-high-end"],
+    ids=["no-module", "no-function", "wrong-output-shape", "fails-at-the-high-end", "wrong-input-shape"],
 )
 def test_a_factory_that_cannot_serve_the_study_fails_it_before_any_trial(
         tmp_path: Path, local_runs: None, user_models: str, factory: str, space: dict[str, Any], expect: str) -> None:

@@ -158,6 +158,12 @@ def test_a_shaped_factory_gets_the_input_shape(images, name) -> None:
     assert result.value("val_accuracy") > 0.5  # 10 classes, 2 epochs: well above chance
 
 
+def test_lazy_modules_are_initialized_from_a_first_batch_and_stacked(images) -> None:
+    result = run_trial(images, {}, _settings("lazy_cnn"), seed=0)
+    assert result.train_path == "vmap" and result.value("val_accuracy") > 0.5
+    assert run_trial(images, {}, _settings("lazy_cnn"), seed=0).curves == result.curves  # seeded
+
+
 def test_factory_forms_are_recognised() -> None:
     import trials_factories as f
 

@@ -130,3 +130,8 @@ class _FlatOnly(nn.Module):
         if x.dim() != 2:
             raise ValueError(f"a legacy module takes flat rows, got {tuple(x.shape)}")
         return self.lin(x)
+
+
+def lazy_cnn(params: dict[str, Any], input_shape: tuple[int, ...], n_outputs: int) -> nn.Module:
+    """``nn.LazyLinear`` takes its input size from the first batch."""
+    return nn.Sequential(nn.Conv2d(input_shape[0], 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(n_outputs))
