@@ -188,9 +188,12 @@ class ModelSpec(_Spec):
     dropout
         Dropout probability after each hidden layer, ``0 <= dropout < 1``.
     factory
-        Optional user model factory, called as ``factory(params, n_features, n_classes)`` and
-        returning an ``nn.Module`` that maps ``[batch, n_features]`` to ``[batch, n_classes]``
-        logits: an import path ``package.module:function``, or (from Python) the callable itself,
+        Optional user model factory, called as ``factory(params, input_shape, n_outputs)`` (the
+        shape of one sample, a tuple, and the number of outputs) and returning an ``nn.Module``
+        that maps ``[batch, *input_shape]`` to ``[batch, n_outputs]`` logits; a factory of the
+        legacy form ``factory(params, n_features, n_classes)`` (no parameter named ``input_shape``,
+        see :class:`trials._models.ModelFactory`) gets ``prod(input_shape)`` and flat batches
+        ``[batch, n_features]``. An import path ``package.module:function``, or (from Python) the callable itself,
         which Ray ships to its workers by value (a function defined in a notebook works). A
         callable is stored with the study by name only (``"python callable __main__:build"``), so
         such a study resumes from Python, by running the same spec again, not from the CLI. When

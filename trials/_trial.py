@@ -81,7 +81,7 @@ def check_model(
     if hp.factory is None:
         return None
     try:
-        stack = build_factory_stack(hp.factory, hp.params, input_shape, n_classes, [0, 1], torch.device("cpu"))
+        stack = build_factory_stack(hp.factory, hp.params, input_shape, n_classes, [0], torch.device("cpu"))
     except torch.OutOfMemoryError:
         return None  # the driver's memory says nothing about a worker's device
     return stack.fallback_reason
