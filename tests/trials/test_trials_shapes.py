@@ -187,7 +187,8 @@ def test_cnn_stacked_equals_each_fold_alone(images) -> None:
         np.testing.assert_allclose(stacked.curves["val_loss"][fold], alone.curves["val_loss"][0], rtol=1e-4)
 
 
-def test_a_cnn_vmap_cannot_run_trains_one_member_at_a_time_and_says_why(images, caplog) -> None:
+def test_a_cnn_vmap_cannot_run_trains_one_member_at_a_time_and_says_why(images, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("trials._models._LOGGED_FALLBACKS", set())  # logged once per process: not yet in this one
     with caplog.at_level(logging.WARNING, logger="trials._models"):
         reason = check_model(_settings("item_cnn"), {}, (1, 8, 8), 10)
         result = run_trial(images, {"dropout": 0.0}, _settings("item_cnn"), seed=3)
