@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._config import TrialSettings, factory_name
 from ._data import Dataset, holdout_split
-from ._engine import _MemberRecord, fit_scaler
+from ._engine import _MemberRecord, fit_scaling
 from ._imports import ImportPathError, import_callable
 from ._metrics import METRICS
 from ._results import EpochReport, FoldResult, TestResult, TrialResult
@@ -206,11 +206,11 @@ class TrainContext:
 # ------------------------------------------------------------------------------------ data
 
 
-def _fit_scaling(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale of ``X[rows]`` in the sample's shape (the one place a trainable's
-    inputs are scaled: ``data.scaling`` choices belong here)."""
+def _fit_scaling(X: np.ndarray, rows: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale of ``X[rows]`` in the sample's shape, as ``data.scaling`` says
+    (:func:`trials._engine.fit_scaling`, the built-in loop's)."""
     flat = X.reshape(len(X), -1)
-    mean, scale = fit_scaler(flat, rows)
+    mean, scale = fit_scaling(flat, rows, scaling, X.shape[1:])
     return mean.reshape(X.shape[1:]), scale.reshape(X.shape[1:])
 
 
@@ -484,7 +484,7 @@ def _contexts(run: _Run, data: Dataset, params: Mapping[str, Any], settings: Tri
     batch_size = int(params.get("batch_size", t.batch_size))
     out = []
     for i, (fold, train_rows, val_rows) in enumerate(splits):
-        stats = _fit_scaling(data.X, train_rows)
+        stats = _fit_scaling(data.X, train_rows, data.scaling)
         seeds = member_seeds(seed, 0 if fold is None else fold, role)
         f = _Fold(i, fold, t.monitor, t.patience, t.min_delta)
         user_seed = seeds.init % (2**32)
