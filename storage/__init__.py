@@ -37,12 +37,14 @@ from storage._optuna_compat import (
 )
 from storage._queries import (
     ROW_ATTRS,
+    StudyOverview,
     StudySummary,
     TrialRow,
     best_trial_row,
     list_studies,
     study_attrs,
     study_names,
+    study_overview,
     trial_rows,
 )
 from storage._queue import (
@@ -90,6 +92,7 @@ __all__ = [
     "StorageUnavailable",
     "StudyAttr",
     "StudyNotFound",
+    "StudyOverview",
     "StudySummary",
     "TokenExists",
     "TokenUser",
@@ -128,6 +131,7 @@ __all__ = [
     "study_attrs",
     "study_id",
     "study_names",
+    "study_overview",
     "study_storage",
     "suggest",
     "token_user",

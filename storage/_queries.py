@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -159,6 +160,25 @@ class TrialRow:
     resumed_from_epoch: int | None = None
 
 
+@dataclass(frozen=True)
+class StudyOverview:
+    """One study as :func:`study_overview` reads it.
+
+    Attributes
+    ----------
+    summary : StudySummary
+        Its line of ``hpsearch ls``.
+    attrs : dict[str, Any]
+        Its user attributes, JSON-decoded (as :func:`study_attrs`).
+    best : TrialRow or None
+        Its best COMPLETE trial (as :func:`best_trial_row`); ``None`` before one completed.
+    """
+
+    summary: StudySummary
+    attrs: dict[str, Any]
+    best: TrialRow | None
+
+
 def _engine_of(engine: Any) -> Engine:
     return engine if isinstance(engine, Engine) else engine.engine
 
@@ -188,8 +208,19 @@ def _value(value: float | None, value_type: Any) -> float | None:
     return value
 
 
+_HAS_TABLES: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
+
+
 def _has_studies_table(conn: Connection) -> bool:
-    return sqlalchemy.inspect(conn).has_table("studies")
+    """Whether Optuna's tables exist (remembered per engine once they do: they are never dropped,
+    and reflecting them cost every request of ``hpsearch serve`` a query)."""
+    engine = conn.engine
+    if _HAS_TABLES.get(engine):
+        return True
+    found = sqlalchemy.inspect(conn).has_table("studies")
+    if found:
+        _HAS_TABLES[engine] = True
+    return found
 
 
 def _study_names(conn: Connection) -> list[str]:
@@ -290,57 +321,78 @@ def list_studies(engine: Engine) -> list[StudySummary]:
         studies = conn.execute(
             select(_studies.c.study_id, _studies.c.study_name).order_by(_studies.c.study_id)
         ).all()
-        directions: dict[int, list[StudyDirection]] = {}
-        for sid, _, direction in conn.execute(
-            select(_directions.c.study_id, _directions.c.objective, _directions.c.direction).order_by(
-                _directions.c.study_id, _directions.c.objective
-            )
-        ):
-            directions.setdefault(sid, []).append(direction)
-        counts: dict[int, dict[str, int]] = {}
-        for sid, state, n in conn.execute(
-            select(_trials.c.study_id, _trials.c.state, func.count()).group_by(
-                _trials.c.study_id, _trials.c.state
-            )
-        ):
-            counts.setdefault(sid, {})[state.name] = n
-        times = {
-            sid: (first, last)
-            for sid, first, last in conn.execute(
-                select(
-                    _trials.c.study_id,
-                    func.min(_trials.c.datetime_start),
-                    func.max(_trials.c.datetime_complete),
-                ).group_by(_trials.c.study_id)
-            )
-        }
-        best: dict[int, dict[Any, tuple[float | None, float | None]]] = {}
-        for sid, value_type, vmin, vmax in conn.execute(
+        return _summaries(conn, [(sid, name) for sid, name in studies])
+
+
+def _summaries(
+    conn: Connection, studies: list[tuple[int, str]], *, only: int | None = None,
+    specs: dict[int, Any] | None = None,
+) -> list[StudySummary]:
+    """The :class:`StudySummary` of ``studies`` ((id, name) pairs); ``only``: they are that one
+    study, and every query is restricted to it; ``specs``: their decoded specs, read already."""
+
+    def restrict(stmt: Any, column: Any) -> Any:
+        return stmt if only is None else stmt.where(column == only)
+
+    directions: dict[int, list[StudyDirection]] = {}
+    for sid, _, direction in conn.execute(
+        restrict(select(_directions.c.study_id, _directions.c.objective, _directions.c.direction),
+                 _directions.c.study_id).order_by(_directions.c.study_id, _directions.c.objective)
+    ):
+        directions.setdefault(sid, []).append(direction)
+    counts: dict[int, dict[str, int]] = {}
+    times: dict[int, tuple[datetime | None, datetime | None]] = {}
+    for sid, state, n, first, last in conn.execute(
+        restrict(
             select(
-                _trials.c.study_id, _values.c.value_type, func.min(_values.c.value), func.max(_values.c.value)
-            )
+                _trials.c.study_id,
+                _trials.c.state,
+                func.count(),
+                func.min(_trials.c.datetime_start),
+                func.max(_trials.c.datetime_complete),
+            ),
+            _trials.c.study_id,
+        ).group_by(_trials.c.study_id, _trials.c.state)
+    ):
+        counts.setdefault(sid, {})[state.name] = n
+        was_first, was_last = times.get(sid, (None, None))
+        times[sid] = (
+            first if was_first is None or (first is not None and first < was_first) else was_first,
+            last if was_last is None or (last is not None and last > was_last) else was_last,
+        )
+    best: dict[int, dict[Any, tuple[float | None, float | None]]] = {}
+    for sid, value_type, vmin, vmax in conn.execute(
+        restrict(
+            select(_trials.c.study_id, _values.c.value_type, func.min(_values.c.value), func.max(_values.c.value))
             .select_from(_trials.join(_values, _values.c.trial_id == _trials.c.trial_id))
-            .where(_trials.c.state == TrialState.COMPLETE, _values.c.objective == 0)
-            .group_by(_trials.c.study_id, _values.c.value_type)
-        ):
-            best.setdefault(sid, {})[value_type] = (vmin, vmax)
-        retried = dict(
-            conn.execute(
+            .where(_trials.c.state == TrialState.COMPLETE, _values.c.objective == 0),
+            _trials.c.study_id,
+        ).group_by(_trials.c.study_id, _values.c.value_type)
+    ):
+        best.setdefault(sid, {})[value_type] = (vmin, vmax)
+    retried = dict(
+        conn.execute(
+            restrict(
                 select(_trials.c.study_id, func.count())
                 .select_from(_trials.join(_trial_attrs, _trial_attrs.c.trial_id == _trials.c.trial_id))
                 .where(
                     _trials.c.state == TrialState.FAIL,
                     _trial_attrs.c.key == TrialAttr.WILL_RETRY,
                     _trial_attrs.c.value_json == "true",
-                )
-                .group_by(_trials.c.study_id)
-            ).all()
-        )
+                ),
+                _trials.c.study_id,
+            ).group_by(_trials.c.study_id)
+        ).all()
+    )
+    if specs is None:
         specs = {
             sid: json.loads(value_json)
             for sid, value_json in conn.execute(
-                select(_study_attrs.c.study_id, _study_attrs.c.value_json).where(
-                    _study_attrs.c.key == StudyAttr.SPEC
+                restrict(
+                    select(_study_attrs.c.study_id, _study_attrs.c.value_json).where(
+                        _study_attrs.c.key == StudyAttr.SPEC
+                    ),
+                    _study_attrs.c.study_id,
                 )
             )
         }
@@ -367,6 +419,38 @@ def list_studies(engine: Engine) -> list[StudySummary]:
             )
         )
     return summaries
+
+
+def study_overview(engine: Engine, study_name: str) -> StudyOverview:
+    """One study's summary, user attributes and best trial, read in one transaction.
+
+    What ``hpsearch serve`` answers for ``GET /studies/NAME``: the queries of :func:`list_studies`,
+    :func:`study_attrs` and :func:`best_trial_row`, restricted to this study.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.engine.Engine
+    study_name : str
+
+    Returns
+    -------
+    StudyOverview
+
+    Raises
+    ------
+    StudyNotFound
+        No study has that name.
+    """
+    with _connect(engine) as conn:
+        study_id, direction = _study(conn, study_name)
+        attrs = _study_attrs_of(conn, study_id)
+        (summary,) = _summaries(conn, [(study_id, study_name)], only=study_id,
+                                specs={study_id: attrs[StudyAttr.SPEC]} if StudyAttr.SPEC in attrs else {})
+        best = None
+        if summary.n_trials["COMPLETE"]:
+            rows = _trial_rows(conn, study_id, direction, [TrialState.COMPLETE], 1, "best")
+            best = rows[0] if rows else None
+    return StudyOverview(summary=summary, attrs=attrs, best=best)
 
 
 def _state_list(states: Iterable[TrialState | str] | None) -> list[TrialState] | None:
@@ -433,71 +517,79 @@ def trial_rows(
     state_list = _state_list(states)
     with _connect(engine) as conn:
         study_id, direction = _study(conn, study_name)
-        query = (
-            select(
-                _trials.c.trial_id,
-                _trials.c.number,
-                _trials.c.state,
-                _trials.c.datetime_start,
-                _trials.c.datetime_complete,
-                _values.c.value,
-                _values.c.value_type,
-            )
-            .select_from(
-                _trials.outerjoin(
-                    _values, and_(_values.c.trial_id == _trials.c.trial_id, _values.c.objective == 0)
-                )
-            )
-            .where(_trials.c.study_id == study_id)
+        return _trial_rows(conn, study_id, direction, state_list, limit, order)
+
+
+def _trial_rows(
+    conn: Connection, study_id: int, direction: StudyDirection, state_list: list[TrialState] | None,
+    limit: int | None, order: str,
+) -> list[TrialRow]:
+    """:func:`trial_rows` of the study with id ``study_id``, inside ``conn``'s transaction."""
+    query = (
+        select(
+            _trials.c.trial_id,
+            _trials.c.number,
+            _trials.c.state,
+            _trials.c.datetime_start,
+            _trials.c.datetime_complete,
+            _values.c.value,
+            _values.c.value_type,
         )
-        if state_list is not None:
-            query = query.where(_trials.c.state.in_(state_list))
-        query = query.order_by(*(_best_order(direction) if order == "best" else [_trials.c.number]))
-        if limit is not None:
-            query = query.limit(limit)
-        rows = conn.execute(query).all()
-        ids = [r.trial_id for r in rows]
-        if not ids:
-            return []
-
-        def restrict(stmt: Any, table: Any) -> Any:
-            if len(ids) <= _IN_LIST_MAX:
-                return stmt.where(table.c.trial_id.in_(ids))
-            stmt = stmt.join(_trials, _trials.c.trial_id == table.c.trial_id).where(
-                _trials.c.study_id == study_id
+        .select_from(
+            _trials.outerjoin(
+                _values, and_(_values.c.trial_id == _trials.c.trial_id, _values.c.objective == 0)
             )
-            return stmt if state_list is None else stmt.where(_trials.c.state.in_(state_list))
-
-        params: dict[int, dict[str, Any]] = {}
-        dists: dict[str, BaseDistribution] = {}
-        param_query = select(
-            _params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json
-        ).select_from(_params)
-        for trial_id, name, internal, dist_json in conn.execute(
-            restrict(param_query, _params).order_by(_params.c.param_id)
-        ):
-            dist = dists.get(dist_json)
-            if dist is None:
-                dist = dists[dist_json] = json_to_distribution(dist_json)
-            params.setdefault(trial_id, {})[name] = dist.to_external_repr(internal)
-
-        # a WAITING trial (a queued re-run) has no params rows yet: Optuna keeps them in its
-        # FIXED_PARAMS system attribute until the trial is asked for
-        waiting = [r.trial_id for r in rows if r.state == TrialState.WAITING and r.trial_id not in params]
-        if waiting:
-            fixed_query = select(_trial_system_attrs.c.trial_id, _trial_system_attrs.c.value_json).where(
-                _trial_system_attrs.c.key == FIXED_PARAMS, _trial_system_attrs.c.trial_id.in_(waiting))
-            for trial_id, value_json in conn.execute(fixed_query):
-                params[trial_id] = dict(json.loads(value_json))
-
-        attrs: dict[int, dict[str, Any]] = {}
-        attr_query = (
-            select(_trial_attrs.c.trial_id, _trial_attrs.c.key, _trial_attrs.c.value_json)
-            .select_from(_trial_attrs)
-            .where(_trial_attrs.c.key.in_(ROW_ATTRS))
         )
-        for trial_id, key, value_json in conn.execute(restrict(attr_query, _trial_attrs)):
-            attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
+        .where(_trials.c.study_id == study_id)
+    )
+    if state_list is not None:
+        query = query.where(_trials.c.state.in_(state_list))
+    query = query.order_by(*(_best_order(direction) if order == "best" else [_trials.c.number]))
+    if limit is not None:
+        query = query.limit(limit)
+    rows = conn.execute(query).all()
+    ids = [r.trial_id for r in rows]
+    if not ids:
+        return []
+
+    def restrict(stmt: Any, table: Any) -> Any:
+        if len(ids) <= _IN_LIST_MAX:
+            return stmt.where(table.c.trial_id.in_(ids))
+        stmt = stmt.join(_trials, _trials.c.trial_id == table.c.trial_id).where(
+            _trials.c.study_id == study_id
+        )
+        return stmt if state_list is None else stmt.where(_trials.c.state.in_(state_list))
+
+    params: dict[int, dict[str, Any]] = {}
+    dists: dict[str, BaseDistribution] = {}
+    param_query = select(
+        _params.c.trial_id, _params.c.param_name, _params.c.param_value, _params.c.distribution_json
+    ).select_from(_params)
+    for trial_id, name, internal, dist_json in conn.execute(
+        restrict(param_query, _params).order_by(_params.c.param_id)
+    ):
+        dist = dists.get(dist_json)
+        if dist is None:
+            dist = dists[dist_json] = json_to_distribution(dist_json)
+        params.setdefault(trial_id, {})[name] = dist.to_external_repr(internal)
+
+    # a WAITING trial (a queued re-run) has no params rows yet: Optuna keeps them in its
+    # FIXED_PARAMS system attribute until the trial is asked for
+    waiting = [r.trial_id for r in rows if r.state == TrialState.WAITING and r.trial_id not in params]
+    if waiting:
+        fixed_query = select(_trial_system_attrs.c.trial_id, _trial_system_attrs.c.value_json).where(
+            _trial_system_attrs.c.key == FIXED_PARAMS, _trial_system_attrs.c.trial_id.in_(waiting))
+        for trial_id, value_json in conn.execute(fixed_query):
+            params[trial_id] = dict(json.loads(value_json))
+
+    attrs: dict[int, dict[str, Any]] = {}
+    attr_query = (
+        select(_trial_attrs.c.trial_id, _trial_attrs.c.key, _trial_attrs.c.value_json)
+        .select_from(_trial_attrs)
+        .where(_trial_attrs.c.key.in_(ROW_ATTRS))
+    )
+    for trial_id, key, value_json in conn.execute(restrict(attr_query, _trial_attrs)):
+        attrs.setdefault(trial_id, {})[key] = json.loads(value_json)
 
     result = []
     for r in rows:
@@ -573,11 +665,13 @@ def study_attrs(engine: Engine, study_name: str) -> dict[str, Any]:
     """
     with _connect(engine) as conn:
         study_id, _ = _study(conn, study_name)
-        return {
-            key: json.loads(value_json)
-            for key, value_json in conn.execute(
-                select(_study_attrs.c.key, _study_attrs.c.value_json).where(
-                    _study_attrs.c.study_id == study_id
-                )
-            )
-        }
+        return _study_attrs_of(conn, study_id)
+
+
+def _study_attrs_of(conn: Connection, study_id: int) -> dict[str, Any]:
+    return {
+        key: json.loads(value_json)
+        for key, value_json in conn.execute(
+            select(_study_attrs.c.key, _study_attrs.c.value_json).where(_study_attrs.c.study_id == study_id)
+        )
+    }

@@ -76,20 +76,21 @@ def progress_dict(s: st.StudySummary, engine: Any) -> dict[str, Any]:
     out = summary_dict(s)
     n = s.n_trials
     out["done"] = n.get("COMPLETE", 0) + n.get("PRUNED", 0) + n.get("FAIL", 0) - s.n_fail_retried
-    raw = st.study_attrs(engine, s.name).get(StudyAttr.SPEC)
-    out["budget"] = _budget_of(json.dumps(raw, sort_keys=True)) if raw is not None else None
+    # the summary carries the stored spec (engine: kept for callers; nothing more to read)
+    out["budget"] = _budget_of(json.dumps(s.spec, sort_keys=True)) if s.spec is not None else None
     return out
 
 
 def study_progress(name: str, storage: str | None = None, *, engine: Any = None) -> dict[str, Any] | None:
     """:func:`progress_dict` of study ``name`` with ``best`` (:func:`best_of`, None before a trial
-    completed); None if there is no such study."""
+    completed); None if there is no such study. One read transaction (:func:`storage.study_overview`)."""
     engine = _engine(storage, engine)
-    summary = next((s for s in st.list_studies(engine) if s.name == name), None)
-    if summary is None:
+    try:
+        view = st.study_overview(engine, name)
+    except st.StudyNotFound:
         return None
-    out = progress_dict(summary, engine)
-    out["best"] = best_of(name, engine=engine) if summary.n_trials.get("COMPLETE", 0) else None
+    out = progress_dict(view.summary, engine)
+    out["best"] = _best_dict(name, view.attrs, view.best) if view.best is not None else None
     return out
 
 
@@ -159,6 +160,11 @@ def best_of(name: str, storage: str | None = None, *, engine: Any = None) -> dic
     row = st.best_trial_row(engine, name)
     if row is None:
         raise UsageError(f"study {name!r} has no completed trial yet; see `hpsearch show {name!r}`")
+    return _best_dict(name, attrs, row)
+
+
+def _best_dict(name: str, attrs: dict[str, Any], row: st.TrialRow) -> dict[str, Any]:
+    """:func:`best_of`'s dict from the study's attributes and its best trial's row."""
     test = attrs.get(StudyAttr.TEST_RESULT) or None
     same = bool(test) and test.get("trial") == row.number
     failed = attrs.get(StudyAttr.REFIT_ERROR) or None

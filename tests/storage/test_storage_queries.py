@@ -17,6 +17,7 @@ from storage import (
     create_storage,
     list_studies,
     study_attrs,
+    study_overview,
     trial_rows,
 )
 
@@ -224,3 +225,51 @@ def test_a_queued_re_run_shows_its_params_and_an_unknown_duration_stays_unknown(
     rows = {r.number: r for r in trial_rows(storage.engine, "queued")}
     assert rows[1].state == "WAITING" and rows[1].params == {"lr": dead.params["lr"]} and rows[1].retry_of == 0
     assert rows[0].duration_s is None
+
+
+def test_study_overview_is_what_the_separate_queries_give_for_that_study_alone(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    """``GET /studies/NAME``'s one read: the study's ``list_studies`` entry, ``study_attrs`` and
+    ``best_trial_row``, and nothing of the other studies (before: every study was summarised)."""
+    study = optuna.create_study(storage=storage, study_name="q")
+    study.set_user_attr("hpsearch_spec", SPEC)
+    study.set_user_attr("test_result", {"trial": 2, "test_score": 0.9})
+    _fill(study)
+    other = optuna.create_study(storage=storage, study_name="other", direction="maximize")
+    other.add_trial(create_trial(value=7.0))
+    inf = optuna.create_study(storage=storage, study_name="inf", direction="maximize")
+    for value in (1.0, float("inf")):
+        inf.add_trial(create_trial(value=value))
+    multi = optuna.create_study(storage=storage, study_name="multi", directions=["maximize", "minimize"])
+    multi.add_trial(create_trial(values=[1.0, 2.0]))
+    empty = optuna.create_study(storage=storage, study_name="empty")
+    empty.set_user_attr("hpsearch_spec", SPEC)
+    summaries = {s.name: s for s in list_studies(storage.engine)}
+    for name in summaries:
+        view = study_overview(storage.engine, name)
+        assert view.summary == summaries[name], name
+        assert view.summary.spec == summaries[name].spec, name  # not compared by ==
+        assert view.attrs == study_attrs(storage.engine, name), name
+        assert view.best == best_trial_row(storage.engine, name), name
+    assert study_overview(storage.engine, "q").best.number == 2  # type: ignore[union-attr]
+    assert study_overview(storage.engine, "inf").best.value == math.inf  # type: ignore[union-attr]
+    assert study_overview(storage.engine, "multi").summary.direction == "maximize,minimize"
+    assert study_overview(storage.engine, "empty").best is None
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        study_overview(storage.engine, "other")
+    finally:
+        event.remove(storage.engine, "before_cursor_execute", record)
+    # every statement but the name lookup is restricted to the study's id (none reads all studies)
+    lookups = [s for s in statements if "study_name" in s]
+    assert len(lookups) == 1
+    assert all("study_id = " in s or "trial_id IN" in s for s in statements if s not in lookups), statements
+    with pytest.raises(StudyNotFound, match="Did you mean 'other'"):
+        study_overview(storage.engine, "othr")
