@@ -21,6 +21,7 @@ import storage as st
 
 from .. import __version__
 from ._auth import user_dependency
+from ._cache import DEFAULT_TTL_S, DetailCache
 from ._dashboard import DashboardMiddleware
 from ._errors import NotFound, ServiceError
 from ._models import ErrorOut, StudyDetailOut, StudyListOut, StudyOut, SubmitIn, TrialsOut
@@ -55,7 +56,7 @@ def _status_of(e: Exception) -> int | None:
     return 400 if isinstance(e, user) else None
 
 
-def create_app(server: Server, *, require_token: bool = False) -> FastAPI:
+def create_app(server: Server, *, require_token: bool = False, cache_s: float = DEFAULT_TTL_S) -> FastAPI:
     """The FastAPI application serving ``server`` (opened already).
 
     Parameters
@@ -64,6 +65,9 @@ def create_app(server: Server, *, require_token: bool = False) -> FastAPI:
         The server whose queue and studies the API shows.
     require_token:
         Refuse requests without a token (401); ``hpsearch serve`` sets it when it binds beyond loopback.
+    cache_s:
+        How long a study's ``GET /studies/{name}`` body is reused (:class:`DetailCache`; 0: never);
+        the server's own changes to a study drop it at once.
     """
     # the spec is served below, behind the same authentication as every other endpoint
     app = FastAPI(title="hpsearch", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
@@ -108,11 +112,17 @@ def create_app(server: Server, *, require_token: bool = False) -> FastAPI:
     async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return error(e.status_code, str(e.detail) if e.detail else "error")
 
-    def detail_of(name: str) -> dict[str, Any]:
-        out = study_detail(engine, name)
+    cache = DetailCache(lambda name: study_detail(engine, name), cache_s)
+    server.on_change(cache.invalidate)
+
+    def found(name: str, out: dict[str, Any] | None) -> dict[str, Any]:
         if out is None:
             raise NotFound(f"no study named {name!r}", name=name)
         return out
+
+    def detail_of(name: str) -> dict[str, Any]:
+        """Read now (after a submit or cancel: the caller's own change)."""
+        return found(name, study_detail(engine, name))
 
     @app.post("/studies", status_code=201, response_model=StudyDetailOut, responses=_ERRORS, tags=["studies"])
     def submit(body: SubmitIn, user: User = Depends(current_user)) -> dict[str, Any]:
@@ -128,9 +138,11 @@ def create_app(server: Server, *, require_token: bool = False) -> FastAPI:
         return {"studies": study_entries(engine)}
 
     @app.get("/studies/{name}", response_model=StudyDetailOut, responses=_ERRORS, tags=["studies"])
-    def study(name: str, user: User = Depends(current_user)) -> dict[str, Any]:
-        """State, progress and best trial of one study."""
-        return detail_of(name)
+    async def study(name: str, user: User = Depends(current_user)) -> dict[str, Any]:
+        """State, progress and best trial of one study (at most a fraction of a second old)."""
+        # async: a cached body is answered on the event loop; only a database read takes a thread
+        out = cache.fresh(name)
+        return found(name, out if out is not None else await run_in_threadpool(cache.get, name))
 
     @app.get("/studies/{name}/trials", response_model=TrialsOut, responses=_ERRORS, tags=["studies"])
     def trials(name: str, limit: int | None = Query(None, ge=1), sort: str = Query("number", pattern="^(number|best)$"),
@@ -169,7 +181,9 @@ def create_app(server: Server, *, require_token: bool = False) -> FastAPI:
             if out.get("state") not in st.ACTIVE_STATES:
                 break
             await asyncio.sleep(interval)
-            out = await run_in_threadpool(study_detail, engine, name)
+            out = cache.fresh(name)
+            if out is None:
+                out = await run_in_threadpool(cache.get, name)
         yield f"event: end\ndata: {last or '{}'}\n\n"
 
     return app

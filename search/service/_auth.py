@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 import storage as st
 
@@ -42,10 +43,14 @@ def authenticate(engine: Any, token: str | None, *, require_token: bool, malform
 def user_dependency(engine: Any, *, require_token: bool) -> Callable[..., User]:
     """A FastAPI dependency giving the request's :class:`User` (401 for a missing or invalid token)."""
 
-    def current_user(request: Request,
-                     credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
+    async def current_user(request: Request,
+                           credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> User:
+        # async: a request without a token is answered without a worker thread (a sync dependency
+        # takes one of the thread pool's for every request); only a token's lookup reads the database
         malformed = credentials is None and request.headers.get("authorization") is not None
-        return authenticate(engine, credentials.credentials if credentials is not None else None,
-                            require_token=require_token, malformed=malformed)
+        token = credentials.credentials if credentials is not None else None
+        if token is None:
+            return authenticate(engine, None, require_token=require_token, malformed=malformed)
+        return await run_in_threadpool(authenticate, engine, token, require_token=require_token)
 
     return current_user

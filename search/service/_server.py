@@ -23,7 +23,7 @@ from storage import StudyAttr
 
 from .._errors import NoTrialCompleted
 from .._open import open_study
-from .._orchestrator import Interrupted
+from .._orchestrator import Callbacks, Interrupted
 from .._session import Session, leased
 from .._settings import db_retry_attempts, lease_stale_after
 from .._spec import NotifySpec, StudySpec, load_spec_text, parse_spec
@@ -48,6 +48,25 @@ class User:
 
     name: str | None = None
     admin: bool = False
+
+
+class _Changes(Callbacks):
+    """Tells the server's listeners that a study's trials changed (a trial started or was told)."""
+
+    def __init__(self, name: str, changed: Callable[[str], None]) -> None:
+        self.name, self.changed = name, changed
+
+    def on_start(self, study: Any, done: int, budget: int, where: str) -> None:
+        self.changed(self.name)
+
+    def on_trial_start(self, number: int, params: dict[str, Any]) -> None:
+        self.changed(self.name)
+
+    def on_trial_end(self, trial: Any, done: int, budget: int) -> None:
+        self.changed(self.name)
+
+    def on_refit_start(self, number: int) -> None:
+        self.changed(self.name)
 
 
 @dataclass
@@ -117,7 +136,20 @@ class Server:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._owns_ray = False
+        self._listeners: list[Callable[[str], None]] = []
         self.engine: Any = None
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after this server changed study ``name`` in the database (a submit,
+        a cancel, its run starting or ending, a trial started or told); the API drops its cached body."""
+        self._listeners.append(listener)
+
+    def _changed(self, name: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(name)
+            except Exception as e:  # a listener's bug must not stop a study
+                _log.warning("change listener failed for study %r: %s", name, e)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Server:
@@ -233,6 +265,7 @@ class Server:
         row = st.queue_submit(self.engine, spec.name, priority=priority, owner=(user or User()).name)
         if row is None:
             raise Conflict(f"study {spec.name!r} was submitted at the same time by another request; it is queued")
+        self._changed(spec.name)
         self._wake.set()
         return row
 
@@ -267,6 +300,7 @@ class Server:
         if not st.queue_transition(self.engine, name, "cancelled", only_from=st.ACTIVE_STATES,
                                    message=f"cancelled by {who}"):
             raise Conflict(f"study {name!r} is {row.state}, not queued or running: nothing to cancel")
+        self._changed(name)
         with self._lock:
             run = self._runs.get(name)
         if run is not None:
@@ -326,6 +360,7 @@ class Server:
                 if r.state == "queued" and not st.queue_transition(self.engine, r.study_name, "running",
                                                                     only_from=("queued",)):
                     continue  # cancelled meanwhile
+                self._changed(r.study_name)
                 self._launch(r)
 
     def _launch(self, row: st.QueueRow) -> None:
@@ -356,7 +391,8 @@ class Server:
             notify = NotifySpec.model_validate(config) if config is not None else None
             backend = SharedBackend(self._backend_for(spec), self._share_of(run.name))
             result = resume_study(run.name, storage=self.url, backend=backend, worker_fn=self.worker_fn,
-                                  stop=run.stop, artifacts=self.artifacts, notify=notify)
+                                  stop=run.stop, artifacts=self.artifacts, notify=notify,
+                                  callbacks=_Changes(run.name, self._changed))
             outcome = ("done", f"{result.done}/{result.budget} trials done")
         except NoTrialCompleted as e:
             outcome = ("done", str(e))
@@ -380,4 +416,5 @@ class Server:
                     _log.warning("could not record the end of study %r: %s", run.name, e)
             with self._lock:
                 self._runs.pop(run.name, None)
+            self._changed(run.name)
             self._wake.set()

@@ -103,7 +103,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def serve_api() -> Iterator[Callable[..., str]]:
-    """``serve_api(server, require_token=False)``: the server's API on real uvicorn, 127.0.0.1 and a
+    """``serve_api(server, require_token=False, **create_app_kw)``: the server's API on real uvicorn, 127.0.0.1 and a
     free port, in a thread of this process; returns its base URL. The server is started too."""
     import uvicorn
 
@@ -111,9 +111,9 @@ def serve_api() -> Iterator[Callable[..., str]]:
 
     running: list[tuple[Any, threading.Thread]] = []
 
-    def serve(server: Server, *, require_token: bool = False) -> str:
+    def serve(server: Server, *, require_token: bool = False, **kw: Any) -> str:
         port = free_port()
-        app = create_app(server, require_token=require_token)
+        app = create_app(server, require_token=require_token, **kw)
         userver = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=userver.run, daemon=True)
         thread.start()

@@ -192,3 +192,33 @@ def test_open_event_streams_do_not_hold_the_api_s_threads(sqlite_url: str, make_
             c.close()
         userver.should_exit = True
         thread.join(30)
+
+
+def test_the_servers_own_changes_are_seen_at_once_through_the_cached_bodies(sqlite_url: str, make_server,
+                                                                           serve_api) -> None:
+    """Bodies cached for an hour: every change the server makes (submit, start, each trial, the
+    end, a cancel, a resubmit) drops the study's body, so polls still follow the study to its end."""
+    from .conftest import wait_until
+
+    server = make_server(sqlite_url, slots=2)
+    client = Client(serve_api(server, cache_s=3600))
+    client.submit(json.dumps(fake_spec("grid", "a")))
+    seen: list[int] = []
+
+    def finished() -> bool:
+        body = client.study("a")
+        seen.append(body["done"])
+        return body["state"] == "done"
+
+    wait_until(finished, 120, "the study to finish, seen through GET /studies/a")
+    final = client.study("a")
+    assert final["done"] == 6 and final["best"] == json.loads(json.dumps(best_of("a", sqlite_url)))
+    assert seen == sorted(seen)  # never an older body after a newer one
+    client.submit(json.dumps(fake_spec("tpe", "b", n_trials=60, training={"max_epochs": 20})))
+    assert client.study("b")["state"] in ("queued", "running")
+    assert client.cancel("b")["state"] == "cancelled"
+    assert client.study("b")["state"] == "cancelled"
+    assert client.submit(json.dumps(fake_spec("tpe", "b", n_trials=60, training={"max_epochs": 20})))["state"] \
+        in ("queued", "running")
+    assert client.study("b")["state"] in ("queued", "running")
+    client.cancel("b")
