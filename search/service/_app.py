@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -54,6 +55,14 @@ def _status_of(e: Exception) -> int | None:
         if mod is not None:
             user += (getattr(mod, name),)
     return 400 if isinstance(e, user) else None
+
+
+@dataclass(frozen=True)
+class _Detail:
+    """A study's ``GET /studies/{name}`` body, and its JSON as the endpoint sends it."""
+
+    body: dict[str, Any]
+    json: bytes
 
 
 def create_app(server: Server, *, require_token: bool = False, cache_s: float = DEFAULT_TTL_S) -> FastAPI:
@@ -112,17 +121,19 @@ def create_app(server: Server, *, require_token: bool = False, cache_s: float = 
     async def on_http(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return error(e.status_code, str(e.detail) if e.detail else "error")
 
-    cache = DetailCache(lambda name: study_detail(engine, name), cache_s)
-    server.on_change(cache.invalidate)
+    def read_detail(name: str) -> _Detail | None:
+        out = study_detail(engine, name)
+        return None if out is None else _Detail(out, StudyDetailOut.model_validate(out).model_dump_json().encode())
 
-    def found(name: str, out: dict[str, Any] | None) -> dict[str, Any]:
-        if out is None:
-            raise NotFound(f"no study named {name!r}", name=name)
-        return out
+    cache: DetailCache[_Detail] = DetailCache(read_detail, cache_s)
+    server.on_change(cache.invalidate)
 
     def detail_of(name: str) -> dict[str, Any]:
         """Read now (after a submit or cancel: the caller's own change)."""
-        return found(name, study_detail(engine, name))
+        out = study_detail(engine, name)
+        if out is None:
+            raise NotFound(f"no study named {name!r}", name=name)
+        return out
 
     @app.post("/studies", status_code=201, response_model=StudyDetailOut, responses=_ERRORS, tags=["studies"])
     def submit(body: SubmitIn, user: User = Depends(current_user)) -> dict[str, Any]:
@@ -138,11 +149,16 @@ def create_app(server: Server, *, require_token: bool = False, cache_s: float = 
         return {"studies": study_entries(engine)}
 
     @app.get("/studies/{name}", response_model=StudyDetailOut, responses=_ERRORS, tags=["studies"])
-    async def study(name: str, user: User = Depends(current_user)) -> dict[str, Any]:
+    async def study(name: str, user: User = Depends(current_user)) -> Response:
         """State, progress and best trial of one study (at most a fraction of a second old)."""
-        # async: a cached body is answered on the event loop; only a database read takes a thread
+        # async: a cached body is answered on the event loop; only a database read takes a thread.
+        # The body was validated against StudyDetailOut and serialised once, when it was read.
         out = cache.fresh(name)
-        return found(name, out if out is not None else await run_in_threadpool(cache.get, name))
+        if out is None:
+            out = await run_in_threadpool(cache.get, name)
+        if out is None:
+            raise NotFound(f"no study named {name!r}", name=name)
+        return Response(out.json, media_type="application/json")
 
     @app.get("/studies/{name}/trials", response_model=TrialsOut, responses=_ERRORS, tags=["studies"])
     def trials(name: str, limit: int | None = Query(None, ge=1), sort: str = Query("number", pattern="^(number|best)$"),
@@ -181,9 +197,10 @@ def create_app(server: Server, *, require_token: bool = False, cache_s: float = 
             if out.get("state") not in st.ACTIVE_STATES:
                 break
             await asyncio.sleep(interval)
-            out = cache.fresh(name)
-            if out is None:
-                out = await run_in_threadpool(cache.get, name)
+            hit = cache.fresh(name)
+            if hit is None:
+                hit = await run_in_threadpool(cache.get, name)
+            out = hit.body if hit is not None else None
         yield f"event: end\ndata: {last or '{}'}\n\n"
 
     return app

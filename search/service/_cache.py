@@ -13,17 +13,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 __all__ = ["DEFAULT_TTL_S", "DetailCache"]
 
 DEFAULT_TTL_S = 0.25
 """How long a study's body is reused (half of ``hpsearch watch``'s poll interval)."""
 
-Body = dict[str, Any]
+Body = TypeVar("Body")
 
 
-class DetailCache:
+class DetailCache(Generic[Body]):
     """Each study's body for ``ttl_s`` seconds (0: never cached), computed by ``compute``.
 
     Parameters
