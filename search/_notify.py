@@ -8,9 +8,11 @@ finished) has *stalled*, which is posted once until a trial finishes again. The 
 posts ``finished`` (the budget is used up) or ``failed`` (the run raised, or no trial completed); a
 stop (Ctrl-C, a cancel, a server shutting down) posts nothing.
 
-Posts go out from one background thread per process: a run never waits for one, and a failed post
-(no answer, a 5xx, 408 or 429) is retried with exponential backoff (``HPSEARCH_NOTIFY_BACKOFF_S``, default 2 s,
-doubled each time, five attempts), then dropped with a warning. A process that exits waits at most
+Posts go out from a few background threads per process (:data:`SENDER_THREADS`), one queue per
+webhook URL: a run never waits for one, a webhook's posts arrive in order, and a dead webhook does
+not delay another's. A failed post (no answer, a 5xx, 408 or 429) is retried with exponential
+backoff (``HPSEARCH_NOTIFY_BACKOFF_S``, default 2 s, doubled each time, five attempts), then dropped
+with a warning. A process that exits waits at most
 :data:`FLUSH_AT_EXIT_S` for the posts still due. The URL may hold a secret: logs show only its
 scheme and host.
 """
@@ -18,6 +20,8 @@ scheme and host.
 from __future__ import annotations
 
 import atexit
+import heapq
+import itertools
 import json
 import logging
 import threading
@@ -37,7 +41,7 @@ from ._orchestrator import Callbacks
 from ._settings import notify_backoff_s
 from ._spec import NotifySpec
 
-__all__ = ["ATTEMPTS", "FLUSH_AT_EXIT_S", "Notifier", "flush_notifications", "shown_url"]
+__all__ = ["ATTEMPTS", "FLUSH_AT_EXIT_S", "SENDER_THREADS", "Notifier", "flush_notifications", "shown_url"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ ATTEMPTS = 5
 """Tries of one post before it is dropped."""
 FLUSH_AT_EXIT_S = 30.0
 """The longest a process that ends waits for its posts still due."""
+SENDER_THREADS = 4
+"""The most posting threads a process runs (each sends to one webhook at a time)."""
 _TIMEOUT_S = 10.0  # one HTTP request
 
 
@@ -67,25 +73,45 @@ class _Post:
     url: str
     event: str
     build: Callable[[], dict[str, Any]]
+    body: bytes | None = None  # built on the first attempt (the progress as it is when sent)
+    attempt: int = 0
+    delay: float = 0.0  # the wait before the next attempt
 
 
 class _Sender:
-    """The process's one posting thread (started on the first post) and its queue."""
+    """The process's posting threads (at most ``threads``, started as posts arrive) and one queue per URL.
 
-    def __init__(self) -> None:
-        self._queue: deque[_Post] = deque()
+    Posts to one URL go out one at a time, in order; posts to different URLs do not wait for each
+    other: a failed attempt does not hold a thread through its backoff (the URL is due again later,
+    and the threads serve other URLs meanwhile), and a webhook that never answers holds one thread
+    for at most :data:`_TIMEOUT_S` per attempt while the others keep sending. Only ``threads``
+    unanswering webhooks at once delay the rest.
+    """
+
+    def __init__(self, threads: int = SENDER_THREADS) -> None:
+        self._max = threads
         self._cv = threading.Condition()
+        self._queues: dict[str, deque[_Post]] = {}  # URL -> its posts not yet sent or dropped, oldest first
+        self._due: list[tuple[float, int, str]] = []  # heap of (when, seq, URL): URLs no thread is serving
+        self._seq = itertools.count()
         self._busy = 0  # posts queued or being sent
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def put(self, post: _Post) -> None:
         with self._cv:
-            self._queue.append(post)
+            queue = self._queues.get(post.url)
+            if queue is None:  # else it is due already, waits for a retry, or a thread sends its head
+                queue = self._queues[post.url] = deque()
+                heapq.heappush(self._due, (time.monotonic(), next(self._seq), post.url))
+            queue.append(post)
             self._busy += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="hpsearch-notify", daemon=True)
-                self._thread.start()
-                atexit.register(self.flush, FLUSH_AT_EXIT_S)
+            if len(self._threads) < min(self._max, len(self._queues)):
+                if not self._threads and self is _sender:
+                    atexit.register(self.flush, FLUSH_AT_EXIT_S)
+                thread = threading.Thread(target=self._loop, name=f"hpsearch-notify-{len(self._threads)}",
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
             self._cv.notify_all()
 
     def flush(self, timeout: float) -> bool:
@@ -99,46 +125,73 @@ class _Sender:
                 self._cv.wait(left)
         return True
 
+    def _next(self) -> _Post:
+        """The head post of the URL due first (waits for one); its URL is this thread's until :meth:`_done`."""
+        with self._cv:
+            while True:
+                wait = None
+                if self._due:
+                    wait = self._due[0][0] - time.monotonic()
+                    if wait <= 0:
+                        _, _, url = heapq.heappop(self._due)
+                        return self._queues[url][0]
+                self._cv.wait(wait)
+
+    def _done(self, post: _Post, again_in: float | None) -> None:
+        """``post`` was sent or dropped (``again_in`` None), or is tried again in ``again_in`` s."""
+        with self._cv:
+            queue = self._queues[post.url]
+            when = time.monotonic()
+            if again_in is None:
+                queue.popleft()
+                self._busy -= 1
+            else:
+                when += again_in
+            if queue:
+                heapq.heappush(self._due, (when, next(self._seq), post.url))
+            else:
+                del self._queues[post.url]
+            self._cv.notify_all()
+
     def _loop(self) -> None:
         while True:
-            with self._cv:
-                while not self._queue:
-                    self._cv.wait()
-                post = self._queue.popleft()
+            post = self._next()
+            again_in: float | None = None
             try:
-                _deliver(post)
+                again_in = _attempt(post)
             except Exception as e:  # never let the thread die: the next post must still go out
                 _log.warning("notify: %s post to %s not sent (%s)", post.event, shown_url(post.url),
                              type(e).__name__)
             finally:
-                with self._cv:
-                    self._busy -= 1
-                    self._cv.notify_all()
+                self._done(post, again_in)
 
 
-def _deliver(post: _Post) -> None:
-    body = json.dumps(post.build(), default=str, allow_nan=False).encode("utf-8")
+def _attempt(post: _Post) -> float | None:
+    """One attempt at sending ``post``: None if it is done with (sent, or given up), else the seconds
+    to wait before the next attempt."""
+    if post.body is None:
+        post.body = json.dumps(post.build(), default=str, allow_nan=False).encode("utf-8")
+        post.delay = notify_backoff_s()
+    post.attempt += 1
     shown = shown_url(post.url)
-    delay = notify_backoff_s()
-    for attempt in range(1, ATTEMPTS + 1):
-        req = urllib.request.Request(post.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "hpsearch"})
-        try:
-            with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
-                resp.read()
-            return
-        except urllib.error.HTTPError as e:
-            why, again = f"HTTP {e.code}", e.code >= 500 or e.code in (408, 429)
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            why, again = str(reason).replace(post.url, shown), True
-        if not again or attempt == ATTEMPTS:
-            _log.warning("notify: %s post to %s failed (%s); gave up after %d attempt(s)", post.event, shown, why,
-                         attempt)
-            return
-        _log.info("notify: %s post to %s failed (%s); retrying in %.3g s", post.event, shown, why, delay)
-        time.sleep(delay)
-        delay *= 2
+    req = urllib.request.Request(post.url, data=post.body, method="POST",
+                                 headers={"Content-Type": "application/json", "User-Agent": "hpsearch"})
+    try:
+        with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
+            resp.read()
+        return None
+    except urllib.error.HTTPError as e:
+        why, again = f"HTTP {e.code}", e.code >= 500 or e.code in (408, 429)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        why, again = str(reason).replace(post.url, shown), True
+    if not again or post.attempt == ATTEMPTS:
+        _log.warning("notify: %s post to %s failed (%s); gave up after %d attempt(s)", post.event, shown, why,
+                     post.attempt)
+        return None
+    _log.info("notify: %s post to %s failed (%s); retrying in %.3g s", post.event, shown, why, post.delay)
+    delay, post.delay = post.delay, post.delay * 2
+    return delay
 
 
 _sender = _Sender()

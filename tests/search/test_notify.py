@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 import storage as st
 from search import LocalBackend, SpecError, parse_spec, run_study
-from search._notify import flush_notifications, shown_url
+from search._notify import SENDER_THREADS, _Post, _Sender, flush_notifications, shown_url
 from search._spec import load_spec_text
 from tests.search import fakes
 from tests.search.resume_checks import fake_spec
-from tests.search.service.conftest import free_port
+from tests.search.service.conftest import free_port, wait_until
 from tests.search.webhook import SECRET, Hook
 
 pytestmark = pytest.mark.usefixtures("fast_notify")
@@ -102,3 +104,82 @@ def test_the_notify_section_is_validated_and_never_stored() -> None:
     assert "notify" not in spec.to_dict()
     assert shown_url("https://user:pw@hooks.example.com:8443/T0/B1?k=v") == "https://hooks.example.com:8443/***"
     assert shown_url("http://[::1]:9/") == "http://[::1]:9"
+
+
+class Stuck:
+    """A webhook that accepts every post and answers none until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.answered = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                hook.entered.set()
+                hook.release.wait(60)
+                hook.answered += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stuck"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _post(url: str, event: str) -> _Post:
+    return _Post(url, event, lambda: {"event": event})
+
+
+def test_a_webhook_that_never_answers_does_not_delay_another_studys_post(hook: Hook) -> None:
+    """Before: one thread sent every post, so a live webhook's post waited behind each of a dead
+    one's attempts (10 s each, five of them). Now the live post arrives while the dead one is still
+    unanswered, and a refused URL's backoff holds no thread either."""
+    sender = _Sender()
+    stuck = Stuck()
+    refused = f"http://127.0.0.1:{free_port()}/refused"  # nothing listens: retried with backoff
+    try:
+        sender.put(_post(stuck.url, "finished"))
+        assert stuck.entered.wait(30)  # a thread is inside the stuck webhook's post
+        sender.put(_post(refused, "failed"))
+        for event in ("stalled", "finished"):
+            sender.put(_post(hook.url, event))
+        assert sender.flush(0.0) is False
+        wait_until(lambda: len(hook.bodies) == 2, 30, "the live webhook's posts")
+        assert hook.events() == ["stalled", "finished"]  # in order, per URL
+        assert stuck.answered == 0  # ... while the stuck post is still unanswered
+        stuck.release.set()
+        assert sender.flush(60)
+        assert stuck.answered == 1
+    finally:
+        stuck.close()
+
+
+def test_posting_threads_are_bounded() -> None:
+    sender = _Sender()
+    stuck = [Stuck() for _ in range(SENDER_THREADS + 2)]
+    try:
+        for s in stuck:
+            sender.put(_post(s.url, "finished"))
+        assert stuck[0].entered.wait(30)
+        assert len(sender._threads) == SENDER_THREADS
+        assert not sender.flush(0.0)
+        for s in stuck:
+            s.release.set()
+        assert sender.flush(60)
+        assert [s.answered for s in stuck] == [1] * len(stuck)  # the posts that waited for a thread went out too
+        assert len(sender._threads) == SENDER_THREADS
+    finally:
+        for s in stuck:
+            s.close()
