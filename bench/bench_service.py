@@ -139,6 +139,33 @@ def _latency(port: int, per_client: int, every_s: float) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_SEQUENTIAL = """
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/studies/" + sys.argv[3])
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+"""
+
+
+def _cpu_per_request(port: int, name: str, n: int) -> dict[str, Any]:
+    """This process's CPU time per ``GET /studies/NAME``, one client (another process) asking ``n``
+    times back to back: the cost of a request, which the machine's load does not inflate as it does
+    latencies (the server is idle otherwise: no study runs)."""
+    import resource
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    c0, t0 = cpu(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", _SEQUENTIAL, str(port), str(n), name], check=True, timeout=600)
+    return {"requests": n, "cpu_ms_per_request": (cpu() - c0) / n * 1e3,
+            "wall_ms_per_request": (time.perf_counter() - t0) / n * 1e3}
+
+
 def _clients_main() -> None:
     port, per_client, every_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
     print(json.dumps(_clients(port, per_client, every_s)))
@@ -264,6 +291,9 @@ def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
             _wait(lambda: server.wait_idle(0.01), 300, name)
         out["warm_submit_to_running_s"] = stats(samples)
         out["warm_samples_s"] = samples
+        n_seq = 200 if smoke else 1000
+        out["cpu_per_request_nocache"] = _cpu_per_request(port_nocache, "warm0", n_seq)
+        out["cpu_per_request"] = _cpu_per_request(port, "warm0", n_seq)
 
         # two studies at once, long enough to outlast the polling
         n_trials = 8 if smoke else 120
@@ -317,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     warm = report["warm_submit_to_running_s"]["median"]
     api, paced, shares = report["api"], report["api_watch_rate"], report["shares"]
     raw, raw_paced = report["api_nocache"], report["api_nocache_watch_rate"]
+    cpu, cpu_raw = report["cpu_per_request"], report["cpu_per_request_nocache"]
+    print(f"server CPU per GET /studies/NAME (one client, no study running): {cpu['cpu_ms_per_request']:.2f} ms, "
+          f"without the body cache {cpu_raw['cpu_ms_per_request']:.2f} ms")
     print(f"warm server: POST /studies to first trial running, median {warm:.3f} s"
           + (f" ({cold / warm:.0f}x faster than the cold CLI)" if cold else ""))
     print(f"API: {api['requests']} GET /studies/NAME from {CLIENTS} clients while two studies run: "
