@@ -2,20 +2,20 @@
 
 Benchmarks (each also runs alone; see its docstring and ``docs/benchmarks.md``):
 
-==========  =================================  ======================================================
-name        command                            what
-==========  =================================  ======================================================
-overhead    python -m bench.bench_overhead     per-trial orchestration overhead; parallel efficiency
-scale       python -m bench.bench_scale        TPE ask, show/best/ls at 1,000 and 10,000 trials
-queries     python bench/bench_queries.py      storage read queries vs Optuna's API
-training    python bench/bench_training.py     training throughput of the stacked folds
-quality     python -m bench.bench_quality      grid vs random vs TPE on digits
-e2e         python -m bench.bench_e2e          hpsearch vs a plain Optuna script, end to end
-refit       python -m bench.bench_refit        the final refit's test score vs the CV score and a plain loop
-service     python -m bench.bench_service      hpsearch serve: warm submit vs cold CLI, API p99, fair share
-svc_e2e     python -m bench.bench_service_e2e  digits, 20 and 60 TPE trials: serve vs run vs plain Optuna
-checkpoint  python -m bench.bench_checkpoint   checkpoint cost per epoch; a 30-epoch trial killed at 20
-==========  =================================  ======================================================
+===========  =================================  =============================================================
+name         command                            what
+===========  =================================  =============================================================
+overhead     python -m bench.bench_overhead     per-trial orchestration overhead; parallel efficiency
+scale        python -m bench.bench_scale        TPE ask, show/best/ls at 1,000 and 10,000 trials
+queries      python bench/bench_queries.py      storage read queries vs Optuna's API
+training     python bench/bench_training.py     training throughput of the stacked folds
+quality      python -m bench.bench_quality      grid vs random vs TPE on digits
+e2e          python -m bench.bench_e2e          hpsearch vs a plain Optuna script, end to end
+refit        python -m bench.bench_refit        the final refit's test score vs the CV score and a plain loop
+service      python -m bench.bench_service      hpsearch serve: warm submit vs cold CLI, API p99, fair share
+service_e2e  python -m bench.bench_service_e2e  digits, 20 and 60 TPE trials: serve vs run vs plain Optuna
+checkpoint   python -m bench.bench_checkpoint   checkpoint cost per epoch; a 30-epoch trial killed at 20
+===========  =================================  =============================================================
 
 Each writes ``DIR/<name>.json``; this runner adds ``DIR/results.json`` with every benchmark's status,
 wall time, JSON and goals (``--only NAME`` re-runs one benchmark and updates its entry there). The
@@ -56,7 +56,7 @@ BENCHMARKS: dict[str, tuple[str, str, list[str]]] = {
     "refit": ("module", "bench.bench_refit", []),
     "service": ("module", "bench.bench_service", []),
     "checkpoint": ("module", "bench.bench_checkpoint", []),
-    "svc_e2e": ("module", "bench.bench_service_e2e", []),
+    "service_e2e": ("module", "bench.bench_service_e2e", []),
 }
 TIMEOUT_S = {"smoke": 600, "full": 3600}
 
