@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._checkpoint import Checkpointer, CheckpointPlan, CheckpointUnusable
 from ._config import TrialSettings, factory_name
 from ._data import Dataset, holdout_split
 from ._engine import _MemberRecord, fit_scaling
@@ -48,6 +49,7 @@ from ._metrics import METRICS
 from ._results import EpochReport, FoldResult, TestResult, TrialResult
 from ._scores import make_scores
 from ._seeding import ROLE_CV, ROLE_REFIT, member_seeds
+from ._trainable_checkpoint import TrainableCheckpoints, trainable_fingerprint, unusable_resume
 
 __all__ = ["TrainContext", "TrainableError", "check_trainable", "load_trainable", "refit_trainable",
            "run_trainable"]
@@ -163,6 +165,8 @@ class TrainContext:
         fold: int | None,
         batch_size: int,
         channel: Callable[[int, dict[str, float]], bool],
+        saver: Callable[[Any], None] | None = None,
+        restorer: Callable[[], Any] | None = None,
     ) -> None:
         self.params = dict(params)
         self.train, self.val = train, val
@@ -171,8 +175,7 @@ class TrainContext:
         self.input_shape = tuple(int(s) for s in train.tensors[0].shape[1:])
         self._order_seed, self._batch_size, self._channel = order_seed, batch_size, channel
         self._loaders = 0
-        # checkpoints (save_checkpoint / load_checkpoint) belong here: the context is the one
-        # channel between your function and hpsearch, per fold
+        self._saver, self._restorer = saver, restorer
 
     def loader(self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None,
                **kwargs: Any) -> DataLoader:
@@ -201,6 +204,35 @@ class TrainContext:
         ``max_epochs`` decide the answer; in the refit it is True only at ``max_epochs``.
         """
         return self._channel(int(epoch), dict(metrics))
+
+    def save_checkpoint(self, state: Any) -> None:
+        """Save this fold's training state, right after ``report(epoch, ...)``, as it is at the end of that epoch.
+
+        ``state`` is a dict (or list, tuple) of tensors, numbers, strings, None and numpy arrays,
+        nested as you like: e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict(),
+        "epoch": epoch}``. It is copied at once (go on training). A call is a cheap no-op unless the
+        epoch is one the study's ``checkpoint.every_epochs`` / ``every_s`` makes due, after a report
+        that answered True, in the refit, or without ``checkpoint`` in the study. hpsearch saves its
+        own state of the fold with yours (early stopping, the reports so far, the fold's random
+        state): a re-run of the interrupted trial goes on from there and scores what it would have.
+
+        Raises
+        ------
+        TypeError
+            A value of another type (naming where in ``state`` it is).
+        """
+        if self._saver is not None:
+            self._saver(state)
+
+    def load_checkpoint(self) -> Any:
+        """This fold's state from its last :meth:`save_checkpoint`, or None when it starts fresh.
+
+        Call it after building your model and optimizer, before the first epoch you train: it also
+        puts the fold's random state (torch, numpy, ``random``) and its loaders' seeds back as they
+        were at the save. Go on from the saved epoch + 1 (report that epoch next). Tensors saved from
+        a GPU come back on ``device``, others on the CPU (``load_state_dict`` copies them where they go).
+        """
+        return None if self._restorer is None else self._restorer()
 
 
 # ------------------------------------------------------------------------------------ data
@@ -294,6 +326,8 @@ class _Fold:
         self.pending: dict[str, float] = {}  # the metrics of its latest report
         self.stats: tuple[np.ndarray, np.ndarray] | None = None  # the scaling of its training rows
         self.thread: threading.Thread | None = None
+        self.resumed_at: int | None = None  # a re-run: the epoch of the checkpoint it goes on from
+        self.loaded = False  # it called ctx.load_checkpoint()
 
 
 class _Run:
@@ -301,8 +335,10 @@ class _Run:
 
     def __init__(self, fn: Callable[[TrainContext], Any], name: str, settings: TrialSettings, *,
                  refit: bool, max_epochs: int, report: Callable[[EpochReport], bool] | None,
-                 keep_models: bool = False) -> None:
+                 keep_models: bool = False, checkpoints: TrainableCheckpoints | None = None) -> None:
         self.fn, self.name, self.refit, self.max_epochs, self.report = fn, name, refit, max_epochs, report
+        self.checkpoints = None if refit else checkpoints
+        self.ended_by: dict[int, int] = {}  # fold index -> the round it ended in
         self.keep_models = keep_models or refit
         self.folds: list[_Fold] = []
         t = settings.training
@@ -323,6 +359,8 @@ class _Run:
                 raise RuntimeError("ctx.report must be called from the thread hpsearch called your function in")
             if f.answer:  # told to stop already: later reports are not recorded
                 return True
+            if f.resumed_at is not None and f.reported == f.resumed_at and (not f.loaded or epoch != f.reported + 1):
+                raise unusable_resume(self.name, self._where(f), f.resumed_at, epoch, f.loaded)
             self._check(f, epoch, metrics)
             f.pending = {k: float(v) for k, v in metrics.items() if k in _KNOWN}
             self.turns.hand_back(f.i)
@@ -331,6 +369,25 @@ class _Run:
             return f.answer
 
         return report
+
+    def _saver(self, f: _Fold, ctx: TrainContext) -> Callable[[Any], None]:
+        def save(state: Any) -> None:
+            if threading.current_thread() is not f.thread:
+                raise RuntimeError("ctx.save_checkpoint must be called from the thread hpsearch called your "
+                                   "function in")
+            if self.checkpoints is not None and not f.answer:
+                self.checkpoints.offer(f, ctx, state)
+
+        return save
+
+    def _restorer(self, f: _Fold, ctx: TrainContext) -> Callable[[], Any]:
+        def load() -> Any:
+            if self.checkpoints is None:
+                return None
+            first, f.loaded = not f.loaded, True
+            return self.checkpoints.load(f, ctx, first)
+
+        return load
 
     def _check(self, f: _Fold, epoch: int, metrics: dict[str, Any]) -> None:
         where = self._where(f)
@@ -387,7 +444,7 @@ class _Run:
         self._abandon()
         exc = f.error
         assert exc is not None
-        if isinstance(exc, TrainableError) or _is_oom(exc) or not isinstance(exc, Exception):
+        if isinstance(exc, (TrainableError, CheckpointUnusable)) or _is_oom(exc) or not isinstance(exc, Exception):
             raise exc
         text = str(exc)[:_MESSAGE_CHARS]
         raise TrainableError(f"trainable {self.name} raised {type(exc).__name__}: {text} in {self._where(f)}; "
@@ -403,12 +460,14 @@ class _Run:
     def run(self, contexts: Sequence[tuple[_Fold, TrainContext, _Rng]]) -> list[_Fold]:
         """Every split's call to its end; the folds (their records, curves and, if kept, models)."""
         self.folds = [f for f, _, _ in contexts]
+        start = self._resume()
+        contexts = [c for c in contexts if not c[0].done]
         for f, ctx, _ in contexts:
             f.thread = threading.Thread(target=self._thread, args=(f, ctx), daemon=True,
                                         name=f"hpsearch-trainable-{f.i}")
             f.thread.start()
         try:
-            self._schedule(list(contexts))
+            self._schedule(list(contexts), start)
         except BaseException:
             if not self.abort:  # e.g. the report channel failed: no fold thread is left waiting
                 self._abandon()
@@ -418,14 +477,33 @@ class _Run:
                 f.thread.join(timeout=5.0)
         return self.folds
 
-    def _schedule(self, live: list[tuple[_Fold, TrainContext, _Rng]]) -> None:
-        epoch = 0
+    def _resume(self) -> int:
+        """A re-run: the folds' states from the checkpoint, its reports sent again; the epoch it goes on from."""
+        ck = self.checkpoints
+        if ck is None:
+            return 0
+        for r in ck.restore(self.folds):
+            if self.report is not None and self.report(r):
+                self.halted = True
+        for f in self.folds:
+            if f.done:
+                f.record.stopped = True
+            elif self.halted:  # the pruner stopped the trial at an epoch it had trained: it ends there
+                f.done = f.record.stopped = True
+            elif ck.epoch:
+                f.resumed_at = ck.epoch
+        return ck.epoch
+
+    def _schedule(self, live: list[tuple[_Fold, TrainContext, _Rng]], start: int = 0) -> None:
+        epoch = start
+        ck = self.checkpoints
         while live:
             epoch += 1
             for f, _, rng in list(live):
                 self._step(f, rng)
                 if f.done:
                     live.remove((f, _, rng))
+                    self.ended_by[f.i] = epoch
                     self._ended(f)
                     continue
                 f.reported += 1
@@ -438,11 +516,16 @@ class _Run:
                 if not self.refit:
                     f.record.update(f.reported, dict(metrics))
             reported = [f for f, _, _ in live]
+            if ck is not None and reported:  # every live fold saved the due epoch (epoch - 1), or it is skipped
+                ck.write(self.folds, self.ended_by)
             if not reported:
                 break
-            if self.report is not None and not self.refit:
+            if (self.report is not None or ck is not None) and not self.refit:
                 members = tuple(g.record.report(g.fold or 0) for g in self.folds if g.reported)
-                if self.report(EpochReport(epoch=epoch, members=members)):
+                sent = EpochReport(epoch=epoch, members=members)
+                if ck is not None:
+                    ck.sent.append(sent)
+                if self.report is not None and self.report(sent):
                     self.halted = True
             for f, _, rng in list(live):
                 f.answer = self.halted or f.record.stopped or f.reported >= self.max_epochs
@@ -450,7 +533,10 @@ class _Run:
                     while not f.done:
                         self._step(f, rng)
                     live.remove((f, _, rng))
+                    self.ended_by[f.i] = epoch
                     self._ended(f)
+            if ck is not None and live:
+                ck.due(epoch)
 
     def _ended(self, f: _Fold) -> None:
         f.record.stopped = True  # from now on it reports its best epoch's values
@@ -495,6 +581,7 @@ def _contexts(run: _Run, data: Dataset, params: Mapping[str, Any], settings: Tri
             n_outputs=int(data.n_classes), task=settings.task, fold=fold, batch_size=batch_size,
             channel=run._channel(f),
         )
+        ctx._saver, ctx._restorer = run._saver(f, ctx), run._restorer(f, ctx)
         f.stats = stats
         out.append((f, ctx, _Rng(user_seed, _device_is_cuda(device))))
     return out
@@ -521,11 +608,15 @@ def run_trainable(
     device: torch.device,
     report: Callable[[EpochReport], bool] | None = None,
     folds: Sequence[int] | None = None,
+    checkpoint: CheckpointPlan | None = None,
 ) -> TrialResult:
     """Train and score one configuration with ``settings.trainable``: one call per fold, in lockstep.
 
     Each fold's score is what it reported at its best epoch by ``training.monitor`` (as the
-    built-in loop restores its best epoch). ``report``, ``folds`` as for :func:`trials.run_trial`.
+    built-in loop restores its best epoch). ``report``, ``folds`` as for :func:`trials.run_trial`;
+    ``checkpoint`` is the plan of these very folds (already :meth:`CheckpointPlan.for_folds`): the
+    folds' ``ctx.save_checkpoint`` go there, and a re-run goes on from it
+    (:mod:`trials._trainable_checkpoint`).
 
     Raises
     ------
@@ -538,13 +629,31 @@ def run_trainable(
     fn, name = load_trainable(settings.trainable), factory_name(settings.trainable)
     fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
     max_epochs = settings.training.max_epochs
-    run = _Run(fn, name, settings, refit=False, max_epochs=max_epochs, report=report)
     splits = [(f, data.folds[f][0], data.folds[f][1]) for f in fold_ids]
+    saver = None if checkpoint is None else Checkpointer(checkpoint)
+    fingerprint = "" if saver is None else trainable_fingerprint(
+        name, params, settings, seed=seed, splits=splits, input_shape=data.X.shape[1:], n_outputs=int(data.n_classes))
+    run = _Run(fn, name, settings, refit=False, max_epochs=max_epochs, report=report)
 
     def body() -> list[_Fold]:
+        nonlocal run
+        ck = None if saver is None else TrainableCheckpoints(saver, fingerprint, _device_is_cuda(device))
+        run = _Run(fn, name, settings, refit=False, max_epochs=max_epochs, report=report, checkpoints=ck)
         return run.run(_contexts(run, data, params, settings, seed, splits, device, ROLE_CV, max_epochs))
 
-    done: list[_Fold] = _in_own_rng(device, body)
+    def fit() -> list[_Fold]:
+        if saver is None:
+            return _in_own_rng(device, body)
+        try:
+            try:
+                return _in_own_rng(device, body)
+            except CheckpointUnusable as e:  # found only as the folds went on: train from epoch 1, saving as asked
+                saver.reset(f"{e}; the trial starts from epoch 1")
+                return _in_own_rng(device, body)
+        finally:
+            saver.wait()  # a checkpoint still being written when training ends (or fails)
+
+    done = fit()
     curves: dict[str, list[list[float]]] = {}
     for k in sorted({k for f in done for k in f.curves}, key=lambda k: (k != "train_loss", k)):
         curves[k] = [f.curves.get(k, [math.nan] * f.reported) for f in done]
@@ -559,6 +668,8 @@ def run_trainable(
         device=str(device),
         train_path="trainable",
         stopped_by_report=run.halted,
+        resumed_from_epoch=None if saver is None else saver.resumed_from_epoch,
+        messages=() if saver is None else tuple(saver.messages),
     )
 
 

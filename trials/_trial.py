@@ -97,6 +97,7 @@ def _run_trainable(
     gpu_fraction: float | None,
     folds: Sequence[int] | None,
     report: Callable[[EpochReport], bool] | None,
+    checkpoint: CheckpointPlan | None = None,
 ) -> TrialResult:
     """:func:`run_trial` with ``settings.trainable``: your function, once per fold, in lockstep."""
     from ._trainable import run_trainable
@@ -106,8 +107,10 @@ def _run_trainable(
         raise ValueError(f"folds must be distinct indices into the data set's {len(data.folds)} folds, got {folds}")
     dev = resolve_device(device or settings.training.device)
     _apply_thread_env()
+    plan = None if checkpoint is None else checkpoint.for_folds(folds)
     return _guarded(dev, gpu_fraction, f"the trainable's {len(fold_ids)} fold(s)",
-                    lambda: run_trainable(data, params, settings, seed=seed, device=dev, report=report, folds=fold_ids))
+                    lambda: run_trainable(data, params, settings, seed=seed, device=dev, report=report, folds=fold_ids,
+                                          checkpoint=plan))
 
 
 def check_trainable(settings: TrialSettings, params: Mapping[str, Any], data: Dataset) -> None:
@@ -274,7 +277,8 @@ def run_trials(
         if len(params) > 1:
             raise ValueError("configurations of a trainable train one at a time; call run_trial for each")
         return [_run_trainable(data, params[0], settings, seed=seeds[0], device=device, gpu_fraction=gpu_fraction,
-                               folds=folds, report=None if report is None else (lambda r: report(0, r)))]
+                               folds=folds, report=None if report is None else (lambda r: report(0, r)),
+                               checkpoint=checkpoint)]
     hps = [resolve_hyperparams(settings, p) for p in params]
     if len(hps) > 1 and hps[0].factory is not None:
         raise ValueError("configurations of a model.factory train one per stack; call run_trial for each")
