@@ -261,3 +261,33 @@ def test_ctrl_c_mid_trial_then_resume_goes_on_from_the_checkpoint(fast_dir) -> N
     assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
     assert rerun.intermediate_values == plain.intermediate_values
     assert os.listdir(fast_dir / "stop.db.artifacts") == []
+
+
+def test_a_rerun_of_a_trainable_goes_on_from_its_checkpoint_and_scores_as_an_uninterrupted_run(fast_dir) -> None:
+    """A trainable that calls ctx.save_checkpoint / ctx.load_checkpoint: the orchestrator's plan reaches
+    it as the built-in loop's, and the re-run's scores and per-epoch values are the uninterrupted run's."""
+    spec = {**{k: v for k, v in SPEC.items() if k != "model"}, "name": "tckpt",
+            "trainable": "tests.search.trainables:resumable",
+            "training": {"max_epochs": 8, "patience": 10}, "checkpoint": {"every_epochs": 2}}
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**spec, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "tckpt")[0]
+    url = f"sqlite:///{fast_dir / 'tckpt.db'}"
+    seen: list[TrialJob] = []
+    messages: list[str] = []
+
+    class Say(search.Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    run_study(spec, storage=url, backend=LocalBackend(1), refit=False, worker_fn=dies_once_at(5, seen),
+              callbacks=Say())
+    first, rerun = trials(url, "tckpt")
+    assert first.state.name == "FAIL" and rerun.state.name == "COMPLETE"
+    assert seen[1].checkpoint.artifact_id == seen[0].checkpoint.artifact_id and seen[1].checkpoint.rerun
+    assert rerun.user_attrs["resumed_from_epoch"] == 4 and rerun.user_attrs["train_path"] == "trainable"
+    assert "trial 1 went on from its checkpoint at epoch 4" in messages
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.user_attrs["curves"] == plain.user_attrs["curves"]
+    assert rerun.intermediate_values == plain.intermediate_values and len(rerun.intermediate_values) == 8
+    assert os.listdir(fast_dir / "tckpt.db.artifacts") == []  # finished: deleted
