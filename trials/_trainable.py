@@ -23,6 +23,10 @@ the folds. Each fold has its own global random state (torch, numpy, ``random``),
 ``(trial seed, fold)`` and switched at every hand-over, so a fold computes what it would compute
 alone (``resources.parallel_folds`` gives the same fold scores). The folds' models are in memory
 at the same time.
+
+``ctx.save_checkpoint(state)`` after a report and ``ctx.load_checkpoint()`` before the first epoch
+let a re-run of an interrupted trial go on from its last checkpoint
+(:mod:`trials._trainable_checkpoint`).
 """
 
 from __future__ import annotations
