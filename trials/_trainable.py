@@ -169,8 +169,6 @@ class TrainContext:
         fold: int | None,
         batch_size: int,
         channel: Callable[[int, dict[str, float]], bool],
-        saver: Callable[[Any], None] | None = None,
-        restorer: Callable[[], Any] | None = None,
     ) -> None:
         self.params = dict(params)
         self.train, self.val = train, val
@@ -179,7 +177,9 @@ class TrainContext:
         self.input_shape = tuple(int(s) for s in train.tensors[0].shape[1:])
         self._order_seed, self._batch_size, self._channel = order_seed, batch_size, channel
         self._loaders = 0
-        self._saver, self._restorer = saver, restorer
+        # checkpoints: set by the lockstep runner (None: save is a no-op, load gives None)
+        self._saver: Callable[[Any], None] | None = None
+        self._restorer: Callable[[], Any] | None = None
 
     def loader(self, split: str = "train", batch_size: int | None = None, shuffle: bool | None = None,
                **kwargs: Any) -> DataLoader:
@@ -490,8 +490,9 @@ class _Run:
             if self.report is not None and self.report(r):
                 self.halted = True
         for f in self.folds:
-            if f.done:
+            if f.done:  # it had ended by the checkpoint's epoch: it is not called again
                 f.record.stopped = True
+                self.ended_by[f.i] = ck.epoch
             elif self.halted:  # the pruner stopped the trial at an epoch it had trained: it ends there
                 f.done = f.record.stopped = True
             elif ck.epoch:

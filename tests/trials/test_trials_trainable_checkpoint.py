@@ -154,3 +154,39 @@ def test_the_state_keeps_int_keys_tuples_and_devices_and_refuses_other_types() -
     assert back[4][0].equal(torch.ones(2)) and back["a"].tolist() == [0, 1, 2]
     with pytest.raises(TypeError, match=r"state\['m'\] is a Linear; save tensors"):
         encode_state({"m": nn.Linear(1, 1)})
+
+
+def _scripted(ctx: TrainContext) -> nn.Module:
+    """Fold 0 gets worse after epoch 1 (it stops at 2, patience 1); the others improve to the end."""
+    saved = ctx.load_checkpoint()
+    start = 1 if saved is None else saved["epoch"] + 1
+    for epoch in range(start, ctx.max_epochs + 1):
+        loss = float(epoch) if ctx.fold == 0 else 1.0 / epoch + 0.01 * float(torch.rand(()))
+        stop = ctx.report(epoch, val_loss=loss, val_accuracy=1.0 / (1.0 + loss))
+        ctx.save_checkpoint({"epoch": epoch})
+        if stop:
+            break
+    return nn.Linear(ctx.input_shape[0], ctx.n_outputs)
+
+
+def test_a_resumed_trial_saves_again_and_a_second_interruption_goes_on_from_the_later_checkpoint(
+        digits: Any, tmp_path: Any) -> None:
+    settings = _settings(_scripted, max_epochs=9, patience=1)
+    plain = run_trial(digits, {}, settings, seed=7)
+    assert [f.epochs_run for f in plain.folds] == [2, 9, 9]
+    plan = CheckpointPlan(str(tmp_path), "twice", every_epochs=2, rerun=True)
+    interrupted(digits, settings, plan, at=5)  # saved epoch 4, fold 0 ended at 2
+    seen: list[int] = []
+
+    def dies_at_7(r: Any) -> bool:
+        seen.append(r.epoch)
+        if r.epoch == 7:
+            raise Killed
+        return False
+
+    with pytest.raises(Killed):
+        run_trial(digits, {}, settings, seed=7, report=dies_at_7, checkpoint=plan)
+    assert seen == [1, 2, 3, 4, 5, 6, 7]
+    resumed = run_trial(digits, {}, settings, seed=7, checkpoint=plan)
+    assert resumed.resumed_from_epoch == 6 and not resumed.messages  # the re-run saved epoch 6 itself
+    assert resumed.folds == plain.folds and resumed.curves == plain.curves
