@@ -190,3 +190,20 @@ def test_a_resumed_trial_saves_again_and_a_second_interruption_goes_on_from_the_
     resumed = run_trial(digits, {}, settings, seed=7, checkpoint=plan)
     assert resumed.resumed_from_epoch == 6 and not resumed.messages  # the re-run saved epoch 6 itself
     assert resumed.folds == plain.folds and resumed.curves == plain.curves
+
+
+def test_a_stop_from_the_reports_sent_again_ends_the_trial_without_calling_the_folds(digits: Any,
+                                                                                      tmp_path: Any) -> None:
+    calls: list[Any] = []
+
+    def counted(ctx: TrainContext) -> nn.Module:
+        calls.append(ctx.fold)
+        return _scripted(ctx)
+
+    settings = _settings(counted, max_epochs=9, patience=1)
+    plan = CheckpointPlan(str(tmp_path), "p", every_epochs=2)
+    interrupted(digits, settings, plan, at=5)
+    calls.clear()
+    out = run_trial(digits, {}, settings, seed=7, report=lambda r: r.epoch == 3, checkpoint=plan)
+    assert calls == [] and out.stopped_by_report and out.resumed_from_epoch == 4
+    assert [f.epochs_run for f in out.folds] == [2, 4, 4]  # where the checkpoint left them
