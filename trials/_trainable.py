@@ -53,7 +53,7 @@ from ._metrics import METRICS
 from ._results import EpochReport, FoldResult, TestResult, TrialResult
 from ._scores import make_scores
 from ._seeding import ROLE_CV, ROLE_REFIT, member_seeds
-from ._trainable_checkpoint import TrainableCheckpoints, trainable_fingerprint, unusable_resume
+from ._trainable_checkpoint import TrainableCheckpoints, encode_state, trainable_fingerprint, unusable_resume
 
 __all__ = ["TrainContext", "TrainableError", "check_trainable", "load_trainable", "refit_trainable",
            "run_trainable"]
@@ -339,9 +339,11 @@ class _Run:
 
     def __init__(self, fn: Callable[[TrainContext], Any], name: str, settings: TrialSettings, *,
                  refit: bool, max_epochs: int, report: Callable[[EpochReport], bool] | None,
-                 keep_models: bool = False, checkpoints: TrainableCheckpoints | None = None) -> None:
+                 keep_models: bool = False, checkpoints: TrainableCheckpoints | None = None,
+                 check_saves: bool = False) -> None:
         self.fn, self.name, self.refit, self.max_epochs, self.report = fn, name, refit, max_epochs, report
         self.checkpoints = None if refit else checkpoints
+        self.check_saves = check_saves  # the driver's check: a state that cannot be saved fails it
         self.ended_by: dict[int, int] = {}  # fold index -> the round it ended in
         self.keep_models = keep_models or refit
         self.folds: list[_Fold] = []
@@ -379,8 +381,14 @@ class _Run:
             if threading.current_thread() is not f.thread:
                 raise RuntimeError("ctx.save_checkpoint must be called from the thread hpsearch called your "
                                    "function in")
-            if self.checkpoints is not None and not f.answer:
-                self.checkpoints.offer(f, ctx, state)
+            try:
+                if self.checkpoints is not None and not f.answer:
+                    self.checkpoints.offer(f, ctx, state)
+                elif self.check_saves:
+                    encode_state(state)
+            except TypeError as e:  # a value that cannot be saved: the message names where it is
+                raise TrainableError(f"trainable {self.name}: {e} (in {self._where(f)}, after epoch {f.reported})",
+                                     self.name, f.fold, f.reported) from None
 
         return save
 
@@ -782,7 +790,7 @@ def check_trainable(settings: TrialSettings, params: Mapping[str, Any], data: Da
     fn, name = load_trainable(settings.trainable), factory_name(settings.trainable)
     train_rows, val_rows = data.folds[0]
     splits = [(0, train_rows[:_PROBE_TRAIN_ROWS], val_rows[:_PROBE_VAL_ROWS])]
-    run = _Run(fn, name, settings, refit=False, max_epochs=1, report=None, keep_models=True)
+    run = _Run(fn, name, settings, refit=False, max_epochs=1, report=None, keep_models=True, check_saves=True)
     cpu = torch.device("cpu")
 
     def body() -> None:

@@ -207,3 +207,19 @@ def test_a_stop_from_the_reports_sent_again_ends_the_trial_without_calling_the_f
     out = run_trial(digits, {}, settings, seed=7, report=lambda r: r.epoch == 3, checkpoint=plan)
     assert calls == [] and out.stopped_by_report and out.resumed_from_epoch == 4
     assert [f.epochs_run for f in out.folds] == [2, 4, 4]  # where the checkpoint left them
+
+
+def test_a_state_that_cannot_be_saved_fails_the_drivers_check(digits: Any) -> None:
+    from trials import TrainableError, check_trainable
+
+    def saves_the_module(ctx: TrainContext) -> nn.Module:
+        model = nn.Linear(ctx.input_shape[0], ctx.n_outputs)
+        ctx.report(1, val_loss=1.0, val_accuracy=0.5)
+        ctx.save_checkpoint({"model": model, "epoch": 1})  # the module itself, not its state_dict()
+        return model
+
+    with pytest.raises(TrainableError, match=r"saves_the_module: ctx.save_checkpoint: state\['model'\] is a "
+                                             r"Linear; save tensors.*\(in fold 0, after epoch 1\) \(found by the "
+                                             r"driver's check"):
+        check_trainable(_settings(saves_the_module), {}, digits)
+    check_trainable(_settings(resumable), {}, digits)
