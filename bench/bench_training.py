@@ -59,7 +59,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -167,9 +169,6 @@ def bench_cnn_case(name: str, data, epochs: int, rounds: int, batch: int) -> dic
         return {"vmap_speedup": round(t["sequential"] / t["stacked"], 3),
                 "stack_speedup": round(t["one_by_one"] / t["stacked"], 3)}
 
-    wall = {v: statistics.median(x[0] for x in samples[v]) for v in CNN_VARIANTS}
-    cpu = {v: statistics.median(x[1] for x in samples[v]) for v in CNN_VARIANTS}
-    on_gpu = DEVICE.type == "cuda"
     return {
         "rows": int(len(data.y) + len(data.y_test)),
         "input_shape": list(data.input_shape),
@@ -180,6 +179,18 @@ def bench_cnn_case(name: str, data, epochs: int, rounds: int, batch: int) -> dic
         "train_rows_per_fold": len(data.folds[0][0]),
         "epochs_per_run": epochs,
         "rounds": rounds,
+        **timings(samples, ratios),
+    }
+
+
+def timings(samples: dict[str, list[tuple[float, float]]],
+            ratios: Callable[[dict[str, float]], dict[str, float]]) -> dict[str, Any]:
+    """Each variant's median epoch time (wall, CPU) and the case's ratios: of CPU time on the CPU,
+    of wall clock on a GPU (CPU time says nothing about GPU work)."""
+    wall = {v: statistics.median(x[0] for x in xs) for v, xs in samples.items()}
+    cpu = {v: statistics.median(x[1] for x in xs) for v, xs in samples.items()}
+    on_gpu = DEVICE.type == "cuda"
+    return {
         "epochs_timed_per_variant": len(samples["stacked"]),
         "clock": "wall" if on_gpu else "cpu",
         "epoch_s_cpu": {v: round(t, 6) for v, t in cpu.items()},
@@ -276,9 +287,6 @@ def bench_case(
             "all_members_speedup": round(m * t["one_by_one"] / t["configs_stacked"], 3),
         }
 
-    wall = {v: statistics.median(x[0] for x in samples[v]) for v in VARIANTS}
-    cpu = {v: statistics.median(x[1] for x in samples[v]) for v in VARIANTS}
-    on_gpu = DEVICE.type == "cuda"  # CPU time says nothing about GPU work: wall clock there
     return {
         "rows": int(len(data.y) + len(data.y_test)),
         "features": data.n_features,
@@ -290,12 +298,7 @@ def bench_case(
         "train_rows_per_fold": len(data.folds[0][0]),
         "epochs_per_run": epochs,
         "rounds": rounds,
-        "epochs_timed_per_variant": len(samples["stacked"]),
-        "clock": "wall" if on_gpu else "cpu",
-        "epoch_s_cpu": {v: round(t, 6) for v, t in cpu.items()},
-        "epoch_s_wall": {v: round(t, 6) for v, t in wall.items()},
-        **ratios(wall if on_gpu else cpu),
-        "wall_ratios": ratios(wall),
+        **timings(samples, ratios),
     }
 
 
