@@ -20,6 +20,7 @@ import search
 import storage as st
 from search import SimulatedBackend, load_model, load_model_file, parse_spec, run_study
 from search.cli import main
+from tests.permissions import run_without_dac_override
 from trials import load_dataset
 
 SPEC = {
@@ -182,20 +183,8 @@ def test_a_read_only_artifact_directory_is_refused(tmp_path) -> None:
 @pytest.mark.slow
 def test_read_only_dir_as_root_without_dac_override() -> None:
     """As tests/trials/test_trials_data.py does: root bypasses modes unless its capabilities are dropped."""
-    import shutil
-    import subprocess
-    import sys
-
-    if os.geteuid() != 0:
-        pytest.skip("not root: test_a_read_only_artifact_directory_is_refused runs the case itself")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("root without setpriv (util-linux): the read-only case cannot run")
-    out = subprocess.run(
-        [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", sys.executable, "-m", "pytest", "-q",
-         "-p", "no:cacheprovider", f"{__file__}::test_a_read_only_artifact_directory_is_refused"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HPSEARCH_AS_NON_ROOT": "1"},
-    )
+    out = run_without_dac_override(f"{__file__}::test_a_read_only_artifact_directory_is_refused",
+                                   env={"HPSEARCH_AS_NON_ROOT": "1"})
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout + out.stderr
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.permissions import run_without_dac_override
 from trials import CVSpec, DataError, DataSpec, check_data, decode_labels, load_dataset
 
 
@@ -308,8 +307,6 @@ def test_idx_errors(tmp_path):
 
 def _imported(code: str) -> list[str]:
     """Run ``code`` in a fresh interpreter, then print whether it imported scikit-learn and torch."""
-    import subprocess
-    import sys
 
     code += "\nimport sys; print('sklearn' in sys.modules, 'torch' in sys.modules)"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -464,16 +461,7 @@ def test_check_data_refuses_an_unreadable_file(tmp_path, source):
 def test_unreadable_files_as_root_without_dac_override():
     """Root reads a file whatever its mode (CI runs as root): the cases above then run in a child
     process without the capabilities that bypass file permissions."""
-    if os.geteuid() != 0:
-        pytest.skip("not root: test_check_data_refuses_an_unreadable_file runs the cases itself")
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.fail("root without setpriv (util-linux): the unreadable-file cases cannot run")
-    out = subprocess.run(
-        [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--", sys.executable, "-m", "pytest", "-q",
-         "-p", "no:cacheprovider", f"{__file__}::test_check_data_refuses_an_unreadable_file"],
-        capture_output=True, text=True, timeout=300,
-    )
+    out = run_without_dac_override(f"{__file__}::test_check_data_refuses_an_unreadable_file")
     assert out.returncode == 0 and "4 passed" in out.stdout, out.stdout + out.stderr
 
 
