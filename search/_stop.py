@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["StopRequested", "StopToken", "stop_on_signals"]
+__all__ = ["StopRequested", "StopToken", "ignore_stop_signals", "stop_on_signals"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -114,3 +114,11 @@ def stop_on_signals(token: StopToken) -> Iterator[StopToken]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM in this process for good: a child whose parent decides when it stops
+    (``hpsearch serve``'s runner: Ctrl-C in a terminal, or a service manager's SIGTERM, reaches the
+    whole process group, and the parent closes the child)."""
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -137,6 +137,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._owns_ray = False
         self._listeners: list[Callable[[str], None]] = []
+        self._runner: Any = None  # a RunnerLink: the studies run in another process (see attach_runner)
         self.engine: Any = None
 
     def on_change(self, listener: Callable[[str], None]) -> None:
@@ -161,9 +162,10 @@ class Server:
             self._thread.start()
         return self
 
-    def open(self) -> Server:
+    def open(self, *, connect: bool = True) -> Server:
         """Open the database (creating the queue and token tables) and connect Ray; nothing runs yet:
-        studies submitted now wait for :meth:`start`."""
+        studies submitted now wait for :meth:`start`. ``connect=False``: no Ray (the API's side of
+        :func:`~search.service.serve`, whose studies run in another process)."""
         from .._artifacts import check_writable, resolve_artifacts
 
         art_dir = resolve_artifacts(self.url, self.artifacts)  # a directory no study could save to: refused now
@@ -175,11 +177,19 @@ class Server:
         st.ensure_token_table(self.engine)
         st.ensure_lease_table(self.engine)
         st.ensure_notify_table(self.engine)
-        if self._factory is None:
-            self._connect_ray()
-        if not self.slots:
-            self.slots = self._cluster_cpus()
+        if connect:
+            if self._factory is None:
+                self._connect_ray()
+            if not self.slots:
+                self.slots = self._cluster_cpus()
         return self
+
+    def attach_runner(self, runner: Any) -> None:
+        """Run nothing here: ``runner`` (a :class:`~search.service._runner.RunnerLink`, opened) runs the
+        studies in another process. Submits and cancels still write the queue here; the runner is
+        woken by them, checks a submitted study's resources on its Ray, and reports its changes."""
+        self._runner = runner
+        self.slots = runner.slots
 
     def _connect_ray(self) -> None:
         import logging as _logging
@@ -256,7 +266,10 @@ class Server:
             raise Conflict(f"study {spec.name!r} is {row.state} already; cancel it first "
                            f"(`hpsearch cancel {spec.name}`) or wait for it to finish")
         check_data(spec.data, spec.task, spec.metric, spec.cv, spec.seed)
-        self._check_resources(spec)
+        if self._runner is not None:
+            self._runner.check_resources(spec)
+        else:
+            self._check_resources(spec)
         self._create(spec)
         # the notify section is never stored with the study (a webhook URL is often a secret): the
         # server keeps it in its own table, so that a restarted server still notifies
@@ -266,7 +279,7 @@ class Server:
         if row is None:
             raise Conflict(f"study {spec.name!r} was submitted at the same time by another request; it is queued")
         self._changed(spec.name)
-        self._wake.set()
+        self._poke()
         return row
 
     def _check_resources(self, spec: StudySpec) -> None:
@@ -305,6 +318,7 @@ class Server:
             run = self._runs.get(name)
         if run is not None:
             run.stop.set(f"cancelled by {who}")
+        self._poke()  # a run in another process (or another server) stops at its next tick
         return st.queue_row(self.engine, name)  # type: ignore[return-value]
 
     @property
@@ -336,6 +350,12 @@ class Server:
         return False
 
     # -- scheduling ------------------------------------------------------------------------------
+    def _poke(self) -> None:
+        """Look at the queue now (here, and in the runner process when there is one)."""
+        self._wake.set()
+        if self._runner is not None:
+            self._runner.wake()
+
     def _loop(self) -> None:
         while not self._closing.is_set():
             try:
@@ -349,6 +369,14 @@ class Server:
         rows = st.queue_rows(self.engine, st.ACTIVE_STATES)
         now = time.monotonic()
         with self._lock:
+            # a run whose row is no longer running was cancelled elsewhere (the API's process, another
+            # server): it stops as on Ctrl-C, as a cancel in this process stops it
+            live = {r.study_name for r in rows if r.state == "running"}
+            for name, run in self._runs.items():
+                if name not in live and not run.stop.is_set:
+                    row = st.queue_row(self.engine, name)
+                    if row is not None and row.state == "cancelled":
+                        run.stop.set(row.message or "cancelled")
             # rows 'running' with no run here: a server that died ran them; they resume first
             orphans = [r for r in rows if r.state == "running" and r.study_name not in self._runs]
             queued = [r for r in rows if r.state == "queued"]

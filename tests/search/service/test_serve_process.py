@@ -21,6 +21,7 @@ from tests.search.resume_checks import (
     check_invariants,
     fake_spec,
     kill_session,
+    proc_table,
     trials_of,
 )
 from tests.search.service.conftest import free_port, wait_until
@@ -73,6 +74,54 @@ def test_sigkill_of_the_server_mid_two_studies_then_restart_completes_both_exact
     for name in ("k1", "k2"):
         checked = check_invariants(trials_of(url, name), budget=6, seed=3, grid=GRID_POINTS)
         assert len(checked.failed) == cut[name], name  # each trial the kill cut short failed, and re-ran once
+
+
+def _children(pid: int) -> list[int]:
+    return [p for p, info in proc_table().items() if info["ppid"] == pid and info["state"] != "Z"]
+
+
+def _resubmitted(client: Client, spec: dict[str, object]) -> bool:
+    try:
+        client.submit(json.dumps(spec))
+        return True
+    except Refused as e:
+        assert e.status == 409 and "is being run by pid" in e.detail, e
+        return False
+
+
+def _alive(pid: int) -> bool:
+    info = proc_table().get(pid)
+    return info is not None and info["state"] != "Z"
+
+
+@pytest.mark.slow
+def test_the_studies_run_in_a_process_of_their_own_that_a_cancel_reaches_and_a_sigkill_ends(url: str) -> None:
+    """``serve`` forks the process that runs the studies (search.service._runner): a cancel written by
+    the API's process stops the run there, a resubmit resumes it, and a SIGKILL of the API's process
+    ends the runner too (no orphan keeps running the studies)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = StudyProc([url, str(port), "1"], env={"FAKE_EPOCH_S": "0.3"}, module="tests.search.service.server_proc")
+    try:
+        proc.wait_for(lambda: _up(base), 60, "the server to answer")
+        runners = _children(proc.pid)
+        assert len(runners) == 1, runners  # the forked runner (in-process backends: no Ray below it)
+        client = Client(base)
+        client.submit(json.dumps(fake_spec("grid", "c1", training={"max_epochs": 6})))
+        proc.wait_for(lambda: Client(base).study("c1")["n_running"] >= 1, 60, "a trial running")
+        assert client.cancel("c1")["state"] == "cancelled"
+        # the run in the runner stops and records its in-flight trial, then releases the study's lease:
+        # until then a resubmit is refused as run by the runner's pid
+        proc.wait_for(lambda: _resubmitted(client, fake_spec("grid", "c1", training={"max_epochs": 6})), 60,
+                      "the runner's run of c1 to stop, and a resubmit to be accepted")
+        proc.wait_for(lambda: _states(url) == {"c1": "done"}, 120, "c1 resumed and done")
+        checked = check_invariants(trials_of(url, "c1"), budget=6, seed=3, grid=GRID_POINTS)
+        assert len(checked.failed) >= 1  # the trial the cancel cut short, re-run once
+        proc.proc.send_signal(signal.SIGKILL)
+        proc.proc.communicate()
+        wait_until(lambda: not _alive(runners[0]), 10, "the runner to die with the API's process")
+    finally:
+        proc.cleanup()
 
 
 REAL = {"name": "real", "strategy": "grid", "space": {"lr": {"values": [0.01, 0.1]}}, "model": {"hidden": [32]},
