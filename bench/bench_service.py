@@ -8,13 +8,16 @@ In one run, on a local Ray of 2 CPUs and a SQLite file:
 
 1. **Cold CLI**: ``hpsearch run FILE`` as a subprocess, from its start to the first trial
    RUNNING in the database (Python and torch imports, Ray start-up, data, the first dispatch).
-2. **Warm server**: a :class:`search.service.Server` on that Ray with its API on uvicorn (127.0.0.1),
-   after a first study warmed its workers: from ``POST /studies`` to the first trial RUNNING.
+2. **Warm server**: ``search.service.serve`` in a subprocess, as ``hpsearch serve`` runs it (its API
+   in that process, the studies, their orchestrators and Ray in the process it forks), after a first
+   study warmed its workers: from ``POST /studies`` to the first trial RUNNING. Then 2-4 again with
+   everything in this one process (a :class:`search.service.Server` and its API on uvicorn
+   threads), the layout before the studies had a process of their own.
 3. **API latency**: 50 concurrent clients (threads of another process, one keep-alive connection
    each) polling ``GET /studies/{name}`` while two studies run in the server, back to back (the
-   server saturated) and each every 0.5 s (as ``hpsearch watch`` asks): p50 and p99. Measured on
-   two APIs of the same server, interleaved: the default (bodies cached for 0.25 s) and
-   ``cache_s=0`` (every request reads the database).
+   server saturated) and each every 0.5 s (as ``hpsearch watch`` asks): p50 and p99. In the
+   one-process layout, measured on two APIs of the same server, interleaved: the default (bodies
+   cached for 0.25 s) and ``cache_s=0`` (every request reads the database).
 4. **Fair share**: those two studies, submitted at once with ``--slots 2``: each one's share of the
    trial-seconds run while both ran.
 
@@ -150,16 +153,10 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-def _cpu_per_request(port: int, name: str, n: int) -> dict[str, Any]:
-    """This process's CPU time per ``GET /studies/NAME``, one client (another process) asking ``n``
-    times back to back: the cost of a request, which the machine's load does not inflate as it does
-    latencies (the server is idle otherwise: no study runs)."""
-    import resource
-
-    def cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
+def _cpu_per_request(port: int, name: str, n: int, cpu: Any) -> dict[str, Any]:
+    """The API process's CPU time (``cpu()``, seconds) per ``GET /studies/NAME``, one client (another
+    process) asking ``n`` times back to back: the cost of a request, which the machine's load does not
+    inflate as it does latencies (the server is idle otherwise: no study runs)."""
     c0, t0 = cpu(), time.perf_counter()
     subprocess.run([sys.executable, "-c", _SEQUENTIAL, str(port), str(n), name], check=True, timeout=600)
     return {"requests": n, "cpu_ms_per_request": (cpu() - c0) / n * 1e3,
@@ -255,32 +252,127 @@ def _freeze_startup_heap() -> None:
     freeze_startup_heap()
 
 
-def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
-    import uvicorn
+class _InProcess:
+    """The server and its API in this process (``Server`` + ``create_app`` on uvicorn threads), and
+    the same server's API without the body cache on a second port: everything in one interpreter."""
 
-    from search.service import Server, create_app
+    def __init__(self, tmp: Path) -> None:
+        import uvicorn
 
-    url = f"sqlite:///{tmp}/serve.db"
-    ray_init(num_cpus=2)
-    worker = _Worker(epochs=5, epoch_s=0.2)  # 1 s a trial
-    server = Server(url, slots=2, worker_fn=worker, poll_s=0.05).open()
-    port, port_nocache = _free_port(), _free_port()
-    userver = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning",
-                                            access_log=False))
-    # the same server's API without the body cache: what every request costs when it reads the database
-    nocache = uvicorn.Server(uvicorn.Config(create_app(server, **_no_cache()), host="127.0.0.1", port=port_nocache,
-                                            log_level="warning", access_log=False))
-    threads = [threading.Thread(target=u.run, daemon=True) for u in (userver, nocache)]
-    for thread in threads:
-        thread.start()
-    _wait(lambda: userver.started and nocache.started, 60, "uvicorn")
-    _freeze_startup_heap()  # as `hpsearch serve` does before it starts the scheduler
-    server.start()
+        from search.service import Server, create_app
+
+        self.url = f"sqlite:///{tmp}/serve.db"
+        ray_init(num_cpus=2)
+        self.server = Server(self.url, slots=2, worker_fn=_Worker(epochs=5, epoch_s=0.2), poll_s=0.05).open()
+        self.port, self.port_nocache = _free_port(), _free_port()
+        self.userver = uvicorn.Server(uvicorn.Config(create_app(self.server), host="127.0.0.1", port=self.port,
+                                                     log_level="warning", access_log=False))
+        # the same server's API without the body cache: what every request costs when it reads the database
+        self.nocache = uvicorn.Server(uvicorn.Config(create_app(self.server, **_no_cache()), host="127.0.0.1",
+                                                     port=self.port_nocache, log_level="warning", access_log=False))
+        self.threads = [threading.Thread(target=u.run, daemon=True) for u in (self.userver, self.nocache)]
+        for thread in self.threads:
+            thread.start()
+        _wait(lambda: self.userver.started and self.nocache.started, 60, "uvicorn")
+        _freeze_startup_heap()  # as `hpsearch serve` does before it starts the scheduler
+        self.server.start()
+
+    def idle(self) -> bool:
+        return self.server.wait_idle(0.01)
+
+    def cancel(self, name: str) -> None:
+        self.server.cancel(name)
+
+    def cpu_s(self) -> float:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def close(self) -> None:
+        for u in (self.userver, self.nocache):
+            u.should_exit = True
+        for thread in self.threads:
+            thread.join(30)
+        self.server.close()
+        ray_shutdown()
+
+
+_SERVE = """
+import sys
+from bench.bench_service import _Worker
+from search.service import Server, serve
+serve(Server(sys.argv[1], slots=2, worker_fn=_Worker(epochs=5, epoch_s=0.2), poll_s=0.05), port=int(sys.argv[2]))
+"""
+
+
+class _Split:
+    """``search.service.serve`` in a subprocess, as ``hpsearch serve`` runs: its API in that process,
+    the studies (scheduler, orchestrators, Ray) in the process it forks."""
+
+    port_nocache = None
+
+    def __init__(self, tmp: Path) -> None:
+        self.url = f"sqlite:///{tmp}/split.db"
+        self.port = _free_port()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVE, self.url, str(self.port)], cwd=REPO, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait(lambda: self.proc.poll() is not None or self._up(), 300, "hpsearch serve", 0.1)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"serve failed: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
+
+    def _up(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            conn.request("GET", "/studies")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def idle(self) -> bool:
+        import storage as st
+
+        engine = st.create_engine(self.url)
+        try:
+            return not st.queue_rows(engine, st.ACTIVE_STATES)
+        finally:
+            engine.dispose()
+
+    def cancel(self, name: str) -> None:
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/studies/{name}/cancel", data=b"", method="POST")
+        urllib.request.urlopen(req, timeout=60).read()
+
+    def cpu_s(self) -> float:
+        """The API process's CPU seconds (its runner is another process)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def warm_server(tmp: Path, smoke: bool, split: bool = False) -> dict[str, Any]:
+    """Warm submits, CPU per request, latency and shares of one server: ``split`` as ``hpsearch serve``
+    runs (:class:`_Split`), else everything in this process (:class:`_InProcess`)."""
+    srv: Any = _Split(tmp) if split else _InProcess(tmp)
+    url, port = srv.url, srv.port
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {}
     try:
         _post(base, {"study_file": json.dumps(spec_dict("warmup", n_trials=2, folds=2, max_epochs=2))})
-        _wait(lambda: server.wait_idle(0.01), 300, "the warm-up study")
+        _wait(srv.idle, 300, "the warm-up study", 0.01)
         samples = []
         for i in range(1 if smoke else 5):
             name = f"warm{i}"
@@ -288,12 +380,13 @@ def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
             _post(base, {"study_file": json.dumps(spec_dict(name, n_trials=1, folds=2, max_epochs=2))})
             _wait(lambda n=name: _running(url, n), 120, "the first trial")
             samples.append(time.perf_counter() - t0)
-            _wait(lambda: server.wait_idle(0.01), 300, name)
+            _wait(srv.idle, 300, name, 0.01)
         out["warm_submit_to_running_s"] = stats(samples)
         out["warm_samples_s"] = samples
         n_seq = 200 if smoke else 1000
-        out["cpu_per_request_nocache"] = _cpu_per_request(port_nocache, "warm0", n_seq)
-        out["cpu_per_request"] = _cpu_per_request(port, "warm0", n_seq)
+        if srv.port_nocache is not None:
+            out["cpu_per_request_nocache"] = _cpu_per_request(srv.port_nocache, "warm0", n_seq, srv.cpu_s)
+        out["cpu_per_request"] = _cpu_per_request(port, "warm0", n_seq, srv.cpu_s)
 
         # two studies at once, long enough to outlast the polling
         n_trials = 8 if smoke else 120
@@ -303,10 +396,10 @@ def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
         lo = time.time()
         per_client = 5 if smoke else 40
         rounds = 1 if smoke else 2
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("api", "api_watch_rate", "api_nocache",
-                                                                  "api_nocache_watch_rate")}
+        apis = [("api", port)] + ([("api_nocache", srv.port_nocache)] if srv.port_nocache is not None else [])
+        runs: dict[str, list[dict[str, Any]]] = {k + w: [] for k, _ in apis for w in ("", "_watch_rate")}
         for _ in range(rounds):  # interleaved: both APIs see the same load of the machine
-            for key, p in (("api_nocache", port_nocache), ("api", port)):
+            for key, p in reversed(apis):
                 runs[key].append(_latency(p, per_client, 0.0))  # back to back: the server saturated
                 # each client as often as `hpsearch watch` asks
                 runs[key + "_watch_rate"].append(_latency(p, per_client // 2 or 1, POLL_S))
@@ -321,14 +414,9 @@ def warm_server(tmp: Path, smoke: bool) -> dict[str, Any]:
         out["shares"] = {"window_s": hi - lo, "busy_s": busy, "share": {n: b / total for n, b in busy.items()},
                          "slots_used": total / (hi - lo)}
         for name in ("share_a", "share_b"):
-            server.cancel(name)
+            srv.cancel(name)
     finally:
-        for u in (userver, nocache):
-            u.should_exit = True
-        for thread in threads:
-            thread.join(30)
-        server.close()
-        ray_shutdown()
+        srv.close()
     return out
 
 
@@ -343,22 +431,28 @@ def main(argv: list[str] | None = None) -> int:
         if cold is not None:
             print(f"cold CLI: run to first trial running {cold:.2f} s")
         report["cold_cli_to_running_s"] = cold
-        report.update(warm_server(Path(tmp), args.smoke))
+        # as `hpsearch serve` runs (the studies in a process of their own), then all in one process
+        report.update(warm_server(Path(tmp), args.smoke, split=True))
+        one = report["one_process"] = warm_server(Path(tmp), args.smoke)
     warm = report["warm_submit_to_running_s"]["median"]
     api, paced, shares = report["api"], report["api_watch_rate"], report["shares"]
-    raw, raw_paced = report["api_nocache"], report["api_nocache_watch_rate"]
-    cpu, cpu_raw = report["cpu_per_request"], report["cpu_per_request_nocache"]
-    print(f"server CPU per GET /studies/NAME (one client, no study running): {cpu['cpu_ms_per_request']:.2f} ms, "
-          f"without the body cache {cpu_raw['cpu_ms_per_request']:.2f} ms")
+    raw, raw_paced = one["api_nocache"], one["api_nocache_watch_rate"]
+    cpu, cpu_raw = report["cpu_per_request"], one["cpu_per_request_nocache"]
+    print(f"API process CPU per GET /studies/NAME (one client, no study running): {cpu['cpu_ms_per_request']:.2f} ms; "
+          f"all in one process {one['cpu_per_request']['cpu_ms_per_request']:.2f} ms, without the body cache "
+          f"{cpu_raw['cpu_ms_per_request']:.2f} ms")
     print(f"warm server: POST /studies to first trial running, median {warm:.3f} s"
-          + (f" ({cold / warm:.0f}x faster than the cold CLI)" if cold else ""))
-    print(f"API: {api['requests']} GET /studies/NAME from {CLIENTS} clients while two studies run: "
-          f"back to back p50 {api['p50_ms']:.1f} ms, p99 {api['p99_ms']:.1f} ms ({api['requests_per_s']:.0f}/s); "
-          f"each every {POLL_S:g} s p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms; "
-          f"{api['n_errors'] + paced['n_errors']} errors")
-    print(f"API without the body cache: back to back p50 {raw['p50_ms']:.1f} ms, p99 {raw['p99_ms']:.1f} ms "
-          f"({raw['requests_per_s']:.0f}/s); each every {POLL_S:g} s p50 {raw_paced['p50_ms']:.1f} ms, "
-          f"p99 {raw_paced['p99_ms']:.1f} ms; {raw['n_errors'] + raw_paced['n_errors']} errors")
+          + (f" ({cold / warm:.0f}x faster than the cold CLI)" if cold else "")
+          + f"; all in one process {one['warm_submit_to_running_s']['median']:.3f} s")
+    for label, r, w in (("hpsearch serve (studies in their own process)", api, paced),
+                        ("all in one process", one["api"], one["api_watch_rate"]),
+                        ("all in one process, without the body cache", raw, raw_paced)):
+        print(f"API, {label}: {r['requests']} GET /studies/NAME from {CLIENTS} clients while two studies run: "
+              f"back to back p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['requests_per_s']:.0f}/s); "
+              f"each every {POLL_S:g} s p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms; "
+              f"{r['n_errors'] + w['n_errors']} errors")
+    print(f"p99 ratio serve / one process: back to back {api['p99_ms'] / one['api']['p99_ms']:.2f}, "
+          f"every {POLL_S:g} s {paced['p99_ms'] / one['api_watch_rate']['p99_ms']:.2f}")
     print("fair share over {:.1f} s: ".format(shares["window_s"])
           + ", ".join(f"{n} {s:.2f}" for n, s in shares["share"].items())
           + f" ({shares['slots_used']:.2f} of 2 slots busy)")
