@@ -8,13 +8,16 @@ import os
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib.npyio import NpzFile
 
 from ._config import CVSpec, DataSpec, factory_name, group_source_error, resolve_scaling
 from ._idx import find_idx_file, read_idx
+
+if TYPE_CHECKING:
+    from ._stream import StreamedData
 
 __all__ = ["DataError", "Dataset", "check_data", "check_metric", "decode_labels", "encode_labels", "load_dataset",
            "reshape_samples"]
@@ -62,6 +65,11 @@ class Dataset:
     scaling
         How each fold scales its features: ``per_feature``, ``global``, ``per_channel`` or ``none``
         (``data.scaling`` resolved for these samples; see :func:`trials._config.resolve_scaling`).
+    stream
+        A data factory's ``Dataset`` too large to preload (:mod:`trials._stream`): ``X`` and
+        ``X_test`` then hold no rows (``[0, *input_shape]``); ``index`` / ``test_index`` are the
+        Dataset's sample numbers, which workers read through a ``DataLoader``. ``None``: ``X`` and
+        ``X_test`` hold the features.
     """
 
     X: np.ndarray
@@ -79,6 +87,7 @@ class Dataset:
     groups: np.ndarray | None = None
     input_shape: tuple[int, ...] = ()
     scaling: str = "per_feature"
+    stream: StreamedData | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -92,10 +101,14 @@ class Dataset:
         other rows or values, or when a library version splits the same rows differently.
         """
         h = hashlib.blake2b(digest_size=16)
-        # features as rows [n, n_features]: the digest of N-D samples is the one of the flat rows
-        # they were before samples kept their shape (a stored study's data still matches)
-        flat = [np.reshape(a, (len(a), -1)) for a in (self.X, self.X_test)]
-        arrays = [flat[0], self.y, flat[1], self.y_test, self.index, self.test_index]
+        if self.stream is not None:  # streamed: the digest of the features the driver read once
+            h.update(f"stream:{self.stream.digest}:{self.stream.n}:{self.sample_shape};".encode())
+            arrays = [self.y, self.y_test, self.index, self.test_index]
+        else:
+            # features as rows [n, n_features]: the digest of N-D samples is the one of the flat rows
+            # they were before samples kept their shape (a stored study's data still matches)
+            flat = [np.reshape(a, (len(a), -1)) for a in (self.X, self.X_test)]
+            arrays = [flat[0], self.y, flat[1], self.y_test, self.index, self.test_index]
         arrays += [a for fold in self.folds for a in fold]
         if self.groups is not None:  # only then: a study without groups keeps its stored fingerprint
             arrays.append(self.groups)
@@ -702,7 +715,7 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
     """
     where = data.path or (f"data.factory {factory_name(data.factory)!r}" if data.factory is not None else data.source)
     _check_group_source(data, cv)
-    X_test = y_test = groups_raw = None
+    X_test = y_test = groups_raw = stream = None
     if data.source == "digits":
         from sklearn.datasets import load_digits
 
@@ -727,7 +740,7 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         from ._pydata import load_python
 
         loaded = load_python(data, cv.groups)
-        X, y, groups_raw, name = loaded.X, loaded.y, loaded.groups, loaded.name
+        X, y, groups_raw, name, stream = loaded.X, loaded.y, loaded.groups, loaded.name, loaded.stream
     elif data.source == "idx":
         X, y, X_test, y_test = _load_idx(data.path)  # type: ignore[arg-type]
         name = os.path.basename(os.path.normpath(data.path))  # type: ignore[arg-type]
@@ -736,9 +749,10 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
 
     classify = task == "classification"
     target = _class_labels if classify else _regression_target
-    X = reshape_samples(_features(X, where), data.shape, where)
+    X = reshape_samples(X if stream is not None else _features(X, where), data.shape, where)
     y = target(y, where)
-    _check_lengths(X, y, where)
+    if stream is None:
+        _check_lengths(X, y, where)
     groups = None if cv.groups is None else _group_codes(groups_raw, len(y), where, cv.groups)
     input_shape = tuple(int(s) for s in X.shape[1:])
     try:
@@ -762,13 +776,17 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
             _check_class_counts(y, 2, f"{where}", "a stratified test split needs at least 2 samples per class; "
                                 "add data or drop the class", classes)
         index, test_index = _grouped_test_split(y, groups, data.test_fraction, seed, classify, where, cv.groups)
-        X, y, X_test, y_test = X[index], y[index], X[test_index], y[test_index]
+        # streamed: X has no rows to split (workers read the samples index and test_index name)
+        X, X_test = (X, X) if stream is not None else (X[index], X[test_index])
+        y, y_test = y[index], y[test_index]
         groups = None if groups is None else groups[index]
     if classify and len(np.unique(y)) < 2:
         assert classes is not None
         raise DataError(f"{where}: only one class (label {classes[int(y.max())]!r}); classification needs at least 2")
 
     folds = _build_folds(y, cv, seed, where, classes, groups)
+    if stream is not None:
+        stream.input_shape = input_shape
     return Dataset(
         X=X,
         y=y,
@@ -785,6 +803,7 @@ def load_dataset(data: DataSpec, cv: CVSpec, seed: int, task: str = "classificat
         groups=groups,
         input_shape=input_shape,
         scaling=scaling,
+        stream=stream,
     )
 
 

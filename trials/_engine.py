@@ -106,14 +106,7 @@ def fit_scaling(
         return fit_scaler(X, rows, chunk)
     if scaling == "none":
         return np.zeros(d, np.float32), np.ones(d, np.float32)
-    if scaling == "global":
-        group = np.zeros(d, dtype=np.int64)
-    elif scaling == "per_channel":
-        if input_shape is None or len(input_shape) < 2:
-            raise ValueError(f"per_channel scaling needs N-D samples [channels, ...], got shape {input_shape}")
-        group = np.repeat(np.arange(int(input_shape[0])), d // int(input_shape[0]))
-    else:
-        raise ValueError(f"unknown scaling {scaling!r}")
+    group = scaling_groups(scaling, d, input_shape)
     size = np.bincount(group).astype(np.float64) * n  # values per group
     total = np.zeros(d)
     for c in range(0, n, chunk):
@@ -126,6 +119,18 @@ def fit_scaling(
     scale = np.sqrt(np.bincount(group, weights=sq) / size)
     scale[scale < 1e-12] = 1.0
     return mean[group].astype(np.float32), scale[group].astype(np.float32)
+
+
+def scaling_groups(scaling: str, d: int, input_shape: Sequence[int] | None) -> np.ndarray:
+    """Per feature of a flat row of ``d``, the group of values that share one mean and std under
+    ``global`` (one group) or ``per_channel`` (one per channel, the first axis of ``input_shape``)."""
+    if scaling == "global":
+        return np.zeros(d, dtype=np.int64)
+    if scaling == "per_channel":
+        if input_shape is None or len(input_shape) < 2:
+            raise ValueError(f"per_channel scaling needs N-D samples [channels, ...], got shape {input_shape}")
+        return np.repeat(np.arange(int(input_shape[0])), d // int(input_shape[0]))
+    raise ValueError(f"unknown scaling {scaling!r}")
 
 
 class FeatureSource:

@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,10 @@ from ._models import build_factory_stack
 from ._refit import FixedFit, fit_fixed_epochs
 from ._results import EpochReport, TestResult, TrialResult
 from ._seeding import ROLE_REFIT, member_seeds
+from ._stream import refuse_checkpoint
+
+if TYPE_CHECKING:
+    from ._stream_fit import StreamedFit
 
 __all__ = ["TrialOutOfMemory", "check_model", "check_trainable", "refit_and_test", "resolve_device", "run_trial",
            "run_trials"]
@@ -294,9 +298,16 @@ def run_trials(
             member_hps.append(hp)
             groups.append(i)
 
+    if checkpoint is not None and data.stream is not None:
+        raise refuse_checkpoint(data.stream)
     saver = None if checkpoint is None else Checkpointer(checkpoint.for_folds(folds))
 
-    def fit() -> FitOutcome:
+    def fit() -> FitOutcome | StreamedFit:
+        if data.stream is not None:  # a Dataset too large to preload: read in batches, one member at a time
+            from ._stream_fit import fit_streamed
+
+            return fit_streamed(data, splits, member_hps, n_classes=data.n_classes, device=dev, seed=seeds[0],
+                                groups=groups, report=report)
         try:
             return fit_stack(data.X, data.y, splits, member_hps, n_classes=data.n_classes, device=dev,
                              seed=seeds[0], groups=groups, report=report, checkpoint=saver,
@@ -378,16 +389,27 @@ def refit_and_test(
 
     def train() -> TestResult:
         fitted: FitOutcome | FixedFit
-        if epochs is None:
-            fitted = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed,
-                               scaling=data.scaling)
-            best_epoch, epochs_run = fitted.folds[0].best_epoch, fitted.folds[0].epochs_run
+        if data.stream is not None:  # streamed: trained and tested in batches (trials._stream_fit)
+            from ._stream_fit import fit_streamed
+
+            out = fit_streamed(data, [split], [hp], n_classes=data.n_classes, device=dev, seed=seed, epochs=epochs)
+            member = out.members[0]
+            model, mean, scale, target = member.model, member.mean[None], member.scale[None], member.target
+            best_epoch = out.folds[0].best_epoch if epochs is None else out.epochs_run[0]
+            epochs_run = out.epochs_run[0]
+            metrics = out.score_test(data)
         else:
-            fitted = fit_fixed_epochs(data.X, data.y, split, hp, epochs=epochs, n_classes=data.n_classes,
-                                      device=dev, seed=seed, scaling=data.scaling)
-            best_epoch = epochs_run = fitted.epochs_run
-        metrics = score_test(fitted, data, hp, dev)
-        target = fitted.source.target_stats()  # regression: the network predicts the standardized target
+            if epochs is None:
+                fitted = fit_stack(data.X, data.y, [split], hp, n_classes=data.n_classes, device=dev, seed=seed,
+                                   scaling=data.scaling)
+                best_epoch, epochs_run = fitted.folds[0].best_epoch, fitted.folds[0].epochs_run
+            else:
+                fitted = fit_fixed_epochs(data.X, data.y, split, hp, epochs=epochs, n_classes=data.n_classes,
+                                          device=dev, seed=seed, scaling=data.scaling)
+                best_epoch = epochs_run = fitted.epochs_run
+            metrics = score_test(fitted, data, hp, dev)
+            model, mean, scale = fitted.model, fitted.mean, fitted.scale
+            target = fitted.source.target_stats()  # regression: the network predicts the standardized target
         return TestResult(
             test_accuracy=metrics.get("val_accuracy", math.nan),
             test_loss=metrics["val_loss"],
@@ -397,9 +419,9 @@ def refit_and_test(
             metrics=metrics,
             train_rows=len(train_rows),
             val_rows=len(val_rows),
-            state_dict=state_dict_bytes(member_state_dict(fitted.model)),
-            feature_mean=tuple(float(v) for v in fitted.mean[0].cpu().tolist()),
-            feature_scale=tuple(float(v) for v in fitted.scale[0].cpu().tolist()),
+            state_dict=state_dict_bytes(member_state_dict(model)),
+            feature_mean=tuple(float(v) for v in mean[0].cpu().tolist()),
+            feature_scale=tuple(float(v) for v in scale[0].cpu().tolist()),
             target_mean=None if target is None else float(target[0].reshape(-1)[0]),
             target_scale=None if target is None else float(target[1].reshape(-1)[0]),
         )

@@ -137,3 +137,25 @@ def number() -> Any:
 
 
 NOT_CALLABLE = 3
+
+
+GETS: list[int] = []  # the samples Counted served, in order (cleared by the tests)
+
+
+class Counted(Users):
+    """:class:`Users` counting its ``__getitem__`` calls (in ``GETS``); ``HPSEARCH_TEST_STREAM_N`` shortens it."""
+
+    def __len__(self) -> int:
+        return int(os.environ.get("HPSEARCH_TEST_STREAM_N", N))
+
+    def __getitem__(self, i: int) -> Any:
+        GETS.append(int(i))
+        return super().__getitem__(i)
+
+
+def counted() -> Dataset:
+    return Counted()
+
+
+def counted_without_groups() -> Dataset:
+    return Counted(with_groups=False)
