@@ -215,6 +215,20 @@ def _check_model(spec: StudySpec, data: Dataset, callbacks: Callbacks | None = N
             f"through torch.func.vmap, which cannot run the model ({sorted(reasons)[0]})")
 
 
+def _check_stream(spec: StudySpec, data: Dataset, callbacks: Callbacks | None) -> None:
+    """A streamed Dataset (too large to preload): say so, and refuse checkpoints, which it does not support."""
+    if data.stream is None:
+        return
+    from trials._stream import refuse_checkpoint
+
+    if spec.checkpoint.enabled:
+        raise refuse_checkpoint(data.stream)
+    (callbacks or Callbacks()).on_message(
+        f"{data.stream.describe()}: it streams. The driver read its labels once; each worker calls the factory and "
+        "reads its rows in batches through a DataLoader, and the folds train one member at a time in lockstep, not "
+        "stacked (a stack gathers every fold's rows from one tensor in memory)")
+
+
 def _execute_leased(
     spec: StudySpec,
     rdb: optuna.storages.RDBStorage,
@@ -251,6 +265,7 @@ def _execute_leased(
                 if scaling != data.scaling:
                     data = dataclasses.replace(data, scaling=scaling)
                 call(lambda: check_data(study, spec, data.fingerprint(), data.classes))
+                _check_stream(spec, data, callbacks)
                 _check_model(spec, data, callbacks)
             except BaseException:
                 backend.close()

@@ -132,12 +132,15 @@ class TrainContext:
     ----------
     params : dict
         The trial's hyperparameters, as the search space proposed them.
-    train, val : torch.utils.data.TensorDataset
+    train, val : torch.utils.data.TensorDataset or torch.utils.data.Subset
         The fold's training and validation rows: ``(x, y)`` tensors on ``device``, ``x`` of shape
         ``[n, *input_shape]`` standardized with the training rows' statistics, ``y`` class indices
         ``0 .. n_outputs-1`` (int64) or, for regression, the target in its own units (float32).
         ``val`` is ``None`` in the refit (all non-test rows train; ``refit.epochs: early_stopping``
-        gives it an inner validation split).
+        gives it an inner validation split). For a streamed ``Dataset`` (too large to preload,
+        :mod:`trials._stream`) they are ``Subset`` views of it instead: samples ``(x, y)`` read when
+        indexed, ``x`` ``[*input_shape]`` scaled the same way and ``y`` as above, on the CPU
+        (:meth:`loader` batches them onto ``device``).
     device : torch.device
         Where the data is and the model should be.
     seed : int
@@ -169,12 +172,14 @@ class TrainContext:
         fold: int | None,
         batch_size: int,
         channel: Callable[[int, dict[str, float]], bool],
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         self.params = dict(params)
         self.train, self.val = train, val
         self.device, self.seed = device, seed
         self.max_epochs, self.n_outputs, self.task, self.fold = max_epochs, n_outputs, task, fold
-        self.input_shape = tuple(int(s) for s in train.tensors[0].shape[1:])
+        shape = train.tensors[0].shape[1:] if input_shape is None else input_shape
+        self.input_shape = tuple(int(s) for s in shape)
         self._order_seed, self._batch_size, self._channel = order_seed, batch_size, channel
         self._loaders = 0
         # checkpoints: set by the lockstep runner (None: save is a no-op, load gives None)
@@ -187,7 +192,9 @@ class TrainContext:
 
         ``batch_size`` defaults to ``params["batch_size"]``, else ``training.batch_size``;
         ``shuffle`` to True for ``train``, False for ``val``. Other keyword arguments go to
-        ``DataLoader`` (the tensors are on ``device``: keep ``num_workers`` at 0).
+        ``DataLoader`` (the tensors are on ``device``: keep ``num_workers`` at 0). For a streamed
+        Dataset the samples are read as the loader goes; with ``num_workers`` 0 (and no
+        ``collate_fn`` of yours) each batch is moved to ``device``, else it comes on the CPU.
         """
         if split not in ("train", "val"):
             raise ValueError(f"ctx.loader: split must be 'train' or 'val', got {split!r}")
@@ -196,6 +203,8 @@ class TrainContext:
             raise ValueError("ctx.loader('val'): the refit has no validation rows (ctx.val is None)")
         self._loaders += 1
         gen = torch.Generator().manual_seed(self._order_seed + self._loaders)
+        if not isinstance(data, TensorDataset) and "collate_fn" not in kwargs and not kwargs.get("num_workers"):
+            kwargs["collate_fn"] = _OnDevice(self.device)  # streamed samples are read on the CPU
         return DataLoader(data, batch_size=int(batch_size or self._batch_size),
                           shuffle=(split == "train") if shuffle is None else shuffle, generator=gen, **kwargs)
 
@@ -240,6 +249,41 @@ class TrainContext:
 
 
 # ------------------------------------------------------------------------------------ data
+
+
+class _OnDevice:
+    """``default_collate``, then every tensor of the batch moved to ``device`` (a streamed Dataset's batches)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, samples: list[Any]) -> Any:
+        from torch.utils.data import default_collate
+
+        batch = default_collate(samples)
+        return tuple(t.to(self.device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(self.device)
+
+
+def _split_stats(data: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scaling of the training rows ``rows``, in the sample's shape: :func:`_fit_scaling`, or for a
+    streamed Dataset one pass over those samples (:func:`trials._stream_fit.streamed_scaling`)."""
+    if data.stream is None:
+        return _fit_scaling(data.X, rows, data.scaling)
+    from ._stream_fit import split_samples, streamed_scaling
+
+    mean, scale = streamed_scaling(split_samples(data, rows), data.scaling, data.sample_shape)
+    return mean.reshape(data.sample_shape), scale.reshape(data.sample_shape)
+
+
+def _split_rows(data: Dataset, rows: np.ndarray, stats: tuple[np.ndarray, np.ndarray], task: str,
+                device: torch.device) -> Any:
+    """The rows ``rows`` of the search split as ``ctx.train`` / ``ctx.val`` get them: a ``TensorDataset``
+    on ``device`` (:func:`_rows`), or for a streamed Dataset a ``Subset`` of its scaled samples."""
+    if data.stream is None:
+        return _rows(data.X, data.y, rows, stats, task, device)
+    from ._stream_fit import split_samples
+
+    return split_samples(data, rows, stats=stats)
 
 
 def _fit_scaling(X: np.ndarray, rows: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
@@ -583,16 +627,16 @@ def _contexts(run: _Run, data: Dataset, params: Mapping[str, Any], settings: Tri
     batch_size = int(params.get("batch_size", t.batch_size))
     out = []
     for i, (fold, train_rows, val_rows) in enumerate(splits):
-        stats = _fit_scaling(data.X, train_rows, data.scaling)
+        stats = _split_stats(data, train_rows)
         seeds = member_seeds(seed, 0 if fold is None else fold, role)
         f = _Fold(i, fold, t.monitor, t.patience, t.min_delta)
         user_seed = seeds.init % (2**32)
         ctx = TrainContext(
-            params=params, train=_rows(data.X, data.y, train_rows, stats, settings.task, device),
-            val=None if val_rows is None else _rows(data.X, data.y, val_rows, stats, settings.task, device),
+            params=params, train=_split_rows(data, train_rows, stats, settings.task, device),
+            val=None if val_rows is None else _split_rows(data, val_rows, stats, settings.task, device),
             device=device, seed=user_seed, order_seed=seeds.order % (2**62), max_epochs=max_epochs,
             n_outputs=int(data.n_classes), task=settings.task, fold=fold, batch_size=batch_size,
-            channel=run._channel(f),
+            channel=run._channel(f), input_shape=data.sample_shape,
         )
         ctx._saver, ctx._restorer = run._saver(f, ctx), run._restorer(f, ctx)
         f.stats = stats
@@ -692,8 +736,15 @@ def _score(model: nn.Module, data: Dataset, stats: tuple[np.ndarray, np.ndarray]
     """hpsearch's metrics of ``model`` on the test split (``rows``: its first rows only), scaled with ``stats``."""
     regression = settings.task == "regression"
     n = len(data.y_test) if rows is None else min(rows, len(data.y_test))
-    test = _rows(data.X_test, data.y_test, np.arange(n), stats, settings.task, device)
-    x_all, y_all = test.tensors
+    batches: Any
+    if data.stream is not None:  # streamed: the test samples are read in batches
+        from ._stream_fit import loader, split_samples
+
+        test = split_samples(data, np.arange(n), test=True, stats=stats)
+        batches = ((x.to(device), y.to(device)) for x, y in loader(test, chunk, shuffle=False, seed=0))
+    else:
+        x_all, y_all = _rows(data.X_test, data.y_test, np.arange(n), stats, settings.task, device).tensors
+        batches = ((x_all[start:start + chunk], y_all[start:start + chunk]) for start in range(0, n, chunk))
     n_out = int(data.n_classes)
     scores = make_scores(settings.task, settings.loss, 1, n_out, device)
     tgt = None
@@ -702,8 +753,7 @@ def _score(model: nn.Module, data: Dataset, stats: tuple[np.ndarray, np.ndarray]
         tgt = (torch.tensor([[target[0]]], device=device), torch.tensor([[target[1]]], device=device))
     model.eval()
     with torch.no_grad():
-        for start in range(0, n, chunk):
-            x, y = x_all[start:start + chunk], y_all[start:start + chunk]
+        for x, y in batches:
             out = model(x)
             want = (len(x), 1) if regression else (len(x), n_out)
             if not isinstance(out, Tensor) or out.reshape(len(x), -1).shape != want or (

@@ -277,6 +277,8 @@ def run_trials(
     t0 = time.perf_counter()
     if not params or len(params) != len(seeds):
         raise ValueError(f"need one seed per configuration, got {len(params)} configurations and {len(seeds)} seeds")
+    if checkpoint is not None and data.stream is not None:
+        raise refuse_checkpoint(data.stream)
     if settings.trainable is not None:
         if len(params) > 1:
             raise ValueError("configurations of a trainable train one at a time; call run_trial for each")
@@ -298,8 +300,6 @@ def run_trials(
             member_hps.append(hp)
             groups.append(i)
 
-    if checkpoint is not None and data.stream is not None:
-        raise refuse_checkpoint(data.stream)
     saver = None if checkpoint is None else Checkpointer(checkpoint.for_folds(folds))
 
     def fit() -> FitOutcome | StreamedFit:

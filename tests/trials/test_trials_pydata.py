@@ -79,12 +79,13 @@ def test_changed_data_from_the_same_factory_changes_the_fingerprint(monkeypatch)
     assert load_dataset(_spec("from_env"), CVSpec(folds=2), seed=0).fingerprint() != a
 
 
-def test_a_dataset_over_the_preload_limit_is_refused_naming_its_size():
-    with pytest.raises(DataError, match=r"the Dataset's features take 0\.00732 MiB as float32 \(120 samples of shape "
-                                        r"\(1, 4, 4\)\), more than data\.max_preload_mb=0\.001; hpsearch preloads a "
-                                        r"Dataset .* Raise data\.max_preload_mb"):
-        load_dataset(_spec("dataset", max_preload_mb=0.001), CVSpec(folds=2, groups="groups"), seed=0)
-    with pytest.raises(DataError, match=r"\(\d+ samples of shape \(1, 4, 4\)\), more than data\.max_preload_mb"):
+def test_a_dataset_over_the_preload_limit_streams_and_an_iterable_one_is_refused_naming_its_size():
+    """A map-style Dataset over data.max_preload_mb streams (tests/trials/test_trials_stream.py); an
+    iterable one cannot (the folds pick samples by index): refused, naming its size and the fix."""
+    ds = load_dataset(_spec("dataset", max_preload_mb=0.001), CVSpec(folds=2, groups="groups"), seed=0)
+    assert ds.stream is not None and len(ds.X) == 0 and len(ds.y) + len(ds.y_test) == f.N
+    with pytest.raises(DataError, match=r"\(\d+ samples of shape \(1, 4, 4\)\), more than data\.max_preload_mb=0\.001, "
+                                        r"and an iterable Dataset cannot stream .* return a map-style Dataset"):
         load_dataset(_spec("stream", max_preload_mb=0.001), CVSpec(folds=2), seed=0)  # no len(): counted as read
 
 
