@@ -144,3 +144,34 @@ def test_a_grouped_csv_study_predicts_on_rows_that_still_have_their_groups_colum
     run_study(spec, storage=url, backend=LocalBackend(1))
     got = predict("own", tmp_path / "v.csv", storage=url)
     assert len(got.labels) == 120 and set(got.labels) <= {0, 1}
+
+
+def test_a_dataset_over_the_preload_limit_streams_through_a_study_to_a_test_score(tmp_path: Path) -> None:
+    """A map-style Dataset over data.max_preload_mb: the driver reads it once (labels and groups), the
+    trials and the refit stream its samples, and the run says so; with checkpoints it is refused first."""
+    import optuna
+
+    from search import Callbacks
+    from tests.trials import data_factories as f
+
+    said: list[str] = []
+
+    class Said(Callbacks):
+        def on_message(self, text: str) -> None:
+            said.append(text)
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    data = {"source": "python", "factory": "tests.trials.data_factories:counted", "max_preload_mb": 0.001}
+    f.GETS.clear()
+    res = run_study(_spec("x", data=data), storage=url, backend=LocalBackend(1), callbacks=Said())
+    assert res.done == 2 and res.best is not None and len(res.best.fold_scores) == 3
+    assert res.test_result is not None and 0.0 <= res.test_result["test_f1_macro"] <= 1.0
+    assert 0 < res.test_result["train_rows"] < f.N  # every non-test sample, streamed
+    assert any("more than data.max_preload_mb=0.001: it streams" in m for m in said)
+    study = optuna.load_study(study_name="own", storage=url)
+    assert {t.user_attrs["train_path"] for t in study.trials} == {"streamed"}
+    with pytest.raises(DataError, match=r"checkpoint\.every_epochs and checkpoint\.every_s are not supported with "
+                                        r"streamed data: remove the checkpoint section, or raise data\.max_preload_mb"):
+        run_study(_spec("x", data=data, name="ck", checkpoint={"every_epochs": 1}), storage=url,
+                  backend=LocalBackend(1), artifacts=str(tmp_path / "art"))
+    assert not study_exists(url, "ck")
