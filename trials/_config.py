@@ -112,12 +112,14 @@ class DataSpec(_Spec):
         the study by name only, like ``model.factory``). It returns ``(X, y)``, ``(X, y, groups)``,
         a mapping with keys ``X``, ``y`` and any arrays ``cv.groups`` may name (numpy arrays,
         tensors or lists; ``X`` of any shape), or a map-style or iterable
-        ``torch.utils.data.Dataset`` of ``(x, y)`` or ``(x, y, group)`` samples, which is read once
-        into memory (see ``max_preload_mb``). The arrays are then checked and split as an ``npz``
+        ``torch.utils.data.Dataset`` of ``(x, y)`` or ``(x, y, group)`` samples, which is read once,
+        into memory up to ``max_preload_mb``. The arrays are then checked and split as an ``npz``
         archive's are.
     max_preload_mb
         The most memory, in MiB, that the features of a ``Dataset`` may take when preloaded
-        (default 4096); a larger one is refused before it is read.
+        (default 4096). A larger map-style ``Dataset`` streams (:mod:`trials._stream`): the driver
+        keeps its labels and groups, each worker calls ``factory`` again and reads the samples in
+        batches; a larger iterable one is refused.
     shape
         The shape of one sample, e.g. ``[1, 28, 28]`` (channels first): each row (a csv/parquet
         row, a flat array's row, or an N-D sample of the same size) is reshaped to it. ``None``:
