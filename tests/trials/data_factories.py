@@ -159,3 +159,15 @@ def counted() -> Dataset:
 
 def counted_without_groups() -> Dataset:
     return Counted(with_groups=False)
+
+
+class CountedTargets(Counted):
+    """:class:`Counted` with a numeric target (``task: regression``): the sum of the sample's features."""
+
+    def __getitem__(self, i: int) -> Any:
+        x, _ = super().__getitem__(i)[:2]
+        return x, float(x.sum())
+
+
+def counted_regression() -> Dataset:
+    return CountedTargets(with_groups=False)

@@ -28,7 +28,9 @@ CV = CVSpec(folds=3, groups="groups")
 
 
 def _load(limit_mb: float = 0.001, name: str = "counted", cv: CVSpec = CV):
-    return load_dataset(DataSpec(source="python", factory=f"{MOD}:{name}", max_preload_mb=limit_mb), cv, seed=0)
+    task = "regression" if name.endswith("regression") else "classification"
+    return load_dataset(DataSpec(source="python", factory=f"{MOD}:{name}", max_preload_mb=limit_mb), cv, seed=0,
+                        task=task)
 
 
 def _settings(cv: CVSpec = CV, **kw) -> TrialSettings:
@@ -190,3 +192,27 @@ def test_a_trainable_gets_subsets_of_the_streamed_dataset_and_scores_as_on_prelo
     test = refit_and_test(streamed, {"lr": 0.02}, settings, seed=1, epochs=2)
     assert test.metrics == refit_and_test(_load(100, "counted_without_groups", cv), {"lr": 0.02}, settings, seed=1,
                                           epochs=2).metrics
+
+
+def test_a_streamed_regression_and_a_model_factory_score_as_on_preloaded_data():
+    """The target's scaling (regression) and a user model's stack of one (a CNN, under vmap) stream alike."""
+    from trials import ModelSpec
+
+    cv = CVSpec(folds=3)
+    reg = TrialSettings(task="regression", cv=cv,
+                        training=TrainingSpec(max_epochs=3, batch_size=16, monitor="val_loss"))
+    got = run_trial(_load(name="counted_regression", cv=cv), {"lr": 0.01, "dropout": 0.0}, reg, seed=0)
+    want = run_trial(_load(100, "counted_regression", cv), {"lr": 0.01, "dropout": 0.0}, reg, seed=0)
+    assert got.train_path == "streamed" and "val_r2" in got.folds[0].metrics
+    for x, y in zip(got.folds, want.folds):
+        assert x.metrics == pytest.approx(y.metrics, rel=1e-4)
+    test = refit_and_test(_load(name="counted_regression", cv=cv), {"lr": 0.01, "dropout": 0.0}, reg, seed=0, epochs=2)
+    assert test.target_mean is not None and test.metrics == pytest.approx(refit_and_test(
+        _load(100, "counted_regression", cv), {"lr": 0.01, "dropout": 0.0}, reg, seed=0, epochs=2).metrics, rel=1e-4)
+    cnn = TrialSettings(cv=CV, model=ModelSpec(factory="tests.trials.trials_factories:cnn"),
+                        training=TrainingSpec(max_epochs=2, batch_size=16))
+    got = run_trial(_load(), {"lr": 0.05, "dropout": 0.0}, cnn, seed=0)
+    want = run_trial(_load(100), {"lr": 0.05, "dropout": 0.0}, cnn, seed=0)
+    assert got.train_path == "streamed" and want.train_path == "vmap"
+    for x, y in zip(got.folds, want.folds):
+        assert x.metrics == pytest.approx(y.metrics, rel=1e-4)
