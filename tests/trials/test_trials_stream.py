@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from trials import CVSpec, DataError, DataSpec, TrialSettings, load_dataset, refit_and_test, run_trial
+from trials import (
+    CVSpec,
+    DataError,
+    DataSpec,
+    TrialSettings,
+    check_trainable,
+    load_dataset,
+    refit_and_test,
+    run_trial,
+    run_trials,
+)
 from trials._config import TrainingSpec
 from trials._engine import fit_scaling
 from trials._stream_fit import split_samples, streamed_scaling
@@ -112,6 +122,16 @@ def test_a_streamed_trial_scores_its_folds_as_the_preloaded_one_and_repeats_itse
     np.testing.assert_allclose(got.curves["train_loss"], pre.curves["train_loss"], rtol=1e-5)
 
 
+def test_configurations_stacked_on_streamed_data_score_as_each_alone():
+    """resources.stack_trials on streamed data: one member per fold and configuration, each as alone."""
+    data, settings = _load(), _settings()
+    params = [{"lr": 0.05}, {"lr": 0.02, "dropout": 0.1}]
+    both = run_trials(data, params, settings, seeds=[3, 4])
+    alone = [run_trial(data, p, settings, seed=s) for p, s in zip(params, [3, 4])]
+    assert [[r.metrics for r in t.folds] for t in both] == [[r.metrics for r in t.folds] for t in alone]
+    assert [t.stack_size for t in both] == [2, 2]
+
+
 def test_a_report_stops_a_streamed_trial_with_every_fold_in_each_epoch():
     seen = []
 
@@ -189,6 +209,7 @@ def test_a_trainable_gets_subsets_of_the_streamed_dataset_and_scores_as_on_prelo
     assert [(fold, kind) for fold, kind, _ in SEEN] == [(0, Subset), (1, Subset), (2, Subset)]
     want = run_trial(_load(100, "counted_without_groups", cv), {"lr": 0.02}, settings, seed=1)
     assert [r.metrics for r in got.folds] == [r.metrics for r in want.folds]  # the same samples, scaled alike
+    check_trainable(settings, {"lr": 0.02}, streamed)  # the driver's check reads a few samples alike
     test = refit_and_test(streamed, {"lr": 0.02}, settings, seed=1, epochs=2)
     assert test.metrics == refit_and_test(_load(100, "counted_without_groups", cv), {"lr": 0.02}, settings, seed=1,
                                           epochs=2).metrics
