@@ -69,6 +69,15 @@ def test_the_patients_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert ds.groups is not None and len(np.unique(ds.groups)) >= spec.cv.folds
 
 
+def test_the_streamed_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/streamed.yaml (not in `make examples`), here at a budget of 2: its Dataset streams."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec = load_spec(ROOT / "examples" / "streamed.yaml", n_trials=2)
+    res = run_study(spec, storage=f"sqlite:///{tmp_path}/e.db", backend=LocalBackend(1))
+    assert res.done == 2 and res.test_result is not None and res.test_result["test_accuracy"] > 0.5  # 4 classes
+    assert load_dataset(spec.data, spec.cv, spec.seed).stream is not None
+
+
 def test_a_callable_data_factory_runs_and_resumes_from_the_same_process(tmp_path: Path) -> None:
     """Running the same spec (with its callable) again continues the study; the CLI and resume_study,
     which have only the stored name, refuse with exit 2 and say how to continue."""
