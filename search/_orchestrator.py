@@ -177,6 +177,7 @@ class Orchestrator:
         self.models = models  # where the refit model is saved (None: not saved)
         self.checkpoints = checkpoints if spec.checkpoint.enabled else None
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
+        self._store_failure: str | None = None  # a checkpoint the artifact store refused: the run stops (exit 3)
 
     def _db(self, fn: Callable[[], T]) -> T:
         """Every storage call of the loop (retried, lease checked: the ``db`` wrapper)."""
@@ -208,6 +209,13 @@ class Orchestrator:
             self._drop_unstarted()
         except StopRequested as e:
             self._interrupt(e.reason)
+            if self._store_failure is not None:
+                raise ArtifactStoreError(
+                    f"{self._store_failure}; the study stopped, and its trials in flight run again on resume, "
+                    f"each from its last checkpoint. Fix the artifact directory {self.checkpoints!r} (its "
+                    "permissions, free space, the mount; or pass --artifacts DIR with another one, where "
+                    f"trials start from epoch 1), then `hpsearch resume {shlex.quote(self.spec.name)}`"
+                ) from None
             raise Interrupted(
                 f"interrupted ({e.reason}); {self._done}/{budget} trials done. "
                 f"Continue with `hpsearch resume {shlex.quote(self.spec.name)}`"
@@ -452,6 +460,16 @@ class Orchestrator:
             self._finish(run, TrialState.COMPLETE, value, attrs)
 
     def _on_failed(self, run: _Running, ev: Failed) -> None:
+        if ev.kind == "store":
+            # The artifact store refused the trial's checkpoint (after the worker's retries): not the
+            # trial's failure. It is recorded as a stop records it (FAIL, re-run queued with its
+            # checkpoint id, its own failures unchanged) and the run stops through the stop token:
+            # the other trials in flight are recorded the same way, and run() raises ArtifactStoreError.
+            self._store_failure = f"trial {run.job.number}: {ev.reason}"
+            reason = f"stopped: the artifact store failed ({ev.reason}); re-run on resume from its last checkpoint"
+            self._finish(run, TrialState.FAIL, None, {TrialAttr.FAIL_REASON: reason}, retry=True, alone=run.alone)
+            self.stop.set("the artifact directory cannot be written")
+            return
         if ev.kind == "oom" and not run.stacked:
             # Out of memory alone: it would fail again, so it is not re-run. Optuna's samplers ignore
             # FAIL trials and would propose the configuration again; a PRUNED trial ranks below every

@@ -43,7 +43,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import CheckpointPlan, checkpoint_files, remove_checkpoints
+from ._checkpoint import CheckpointPlan, CheckpointWriteError, checkpoint_files, remove_checkpoints
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
@@ -81,6 +81,7 @@ __all__ = [
     "TUNABLE_PARAMS",
     "CVSpec",
     "CheckpointPlan",
+    "CheckpointWriteError",
     "DataError",
     "DataSpec",
     "Dataset",

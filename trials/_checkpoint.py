@@ -38,6 +38,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointPlan",
     "CheckpointUnusable",
+    "CheckpointWriteError",
     "Checkpointer",
     "checkpoint_files",
     "read_checkpoint",
@@ -48,8 +49,10 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "hpsearch-checkpoint/1"
 _MAGIC = CHECKPOINT_FORMAT.encode() + b"\n"
-# how often a failed checkpoint write is tried in all before the trial goes on without checkpoints
+# how often a failed checkpoint write is tried in all before the trial stops (CheckpointWriteError), and the
+# wait before the second try (doubled before each next one: a network file system that blinks gets 1.5 s)
 _WRITE_ATTEMPTS = 3
+_WRITE_BACKOFF_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,26 @@ class CheckpointPlan:
 
 class CheckpointUnusable(Exception):
     """A checkpoint that cannot be used; ``str(err)`` says why (missing, corrupt, another stack's)."""
+
+
+class CheckpointWriteError(Exception):
+    """The artifact directory could not be written after every attempt: the trial stops there.
+
+    Its last checkpoint that was written is whole (each save replaces the file atomically), so a
+    re-run of the trial goes on from it; the orchestrator stops the study, resumable (exit 3).
+
+    Attributes
+    ----------
+    directory, artifact_id
+        Where the checkpoint was to be written.
+    reason
+        The operating system's words (``Permission denied``, ``No space left on device``).
+    """
+
+    def __init__(self, directory: str, artifact_id: str, reason: str, attempts: int) -> None:
+        super().__init__(f"cannot write the checkpoint {os.path.join(directory, artifact_id)} ({reason}) "
+                         f"after {attempts} attempts")
+        self.directory, self.artifact_id, self.reason = directory, artifact_id, reason
 
 
 def _store(directory: str) -> Any:
@@ -289,13 +312,16 @@ def stack_fingerprint(
 class Checkpointer:
     """A running stack's side of a :class:`CheckpointPlan`: when to save, and the saving and loading.
 
-    A failed save is tried again; when every attempt fails, the trial goes on without checkpoints
-    (a message says so): a checkpoint saves time, it is never worth a trial's result.
+    A failed save is tried again, with backoff; when every attempt fails, the trial stops at its
+    next epoch boundary (or at its end) with :class:`CheckpointWriteError`: the study stops too,
+    resumable, and the re-run goes on from the last checkpoint that was written.
 
     Attributes
     ----------
     messages
-        What the trial should tell the user (a checkpoint not used, saves given up).
+        What the trial should tell the user (a checkpoint not used).
+    error
+        The :class:`CheckpointWriteError` of a save that failed every attempt (raised by :meth:`check`).
     resumed_from_epoch
         The epoch of the checkpoint the trial went on from; None when it started fresh.
     saved, bytes
@@ -312,10 +338,10 @@ class Checkpointer:
         self._clock = clock
         self._last_save = clock()
         self._last_epoch = 0
-        self._disabled = False
         self._skip_load = False
         self._writer: threading.Thread | None = None
         self.messages: list[str] = []
+        self.error: CheckpointWriteError | None = None
         self.resumed_from_epoch: int | None = None
         self.saved = 0
         self.bytes = 0
@@ -345,9 +371,21 @@ class Checkpointer:
         self.resumed_from_epoch = self._last_epoch = epoch
         return epoch, state
 
+    def check(self) -> None:
+        """Raise the :class:`CheckpointWriteError` of a save that failed every attempt, if any."""
+        if self.error is not None:
+            raise self.error
+
     def due(self, epoch: int) -> bool:
-        """Whether to save the state after ``epoch`` (1-based) completed epochs."""
-        if self._disabled or epoch <= self._last_epoch:
+        """Whether to save the state after ``epoch`` (1-based) completed epochs.
+
+        Raises
+        ------
+        CheckpointWriteError
+            When an earlier save failed every attempt (:meth:`check`): training stops here.
+        """
+        self.check()
+        if epoch <= self._last_epoch:
             return False
         p = self.plan
         if p.every_epochs is not None and epoch % p.every_epochs == 0:
@@ -378,7 +416,7 @@ class Checkpointer:
             self._writer = None
 
     def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
-        """Try a failed write again; give up (with a message, no more saves) after that."""
+        """Try a failed write again, with backoff; after the last attempt, keep the error for :meth:`check`."""
         t0, cpu = time.perf_counter(), time.thread_time()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
@@ -389,12 +427,10 @@ class Checkpointer:
                 return
             except OSError as e:
                 if attempt == _WRITE_ATTEMPTS:
-                    self._disabled = True
-                    self.messages.append(
-                        f"cannot write the checkpoint {os.path.join(self.plan.directory, self.plan.artifact_id)} "
-                        f"({e.strerror or e}) after {attempt} attempts; the trial goes on without checkpoints")
+                    self.error = CheckpointWriteError(self.plan.directory, self.plan.artifact_id,
+                                                      str(e.strerror or e), attempt)
                     return
-                time.sleep(0.1 * attempt)
+                time.sleep(_WRITE_BACKOFF_S * 2 ** (attempt - 1))
 
 
 # ------------------------------------------------------------------------------ the stack's state

@@ -602,10 +602,13 @@ def prepare_members(
 
 @contextlib.contextmanager
 def _written_on_exit(checkpoint: Checkpointer) -> Iterator[None]:
+    """Wait for the save in flight; after training that ended well, raise a save that failed
+    (:class:`~trials._checkpoint.CheckpointWriteError`: the re-run goes on from the last one written)."""
     try:
         yield
     finally:
         checkpoint.wait()
+    checkpoint.check()
 
 
 def fit_stack(

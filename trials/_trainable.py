@@ -703,12 +703,14 @@ def run_trainable(
             return _in_own_rng(device, body)
         try:
             try:
-                return _in_own_rng(device, body)
+                out = _in_own_rng(device, body)
             except CheckpointUnusable as e:  # found only as the folds went on: train from epoch 1, saving as asked
                 saver.reset(f"{e}; the trial starts from epoch 1")
-                return _in_own_rng(device, body)
+                out = _in_own_rng(device, body)
         finally:
             saver.wait()  # a checkpoint still being written when training ends (or fails)
+        saver.check()  # ... that could not be written: the trial stops (the study too, resumable)
+        return out
 
     done = fit()
     curves: dict[str, list[list[float]]] = {}

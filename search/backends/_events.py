@@ -9,8 +9,9 @@ from trials import CheckpointPlan, EpochReport, TestResult, TrialResult
 
 __all__ = ["FAILURE_KINDS", "Event", "Failed", "Finished", "Report", "TrialJob"]
 
-FAILURE_KINDS = ("error", "oom", "crash")
-"""What :class:`Failed` may say: the trial's code raised, it ran out of memory, or its worker died."""
+FAILURE_KINDS = ("error", "oom", "crash", "store")
+"""What :class:`Failed` may say: the trial's code raised, it ran out of memory, its worker died, or its
+checkpoint could not be written to the artifact store."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,16 @@ class Finished:
 class Failed:
     """A job that did not produce a result. ``kind`` tells the orchestrator how to treat it:
     ``error`` (the trial's code raised: re-run up to ``retries.max_retries``), ``oom`` (out of
-    memory: recorded PRUNED, not re-run) or ``crash`` (its worker died after Ray's own re-executions).
+    memory: recorded PRUNED, not re-run), ``crash`` (its worker died after Ray's own re-executions) or
+    ``store`` (its checkpoint could not be written: the study stops, resumable, and the trial is
+    re-run on resume from its last checkpoint).
 
     A job the orchestrator cancelled produces no event at all (:meth:`Backend.cancel_all`).
     """
 
     key: str
     reason: str
-    kind: Literal["error", "oom", "crash"] = "error"
+    kind: Literal["error", "oom", "crash", "store"] = "error"
     detail: str = ""
 
     def __post_init__(self) -> None:

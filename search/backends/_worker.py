@@ -116,10 +116,12 @@ class Outcome:
 
 
 def _failure(key: str, exc: Exception) -> Failed:
-    from trials import TrialOutOfMemory  # here: the driver need not import torch to run a study
+    from trials import CheckpointWriteError, TrialOutOfMemory  # here: the driver need not import torch
 
     if isinstance(exc, TrialOutOfMemory):
         return Failed(key, str(exc), "oom")
+    if isinstance(exc, CheckpointWriteError):  # the artifact store, not the trial: the study stops, resumable
+        return Failed(key, str(exc), "store")
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     return Failed(key, reason, "error", traceback.format_exc(limit=20))
 

@@ -291,3 +291,71 @@ def test_a_rerun_of_a_trainable_goes_on_from_its_checkpoint_and_scores_as_an_uni
     assert rerun.user_attrs["curves"] == plain.user_attrs["curves"]
     assert rerun.intermediate_values == plain.intermediate_values and len(rerun.intermediate_values) == 8
     assert os.listdir(fast_dir / "tckpt.db.artifacts") == []  # finished: deleted
+
+
+def failing_saves_from(epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every checkpoint save of epoch ``epoch`` or later fails, as a store that became unreachable
+    (deterministic: no race with the background writer); retries do not wait."""
+    import errno
+
+    from trials import _checkpoint
+
+    real = _checkpoint.write_checkpoint
+
+    def flaky(directory, artifact_id, at, fingerprint, state):  # type: ignore[no-untyped-def]
+        if at >= epoch:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(directory, artifact_id, at, fingerprint, state)
+
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", flaky)
+    monkeypatch.setattr(_checkpoint, "_WRITE_BACKOFF_S", 0.0)
+
+
+def test_a_store_unreachable_mid_study_stops_it_resumable_and_the_resume_goes_on(fast_dir, monkeypatch) -> None:
+    """A checkpoint the store refuses after its retries stops the study (ArtifactStoreError: exit 3); the
+    trial is recorded FAIL with one re-run queued, keeps its last checkpoint, and the resume goes on from
+    it to the uninterrupted run's scores: nothing lost, nothing run twice."""
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "ckpt")[0]
+    url = f"sqlite:///{fast_dir / 'gone.db'}"
+    failing_saves_from(6, monkeypatch)
+    with pytest.raises(st.StorageError) as err:
+        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False)
+    art = fast_dir / "gone.db.artifacts"
+    text = str(err.value)
+    assert type(err.value).__name__ == "ArtifactStoreError"
+    assert "cannot write the checkpoint" in text and "Permission denied" in text and "after 3 attempts" in text
+    assert repr(str(art)) in text and "hpsearch resume ckpt" in text
+    first, queued = trials(url, "ckpt")  # the re-run is queued, not run
+    assert first.state.name == "FAIL" and first.user_attrs["will_retry"] is True
+    assert "the artifact store failed" in first.user_attrs["fail_reason"]
+    assert queued.state.name == "WAITING" and queued.user_attrs["retry_of"] == 0
+    assert queued.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]
+    assert os.listdir(art) == [first.user_attrs["checkpoint"]]  # the checkpoint of epoch 4, kept
+    monkeypatch.undo()  # the store is back
+    res = search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)
+    assert res.done == 1
+    _, rerun = trials(url, "ckpt")
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] == 4
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.intermediate_values == plain.intermediate_values
+    assert os.listdir(art) == []
+
+
+def test_a_store_unreachable_mid_study_exits_3_naming_the_directory_and_the_fix(fast_dir, monkeypatch) -> None:
+    monkeypatch.setattr("search._api.make_backend", lambda spec, address=None: LocalBackend(1))
+    study = fast_dir / "study.yaml"
+    study.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{fast_dir / 'cli.db'}"
+    arts = fast_dir / "arts"
+    failing_saves_from(4, monkeypatch)
+    code, _, err = invoke("run", str(study), "--storage", url, "--artifacts", str(arts), "-q")
+    assert code == 3, err
+    assert "hpsearch: error: trial 0: cannot write the checkpoint" in err and str(arts) in err
+    assert "Fix the artifact directory" in err and "hpsearch resume ckpt" in err and "Traceback" not in err
+    monkeypatch.undo()  # the store is back: `hpsearch resume` finishes the study
+    monkeypatch.setattr("search._api.make_backend", lambda spec, address=None: LocalBackend(1))
+    code, _, err = invoke("resume", "ckpt", "--storage", url, "--artifacts", str(arts), "-q")
+    assert code == 0, err
+    assert [t.state.name for t in trials(url, "ckpt")] == ["FAIL", "COMPLETE"]

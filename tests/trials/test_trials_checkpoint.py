@@ -139,14 +139,37 @@ def test_a_checkpoint_is_never_loaded_into_another_trial(small, tmp_path, change
     assert out.folds == plain.folds
 
 
-def test_an_unwritable_directory_costs_checkpoints_not_the_trial(small, tmp_path):
+def test_a_store_that_fails_every_attempt_stops_the_trial_and_keeps_the_last_checkpoint(small, tmp_path,
+                                                                                         monkeypatch):
+    """Every save from epoch 6 on fails (the store is unreachable): each is tried 3 times with backoff,
+    then the trial stops with CheckpointWriteError; the checkpoint of epoch 3 is whole, and a re-run
+    goes on from it and ends bit-equal to an uninterrupted run."""
+    import errno
+
+    from trials import CheckpointWriteError, _checkpoint
+
     settings = CASES["sgd-step"]
-    blocked = tmp_path / "file"
-    blocked.write_text("a file where the directory should be")
     plain = run_trial(small, {}, settings, seed=7)
-    out = run_trial(small, {}, settings, seed=7, checkpoint=CheckpointPlan(str(blocked), "w", every_epochs=1))
-    assert out.folds == plain.folds
-    assert "after 3 attempts; the trial goes on without checkpoints" in out.messages[-1]
+    real, tries, slept = _checkpoint.write_checkpoint, [], []
+
+    def flaky(directory, artifact_id, epoch, fingerprint, state):
+        tries.append(epoch)
+        if epoch >= 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, artifact_id, epoch, fingerprint, state)
+
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", flaky)
+    monkeypatch.setattr(_checkpoint.time, "sleep", slept.append)
+    plan = CheckpointPlan(str(tmp_path), "w", every_epochs=3)
+    with pytest.raises(CheckpointWriteError) as e:
+        run_trial(small, {}, settings, seed=7, checkpoint=plan)
+    assert tries == [3, 6, 6, 6] and slept == [0.5, 1.0]  # 3 attempts, the wait doubling
+    assert e.value.directory == str(tmp_path) and e.value.reason == "No space left on device"
+    assert "cannot write the checkpoint" in str(e.value) and "after 3 attempts" in str(e.value)
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", real)
+    resumed = run_trial(small, {}, settings, seed=7, checkpoint=CheckpointPlan(str(tmp_path), "w", every_epochs=3,
+                                                                              rerun=True))
+    assert resumed.resumed_from_epoch == 3 and resumed.folds == plain.folds
 
 
 def test_checkpoint_files_are_one_per_trial_and_removed_whole(small, tmp_path):
