@@ -156,6 +156,7 @@ def _execute(
     if art_dir is not None:
         check_writable(art_dir, "checkpoints and the best model are" if ckpt and refit
                        else "checkpoints are" if ckpt else "the best model is")
+    leftovers = None if art_dir is not None else _leftover_dir(url, artifacts)
     attempts = db_retry_attempts()
     lease_stale_after()  # a malformed setting fails before anything is written
     if spec.notify is not None:
@@ -170,7 +171,8 @@ def _execute(
     try:
         with stop_on_signals(token):
             result = _execute_leased(spec, rdb, session, address=address, backend=backend, callbacks=callbacks,
-                                     worker_fn=worker_fn, must_exist=must_exist, refit=refit, art_dir=art_dir)
+                                     worker_fn=worker_fn, must_exist=must_exist, refit=refit, art_dir=art_dir,
+                                     leftovers=leftovers)
     except KeyboardInterrupt as e:  # outside the trial loop: start-up, the final refit, or a forced stop
         what = token.reason or (e.args[0] if e.args and isinstance(e.args[0], str) else "Ctrl-C")
         raise Interrupted(f"interrupted ({what}); finished trials are saved. "
@@ -188,6 +190,15 @@ def _execute(
     finally:
         if notifier is not None:
             notifier.close()
+
+
+def _leftover_dir(url: str, artifacts: str | None) -> str | None:
+    """The artifact directory of a run that writes none (no checkpoints, no refit), where checkpoints of
+    an earlier run may be left; None when there is none, or it is not a directory hpsearch can use."""
+    try:
+        return resolve_artifacts(url, artifacts)
+    except UsageError:
+        return None
 
 
 def _check_model(spec: StudySpec, data: Dataset, callbacks: Callbacks | None = None) -> None:
@@ -241,7 +252,10 @@ def _execute_leased(
     must_exist: bool,
     refit: bool,
     art_dir: str | None = None,
+    leftovers: str | None = None,
 ) -> StudyResult:
+    """``leftovers``: the artifact directory where an earlier run's checkpoints may be (checkpoints
+    now off, no refit: ``art_dir`` is None); the orchestrator deletes those of finished trials."""
     call, token, url = session.call, session.stop, session.url
     # The lease comes first: a run refused because another one is live must not write the study.
     with leased(rdb.engine, spec.name, session):
@@ -286,7 +300,7 @@ def _execute_leased(
                 stack = 1
             models = None if art_dir is None or not refit else ModelStore(art_dir, _model_info(data))
             orch = Orchestrator(study, spec, backend, callbacks=callbacks, db=call, stack_trials=stack, stop=token,
-                                models=models, checkpoints=art_dir)
+                                models=models, checkpoints=art_dir or leftovers)
             orch.run()
             if refit:
                 test = orch.refit_best()

@@ -112,6 +112,7 @@ class _Running:
     passed: int = 0  # times it was ready and another group was submitted instead
     last_step: int = 0
     pruned: bool = False
+    leftover: str | None = None  # the checkpoint id an earlier run recorded while checkpoints are now off
 
 
 class Orchestrator:
@@ -140,7 +141,9 @@ class Orchestrator:
         The artifact directory trials save their checkpoints to (``checkpoint`` in the spec); None:
         no checkpoints. The orchestrator chooses each trial's checkpoint id, records it on the trial
         (a re-run of the trial keeps it, and goes on from it) and deletes the checkpoint once the
-        trial is finished; workers only write the files.
+        trial is finished; workers only write the files. With ``checkpoint`` off, a trial that holds
+        a checkpoint from an earlier run (the spec changed) still has it deleted there when it is
+        finished for good.
     """
 
     def __init__(
@@ -176,6 +179,7 @@ class Orchestrator:
         self.stop = stop if stop is not None else StopToken()
         self.models = models  # where the refit model is saved (None: not saved)
         self.checkpoints = checkpoints if spec.checkpoint.enabled else None
+        self._artifacts = checkpoints  # where earlier runs' checkpoints are, with checkpoints on or off
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
         self._store_failure: str | None = None  # a checkpoint the artifact store refused: the run stops (exit 3)
 
@@ -277,7 +281,9 @@ class Orchestrator:
             gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
             checkpoint=plan,
         )
-        return _Running(trial, job, alone=bool(attrs.get(TrialAttr.ALONE, False)), failures=_failures(attrs))
+        leftover = attrs.get(TrialAttr.CHECKPOINT) if plan is None else None
+        return _Running(trial, job, alone=bool(attrs.get(TrialAttr.ALONE, False)), failures=_failures(attrs),
+                        leftover=leftover)
 
     def _pick(self) -> list[_Running]:
         """The largest group of ready trials with one stack key (at most ``stack_trials``; the
@@ -512,18 +518,22 @@ class Orchestrator:
             if alone:  # counts the same failures and queues it alone too
                 attrs[TrialAttr.RERUN_ALONE] = True
             self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
-                                failures=failures, alone=alone,
-                                checkpoint=None if run.job.checkpoint is None else run.job.checkpoint.artifact_id)
+                                failures=failures, alone=alone, checkpoint=self._checkpoint_of(run))
         self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), attrs))
         self._tell(trial.number, state, value)
         self._running.pop(run.job.key, None)
         if not retry:
             self._done += 1
-            if run.job.checkpoint is not None:  # finished for good: its checkpoint is of no more use
-                remove_checkpoints(run.job.checkpoint.directory, run.job.checkpoint.artifact_id)
+            ckpt = self._checkpoint_of(run)
+            if ckpt is not None and self._artifacts is not None:  # finished for good: of no more use
+                remove_checkpoints(self._artifacts, ckpt)
         if notify:
             frozen = self._db(lambda: self._store.get_trial(trial_id_of(trial)))
             self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
+
+    def _checkpoint_of(self, run: _Running) -> str | None:
+        """The id of the checkpoint ``run`` writes, or holds from an earlier run (checkpoints now off)."""
+        return run.leftover if run.job.checkpoint is None else run.job.checkpoint.artifact_id
 
     def _tell(self, number: int, state: TrialState, value: float | None) -> None:
         def tell() -> None:

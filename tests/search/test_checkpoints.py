@@ -359,3 +359,42 @@ def test_a_store_unreachable_mid_study_exits_3_naming_the_directory_and_the_fix(
     code, _, err = invoke("resume", "ckpt", "--storage", url, "--artifacts", str(arts), "-q")
     assert code == 0, err
     assert [t.state.name for t in trials(url, "ckpt")] == ["FAIL", "COMPLETE"]
+
+
+def test_a_checkpoint_left_when_checkpoints_are_turned_off_is_deleted_when_its_trial_finishes(fast_dir) -> None:
+    """A trial stopped with a checkpoint on disk, then resumed from a study file without checkpoint keys
+    (and no refit): the re-run starts fresh, and its finish deletes the earlier run's file all the same."""
+    url = f"sqlite:///{fast_dir / 'off-later.db'}"
+    token = search.StopToken()
+
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        def stop_at_5(r):  # type: ignore[no-untyped-def]
+            if r.epoch == 5:
+                token.set("Ctrl-C")
+            return report(r)
+        return train_job(data, settings, job, stop_at_5)
+
+    with pytest.raises(search.Interrupted):
+        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, stop=token)
+    art = fast_dir / "off-later.db.artifacts"
+    (first,) = [t for t in trials(url, "ckpt") if t.state.name == "FAIL"]
+    assert os.listdir(art) == [first.user_attrs["checkpoint"]]
+    seen: list[TrialJob] = []
+    run_study({**SPEC, "checkpoint": {}}, storage=url, backend=LocalBackend(1), refit=False,
+              worker_fn=dies_once_at(99, seen))
+    rerun = trials(url, "ckpt")[-1]
+    assert [j.checkpoint for j in seen] == [None]  # checkpoints off: not used, not written
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] is None
+    assert rerun.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]  # the re-run holds it ...
+    assert os.listdir(art) == []  # ... and its finish deleted it
+
+
+def test_a_trial_that_fails_for_good_has_its_checkpoint_deleted(fast_dir) -> None:
+    url = f"sqlite:///{fast_dir / 'failed.db'}"
+    seen: list[TrialJob] = []
+    with pytest.raises(search.NoTrialCompleted):
+        run_study({**SPEC, "retries": {"max_retries": 0}}, storage=url, backend=LocalBackend(1), refit=False,
+                  worker_fn=dies_once_at(5, seen))
+    (failed,) = trials(url, "ckpt")
+    assert failed.state.name == "FAIL" and "will_retry" not in failed.user_attrs and failed.user_attrs["checkpoint"]
+    assert seen[0].checkpoint is not None and os.listdir(fast_dir / "failed.db.artifacts") == []
