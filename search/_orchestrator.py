@@ -268,7 +268,7 @@ class Orchestrator:
                 ckpt = new[TrialAttr.CHECKPOINT] = f"checkpoint-{uuid.uuid4().hex}"
             c = self.spec.checkpoint
             plan = CheckpointPlan(self.checkpoints, ckpt, every_epochs=c.every_epochs, every_s=c.every_s,
-                                  rerun=TrialAttr.RETRY_OF in attrs)
+                                  rerun=TrialAttr.RETRY_OF in attrs, final=c.keep_best)
         if new:  # recorded before the trial runs: a worker writes only where the database says
             self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), new))
         r = self.spec.resources
@@ -525,11 +525,31 @@ class Orchestrator:
         if not retry:
             self._done += 1
             ckpt = self._checkpoint_of(run)
-            if ckpt is not None and self._artifacts is not None:  # finished for good: of no more use
+            kept = state == TrialState.COMPLETE and ckpt is not None and self._keep_if_best(run, ckpt)
+            if ckpt is not None and self._artifacts is not None and not kept:  # finished for good: of no more use
                 remove_checkpoints(self._artifacts, ckpt)
         if notify:
             frozen = self._db(lambda: self._store.get_trial(trial_id_of(trial)))
             self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
+
+    def _keep_if_best(self, run: _Running, ckpt: str) -> bool:
+        """``checkpoint.keep_best``: whether ``run``'s checkpoint is kept, as the study's best trial's. Its
+        place is recorded on the study (``hpsearch_kept_checkpoint``) first, then the previous best's
+        files are deleted: at most one trial's checkpoint is kept besides those of the trials in flight."""
+        if self.checkpoints is None or not self.spec.checkpoint.keep_best or run.job.checkpoint is None:
+            return False
+        try:
+            best = self._db(lambda: self.study.best_trial)
+        except ValueError:
+            return False
+        if best.number != run.trial.number:
+            return False
+        previous = self._db(lambda: self.study.user_attrs).get(StudyAttr.KEPT_CHECKPOINT)
+        kept = {"trial": run.trial.number, "checkpoint": ckpt, "directory": self.checkpoints}
+        self._db(lambda: self.study.set_user_attr(StudyAttr.KEPT_CHECKPOINT, kept))
+        if previous and previous.get("checkpoint") != ckpt:
+            remove_checkpoints(str(previous.get("directory") or self.checkpoints), str(previous["checkpoint"]))
+        return True
 
     def _checkpoint_of(self, run: _Running) -> str | None:
         """The id of the checkpoint ``run`` writes, or holds from an earlier run (checkpoints now off)."""

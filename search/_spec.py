@@ -266,6 +266,8 @@ class CheckpointSpec(_Model):
     every_epochs: int | None = Field(None, ge=1, description="save after every N epochs")
     every_s: float | None = Field(None, gt=0, description="save at the first epoch boundary N seconds after the "
                                                           "last save")
+    keep_best: bool = Field(False, description="keep the checkpoint of the study's best trial (saved once more "
+                                               "when it ends: every fold's best weights), for an ensemble")
 
     @property
     def enabled(self) -> bool:

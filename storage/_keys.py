@@ -52,5 +52,7 @@ class StudyAttr:
     REFIT_ERROR = "hpsearch_refit_error"
     CLASSES = "hpsearch_classes"
     """The original class labels in code order (``classes[code]``, as ``trials.decode_labels`` reads them)."""
+    KEPT_CHECKPOINT = "hpsearch_kept_checkpoint"
+    """``checkpoint.keep_best``: ``{"trial", "checkpoint", "directory"}`` of the best trial's checkpoint, kept."""
     SCALING = "hpsearch_scaling"
     """How the study's trials scale features (``data.scaling`` resolved for its samples: ``trials.Dataset.scaling``)."""

@@ -70,6 +70,10 @@ class CheckpointPlan:
         last save (at an epoch boundary); None: not by that rule.
     rerun
         This run continues an interrupted one: a missing checkpoint is then worth a message.
+    final
+        Save once more when training ends (``checkpoint.keep_best``): the file then holds every
+        fold's best weights (``best_state``) and whole curves. The built-in loop only; a
+        ``trainable``'s last checkpoint is the one of its last due epoch.
     """
 
     directory: str
@@ -77,6 +81,7 @@ class CheckpointPlan:
     every_epochs: int | None = None
     every_s: float | None = None
     rerun: bool = False
+    final: bool = False
 
     def for_folds(self, folds: Sequence[int] | None) -> CheckpointPlan:
         """The plan of a part of the trial that trains only ``folds`` (``resources.parallel_folds``)."""
@@ -370,6 +375,11 @@ class Checkpointer:
             return None
         self.resumed_from_epoch = self._last_epoch = epoch
         return epoch, state
+
+    @property
+    def saved_epoch(self) -> int:
+        """The epoch of the last checkpoint saved (or loaded) by this run; 0 when none."""
+        return self._last_epoch
 
     def check(self) -> None:
         """Raise the :class:`CheckpointWriteError` of a save that failed every attempt, if any."""

@@ -711,7 +711,7 @@ def fit_stack(
         def still_training() -> list[int]:
             return [j for j, mid in enumerate(live) if not records[mid].stopped and group_of[mid] not in halted]
 
-        first_epoch, finished = 1, False
+        first_epoch, finished, last_epoch = 1, False, 0
         fingerprint = ""
         if checkpoint is not None:
             fingerprint = stack_fingerprint(hps, splits, group_of, seed=seed, n_features=d, n_classes=n_classes,
@@ -728,6 +728,7 @@ def fit_stack(
                 for g, r in state["reports"]:  # the reports of the epochs not trained again, in order
                     send(int(g), report_from_state(r))
                 first_epoch = done + 1
+                last_epoch = done
                 keep = still_training()
                 if not keep:
                     finished = True
@@ -742,6 +743,7 @@ def fit_stack(
                     live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                     records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
                     dropout_gens=all_gens, device=device))
+            last_epoch = epoch
             if hp0.lr_schedule == "step":
                 optimizer.set_lr(base_lr[live] * step_schedule_factor(epoch, hp0.step_size, hp0.gamma))
             batches = make_epoch_batches(
@@ -782,6 +784,12 @@ def fit_stack(
             if len(keep) < len(live):  # compact: stopped members leave the stack
                 compact(keep)
 
+        if checkpoint is not None and checkpoint.plan.final and last_epoch > checkpoint.saved_epoch:
+            # checkpoint.keep_best: the trial's end, every fold's best weights, kept if it is the best trial
+            checkpoint.save(last_epoch, fingerprint, lambda: capture_stack_state(
+                live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
+                records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
+                dropout_gens=all_gens, device=device))
         model.load_state_tensors(best_state, all_gens)
         source.reset()  # all members again, for evaluating the restored stack
         folds = [r.result(s.fold) for r, s in zip(records, splits)]

@@ -79,6 +79,9 @@ def show(name: str, storage: str | None, output: str, limit: int | None, sort: s
     elif ck is not None:
         click.echo(f"checkpoints: {ck['files']} file(s), {ck['bytes'] / 1e6:.1f} MB in {ck['directory']} (deleted as "
                    "each trial finishes)")
+    if ck is not None and ck.get("kept"):
+        click.echo(f"kept (checkpoint.keep_best): the checkpoint of trial {ck['kept']['trial']}, "
+                   f"{ck['kept']['checkpoint']} in {ck['kept']['directory']}")
 
 
 @click.command()

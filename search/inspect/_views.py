@@ -115,7 +115,7 @@ def show_study(name: str, storage: str | None = None, *, limit: int | None = Non
         "strategy": spec.get("strategy"),
         "test_result": attrs.get(StudyAttr.TEST_RESULT) or None,
         "trials": [_trial_dict(r) for r in rows],
-        "checkpoints": checkpoint_usage(rows, _artifact_dir(engine)),
+        "checkpoints": checkpoint_usage(rows, _artifact_dir(engine), attrs.get(StudyAttr.KEPT_CHECKPOINT)),
     }
 
 
@@ -127,11 +127,12 @@ def _artifact_dir(engine: Any) -> str | None:
     return resolve_artifacts(url(hide_password=True) if url else "", None)
 
 
-def checkpoint_usage(rows: Any, directory: str | None) -> dict[str, Any] | None:
-    """Disk use of the checkpoints of ``rows`` in ``directory``: ``{"directory", "files", "bytes"}``; None
-    when no trial has a checkpoint. A finished trial's checkpoint is deleted, so this is what the trials
+def checkpoint_usage(rows: Any, directory: str | None, kept: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Disk use of the checkpoints of ``rows`` in ``directory``: ``{"directory", "files", "bytes", "kept"}``;
+    None when no trial has a checkpoint. A finished trial's checkpoint is deleted, so this is what the trials
     still running (or waiting to go on) hold: at most one file per trial in flight (per fold with
-    ``resources.parallel_folds``)."""
+    ``resources.parallel_folds``), and with ``checkpoint.keep_best`` the best trial's: ``kept`` is
+    ``{"trial", "checkpoint", "directory"}`` of it (the study attribute ``hpsearch_kept_checkpoint``), else None."""
     import os
 
     from trials import checkpoint_files
@@ -148,7 +149,7 @@ def checkpoint_usage(rows: Any, directory: str | None) -> dict[str, Any] | None:
                     files += 1
                 except OSError:
                     continue
-    return {"directory": directory, "files": files, "bytes": size}
+    return {"directory": directory, "files": files, "bytes": size, "kept": kept or None}
 
 
 def best_of(name: str, storage: str | None = None, *, engine: Any = None) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_a_rerun_goes_on_from_the_checkpoint_and_scores_as_an_uninterrupted_run(
     assert code == 0, err
     shown = json.loads(out)
     assert [t["resumed_from_epoch"] for t in shown["trials"]] == [None, 4]
-    assert shown["checkpoints"] == {"directory": str(art), "files": 0, "bytes": 0}
+    assert shown["checkpoints"] == {"directory": str(art), "files": 0, "bytes": 0, "kept": None}
     code, out, _ = invoke("show", "ckpt", "--storage", url)
     assert "went on from epoch 4" in out and "checkpoints: 0 file(s), 0.0 MB in" in out
 
@@ -398,3 +398,35 @@ def test_a_trial_that_fails_for_good_has_its_checkpoint_deleted(fast_dir) -> Non
     (failed,) = trials(url, "ckpt")
     assert failed.state.name == "FAIL" and "will_retry" not in failed.user_attrs and failed.user_attrs["checkpoint"]
     assert seen[0].checkpoint is not None and os.listdir(fast_dir / "failed.db.artifacts") == []
+
+
+def test_keep_best_keeps_the_best_trials_checkpoint_at_its_end_and_only_that_one(fast_dir) -> None:
+    """checkpoint.keep_best: the best trial's checkpoint stays (saved once more when the trial ended: its
+    epoch is the trial's last), the study records where, a better trial's replaces it, and no other
+    finished trial's file is left: disk use is one trial's plus the trials in flight."""
+    url = f"sqlite:///{fast_dir / 'keep.db'}"
+    art = fast_dir / "keep.db.artifacts"
+    spec = {**SPEC, "space": {"lr": {"values": [0.0005, 0.05, 0.002]}},
+            "training": {**SPEC["training"], "max_epochs": 5}, "checkpoint": {"every_epochs": 2, "keep_best": True}}
+    left: list[list[str]] = []
+
+    class Watch(search.Callbacks):
+        def on_trial_end(self, trial, done, budget):  # type: ignore[no-untyped-def]
+            left.append(sorted(n for n in os.listdir(art) if not n.startswith(".")))
+
+    run_study(spec, storage=url, backend=LocalBackend(1), refit=False, callbacks=Watch())
+    study = optuna.load_study(study_name="ckpt", storage=url)
+    best = study.best_trial
+    kept = study.user_attrs["hpsearch_kept_checkpoint"]
+    assert kept == {"trial": best.number, "checkpoint": best.user_attrs["checkpoint"], "directory": str(art)}
+    assert os.listdir(art) == [kept["checkpoint"]]
+    assert all(len(names) == 1 for names in left), left  # never more than the best so far
+    with open(art / kept["checkpoint"], "rb") as f:
+        assert f.readline() == b"hpsearch-checkpoint/1\n"
+        assert json.loads(f.readline())["epoch"] == best.user_attrs["epochs"]  # the trial's end
+    code, out, err = invoke("show", "ckpt", "--storage", url, "-o", "json")
+    assert code == 0, err
+    shown = json.loads(out)["checkpoints"]
+    assert shown["kept"] == kept and shown["files"] == 1 and shown["bytes"] == os.path.getsize(art / kept["checkpoint"])
+    code, out, _ = invoke("show", "ckpt", "--storage", url)
+    assert f"kept (checkpoint.keep_best): the checkpoint of trial {best.number}" in out
