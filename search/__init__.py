@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "._api": ("StudyResult", "make_backend", "resume_study", "run_study", "spec_diff", "stored_spec"),
     "._errors": ("NoTrialCompleted", "UsageError"),
-    "._model": ("Predictions", "export_model", "load_model", "load_model_file", "predict"),
+    "._model": ("Predictions", "export_model", "load_fold_models", "load_model", "load_model_file", "predict"),
     "._orchestrator": ("Callbacks", "Interrupted", "Orchestrator", "count_done"),
     "._spec": ("SpecError", "StudySpec", "load_spec", "parse_spec"),
     "._stop": ("StopRequested", "StopToken"),
@@ -59,6 +59,7 @@ __all__ = [
     "count_done",
     "distributions",
     "export_model",
+    "load_fold_models",
     "load_model",
     "load_model_file",
     "load_spec",
@@ -79,7 +80,7 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ._api import StudyResult, make_backend, resume_study, run_study, spec_diff, stored_spec
     from ._errors import NoTrialCompleted, UsageError
-    from ._model import Predictions, export_model, load_model, load_model_file, predict
+    from ._model import Predictions, export_model, load_fold_models, load_model, load_model_file, predict
     from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
     from ._spec import SpecError, StudySpec, load_spec, parse_spec
     from ._stop import StopRequested, StopToken

@@ -24,8 +24,8 @@ from ._spec import SpecError, parse_spec
 if TYPE_CHECKING:
     from trials._export import ScaledModel
 
-__all__ = ["Predictions", "export_model", "load_model", "load_model_file", "model_bytes", "predict",
-           "write_predictions"]
+__all__ = ["Predictions", "export_model", "load_fold_models", "load_model", "load_model_file", "model_bytes",
+           "predict", "write_predictions"]
 
 
 def model_bytes(name: str, *, storage: str | None = None, artifacts: str | None = None) -> bytes:
@@ -111,6 +111,83 @@ def load_model(name: str, *, storage: str | None = None, artifacts: str | None =
         The artifact directory the run saved to (else ``HPSEARCH_ARTIFACTS``, else beside the SQLite file).
     """
     return _build(model_bytes(name, storage=storage, artifacts=artifacts), f"the model of study {name!r}")
+
+
+def load_fold_models(name: str, *, storage: str | None = None, artifacts: str | None = None) -> list[ScaledModel]:
+    """The fold models of study ``name``'s best trial, kept by ``checkpoint.keep_best``: one ``nn.Module``
+    per fold (in fold order, eval mode) that takes raw inputs (scaled as its fold's training rows were),
+    with each fold's best weights; average their outputs for an ensemble.
+
+    The built-in MLP of a classification study only (a ``model.factory``'s or a ``trainable``'s
+    checkpoint keeps its files, read with :func:`trials._checkpoint.read_checkpoint`).
+
+    Raises
+    ------
+    UsageError
+        No such study, no kept checkpoint (``checkpoint.keep_best`` off, no trial completed), a file
+        that is gone or unreadable, or a study this loader cannot rebuild.
+    """
+    from trials import resolve_hyperparams
+    from trials._checkpoint import CheckpointUnusable, checkpoint_files, read_checkpoint
+    from trials._export import ScaledModel, build_module
+
+    url = st.resolve_url(storage)
+    attrs = st.study_attrs(st.create_engine(url, create=False), name)
+    kept = attrs.get(StudyAttr.KEPT_CHECKPOINT)
+    if not kept:
+        raise UsageError(f"study {name!r} keeps no fold models: set checkpoint.keep_best: true (with "
+                         "checkpoint.every_epochs or every_s) in its study file; the next trial that becomes the "
+                         "best keeps its checkpoint")
+    try:
+        spec = parse_spec(attrs[StudyAttr.SPEC], source=f"stored spec of study {name!r}", stored=True)
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+    if spec.trainable is not None or spec.model.factory is not None or spec.task != "classification":
+        raise UsageError(f"study {name!r}: load_fold_models rebuilds the built-in MLP of a classification study; "
+                         f"read the kept checkpoint {kept['checkpoint']} in {kept['directory']} with "
+                         "trials._checkpoint.read_checkpoint")
+    directory = resolve_artifacts(url, artifacts) if artifacts is not None else str(kept["directory"])
+    assert directory is not None
+    parts = [n for n in checkpoint_files(directory, str(kept["checkpoint"])) if not n.startswith(".")]
+    if not parts:
+        raise UsageError(f"the kept checkpoint {kept['checkpoint']} of study {name!r} is not in {directory!r}; pass "
+                         "the directory the study saved it to with --artifacts DIR (or artifacts=...)")
+    hp = resolve_hyperparams(spec.settings, _trial_params(url, name, int(kept["trial"])))
+    classes = attrs.get(StudyAttr.CLASSES)
+    models: list[tuple[int, ScaledModel]] = []
+    for part in parts:
+        try:
+            _, state = read_checkpoint(directory, part, None)
+        except CheckpointUnusable as e:
+            raise UsageError(f"study {name!r}: {e}") from None
+        ens = state.get("ensemble")
+        if ens is None:
+            raise UsageError(f"the kept checkpoint {os.path.join(directory, part)} was saved before its trial ended "
+                             "(an hpsearch without the final save of checkpoint.keep_best); it holds no fold models")
+        n_layers = len(state["best_state"]) // 2
+        weights, biases = state["best_state"][:n_layers], state["best_state"][n_layers:]
+        n_classes = int(weights[-1].shape[-1])
+        for m, fold in enumerate(ens["folds"]):
+            net = build_module(hp, [int(x) for x in ens["input_shape"]], n_classes)
+            sd = {}
+            for i, (w, b) in enumerate(zip(weights, biases)):  # as trials._export.member_state_dict
+                sd[f"{3 * i}.weight"] = w[m].t().contiguous()
+                sd[f"{3 * i}.bias"] = b[m, 0].contiguous()
+            net.load_state_dict(sd, strict=True)
+            model = ScaledModel(net, ens["mean"][m].tolist(), ens["scale"][m].tolist(),
+                                classes=list(classes) if classes is not None else list(range(n_classes)),
+                                input_shape=ens["input_shape"],
+                                scaling=str(attrs.get(StudyAttr.SCALING) or "per_feature"))
+            models.append((int(fold), model.eval()))
+    return [m for _, m in sorted(models, key=lambda fm: fm[0])]
+
+
+def _trial_params(url: str, name: str, number: int) -> dict[str, Any]:
+    """The params of trial ``number`` of study ``name``."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=st.create_storage(url))
+    return dict(study.trials[number].params)
 
 
 def load_model_file(path: str | Path) -> ScaledModel:

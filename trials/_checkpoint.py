@@ -192,8 +192,9 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     return len(header) + len(layout) + sum(len(r) for r in raws)
 
 
-def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: Any = "cpu") -> tuple[int, dict]:
-    """``(epoch, state)`` of checkpoint ``artifact_id``, checked against ``fingerprint``; tensors on ``device``.
+def read_checkpoint(directory: str, artifact_id: str, fingerprint: str | None, device: Any = "cpu") -> tuple[int, dict]:
+    """``(epoch, state)`` of checkpoint ``artifact_id``, checked against ``fingerprint`` (None: not
+    checked, for a reader that only takes its weights); tensors on ``device``.
 
     Raises
     ------
@@ -223,7 +224,7 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str, device: 
     body = memoryview(data)[end + 1:]
     if len(body) != n_layout + sum(sizes) or zlib.crc32(body) != meta.get("crc32"):
         raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its CRC-32 checksum does not match)")
-    if meta.get("fingerprint") != fingerprint:
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise CheckpointUnusable(f"the checkpoint {where} was made for another stack (other params, model shape, "
                                  "folds or seeds); it is ignored")
     layout = json.loads(bytes(body[:n_layout]))

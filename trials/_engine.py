@@ -785,11 +785,14 @@ def fit_stack(
                 compact(keep)
 
         if checkpoint is not None and checkpoint.plan.final and last_epoch > checkpoint.saved_epoch:
-            # checkpoint.keep_best: the trial's end, every fold's best weights, kept if it is the best trial
-            checkpoint.save(last_epoch, fingerprint, lambda: capture_stack_state(
+            # checkpoint.keep_best: the trial's end, every fold's best weights, kept if it is the best trial;
+            # with each distinct training split's feature scaling (one per fold for one trial's stack)
+            checkpoint.save(last_epoch, fingerprint, lambda: {**capture_stack_state(
                 live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                 records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
-                dropout_gens=all_gens, device=device))
+                dropout_gens=all_gens, device=device), "ensemble": {
+                    "folds": [int(s.fold) for s in splits], "input_shape": [int(x) for x in X.shape[1:]],
+                    "mean": mean.detach().to("cpu", copy=True), "scale": scale.detach().to("cpu", copy=True)}})
         model.load_state_tensors(best_state, all_gens)
         source.reset()  # all members again, for evaluating the restored stack
         folds = [r.result(s.fold) for r, s in zip(records, splits)]

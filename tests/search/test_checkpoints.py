@@ -430,3 +430,21 @@ def test_keep_best_keeps_the_best_trials_checkpoint_at_its_end_and_only_that_one
     assert shown["kept"] == kept and shown["files"] == 1 and shown["bytes"] == os.path.getsize(art / kept["checkpoint"])
     code, out, _ = invoke("show", "ckpt", "--storage", url)
     assert f"kept (checkpoint.keep_best): the checkpoint of trial {best.number}" in out
+    # the kept fold models, rebuilt: each scores its fold's validation rows as the trial did
+    import torch
+
+    from trials import load_dataset
+
+    parsed = search.parse_spec(spec)
+    data = load_dataset(parsed.data, parsed.cv, parsed.seed, parsed.task)
+    models = search.load_fold_models("ckpt", storage=url)
+    assert len(models) == len(data.folds) == 2 and not any(m.training for m in models)
+    for model, (_, val), score in zip(models, data.folds, best.user_attrs["fold_scores"]):
+        with torch.no_grad():
+            hits = (model(torch.from_numpy(data.X[val])).argmax(1).numpy() == data.y[val]).mean()
+        assert hits == pytest.approx(score, abs=1e-6)  # the same count of rows (scores are float32)
+    other = f"sqlite:///{fast_dir / 'nokeep.db'}"
+    run_study({**spec, "checkpoint": {"every_epochs": 2}, "space": {"lr": {"values": [0.05]}}}, storage=other,
+              backend=LocalBackend(1), refit=False)
+    with pytest.raises(search.UsageError, match=r"keeps no fold models: set checkpoint\.keep_best"):
+        search.load_fold_models("ckpt", storage=other)
