@@ -134,7 +134,9 @@ class Orchestrator:
         trials asked ahead and starts the largest group that fits; 1 runs one trial per task.
     stop:
         The run's :class:`~search.StopToken`, checked between polls: once set, :meth:`run` records
-        the in-flight trials for re-running and raises :class:`Interrupted`.
+        the in-flight trials for re-running and raises :class:`Interrupted`. The orchestrator sets it
+        itself when the artifact store refuses a checkpoint (a :class:`Failed` of kind ``store``);
+        :meth:`run` then raises :class:`~search._artifacts.ArtifactStoreError` (exit 3) instead.
     models:
         The artifact store the final refit's model is saved to (:meth:`refit_best`); None: not saved.
     checkpoints:
