@@ -417,6 +417,9 @@ class StudySpec(_Model):
             errors.append(f"resources.stack_trials: {self.resources.stack_trials} cannot be combined with "
                           "resources.parallel_folds: true (a stack trains all folds in one task); set one of them "
                           "back to its default")
+        if self.checkpoint.keep_best and not self.checkpoint.enabled:
+            errors.append("checkpoint.keep_best: true keeps the best trial's checkpoint, but no checkpoint is "
+                          "saved: set checkpoint.every_epochs (or every_s) too, or remove keep_best")
         if errors:
             raise ValueError("\n".join(errors))
         return self

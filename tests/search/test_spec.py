@@ -85,6 +85,9 @@ def test_demo_and_template_parse() -> None:
          "space.lr.values: has duplicates [0.1, 0.1]"),
         ({"pruner": {"type": "median", "min_resource": 3}},
          "pruner.min_resource: not used by pruner type median (only by successive_halving or hyperband)"),
+        ({"checkpoint": {"keep_best": True}},
+         "checkpoint.keep_best: true keeps the best trial's checkpoint, but no checkpoint is saved: set "
+         "checkpoint.every_epochs (or every_s) too"),
     ],
 )
 def test_bad_specs_name_the_key(changes: dict[str, object], expected: str) -> None:
