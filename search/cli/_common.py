@@ -57,7 +57,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                     + _loaded("storage", "StudyNotFound") + _loaded("storage", "BadStorageURL"))
             if isinstance(e, user):
                 fail(str(e), 2)
-            if isinstance(e, _loaded("storage", "StorageError")):
+            if isinstance(e, _loaded("storage", "StorageError") + _loaded("search.service._runner", "RunnerDied")):
                 fail(str(e), 3)
             if isinstance(e, _loaded("search._orchestrator", "Interrupted")):
                 fail(str(e), 130)

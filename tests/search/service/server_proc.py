@@ -22,4 +22,6 @@ def main(url: str, port: int, slots: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    from search.cli._common import user_errors
+
+    user_errors(main)(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))  # errors and exit codes as the CLI's

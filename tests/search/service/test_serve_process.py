@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -122,6 +123,35 @@ def test_the_studies_run_in_a_process_of_their_own_that_a_cancel_reaches_and_a_s
         wait_until(lambda: not _alive(runners[0]), 10, "the runner to die with the API's process")
     finally:
         proc.cleanup()
+
+
+@pytest.mark.slow
+def test_a_runner_that_dies_stops_the_api_with_exit_3_and_a_restart_resumes(url: str) -> None:
+    """The studies' process killed under a running API: the API stops (no server that accepts studies
+    it cannot run), `hpsearch serve` exits 3 naming what happened, and a new server resumes the study."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"FAKE_EPOCH_S": "0.2"}
+    first = StudyProc([url, str(port), "1"], env=env, module="tests.search.service.server_proc")
+    try:
+        first.wait_for(lambda: _up(base), 60, "the server to answer")
+        Client(base).submit(json.dumps(fake_spec("grid", "d1", training={"max_epochs": 4})))
+        first.wait_for(lambda: Client(base).study("d1")["n_running"] >= 1, 60, "a trial running")
+        (runner,) = _children(first.pid)
+        os.kill(runner, signal.SIGKILL)
+        code, _, err = first.finish(60)
+        assert code == 3, err
+        assert "the process running the studies ended (exit status -9); restart `hpsearch serve`" in err, err
+        assert "Traceback" not in err, err
+    finally:
+        first.cleanup()
+    assert _states(url) == {"d1": "running"}
+    second = StudyProc([url, str(port), "1"], env=env, module="tests.search.service.server_proc")
+    try:
+        second.wait_for(lambda: _states(url) == {"d1": "done"}, 120, "d1 resumed and done")
+    finally:
+        second.cleanup()
+    check_invariants(trials_of(url, "d1"), budget=6, seed=3, grid=GRID_POINTS)
 
 
 REAL = {"name": "real", "strategy": "grid", "space": {"lr": {"values": [0.01, 0.1]}}, "model": {"hidden": [32]},
