@@ -140,7 +140,9 @@ def test_builtin_mlp_scores_as_before() -> None:
     r = run_trial(flat, {"lr": 0.05}, s, seed=7)
     main = [[1.2233320475, 0.4532479346, 0.2816236615], [1.1743593216, 0.3146672845, 0.1660672277],
             [1.2666035891, 0.4816584289, 0.2793259323]]
-    np.testing.assert_allclose(r.curves["val_loss"], main, rtol=1e-6)
+    # measured on one machine: another CPU's BLAS kernels (AVX-512 or not) round differently, by up to
+    # 3e-5 relative after 3 epochs (seen on an AMD EPYC without AVX-512); a changed loop moves far more
+    np.testing.assert_allclose(r.curves["val_loss"], main, rtol=2e-4)
     assert run_trial(shaped, {"lr": 0.05}, s, seed=7).curves == r.curves
     t = refit_and_test(flat, {"lr": 0.05}, s, seed=7, epochs=3)
     assert t.test_loss == pytest.approx(0.18083085119724274, rel=1e-6)
