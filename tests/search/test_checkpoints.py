@@ -235,11 +235,8 @@ def test_parallel_fold_parts_merge_their_resume_epochs_and_messages() -> None:
     assert plan.for_folds(None) is plan and plan.for_folds([1]).artifact_id == "checkpoint-1-folds-1"
 
 
-def test_ctrl_c_mid_trial_then_resume_goes_on_from_the_checkpoint(fast_dir) -> None:
-    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
-    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
-    plain = trials(plain_url, "ckpt")[0]
-    url = f"sqlite:///{fast_dir / 'stop.db'}"
+def _ctrl_c_at_epoch_5(url: str):  # type: ignore[no-untyped-def]
+    """Run SPEC until its first trial's epoch 5, then stop it as Ctrl-C does; the FAIL trial it left."""
     token = search.StopToken()
 
     def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
@@ -252,6 +249,15 @@ def test_ctrl_c_mid_trial_then_resume_goes_on_from_the_checkpoint(fast_dir) -> N
     with pytest.raises(search.Interrupted):
         run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, stop=token)
     (first,) = [t for t in trials(url, "ckpt") if t.state.name == "FAIL"]
+    return first
+
+
+def test_ctrl_c_mid_trial_then_resume_goes_on_from_the_checkpoint(fast_dir) -> None:
+    plain_url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=plain_url, backend=LocalBackend(1), refit=False)
+    plain = trials(plain_url, "ckpt")[0]
+    url = f"sqlite:///{fast_dir / 'stop.db'}"
+    first = _ctrl_c_at_epoch_5(url)
     assert "interrupted (Ctrl-C)" in first.user_attrs["fail_reason"]
     assert os.listdir(fast_dir / "stop.db.artifacts") == [first.user_attrs["checkpoint"]]  # kept for the re-run
     search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)
@@ -365,19 +371,8 @@ def test_a_checkpoint_left_when_checkpoints_are_turned_off_is_deleted_when_its_t
     """A trial stopped with a checkpoint on disk, then resumed from a study file without checkpoint keys
     (and no refit): the re-run starts fresh, and its finish deletes the earlier run's file all the same."""
     url = f"sqlite:///{fast_dir / 'off-later.db'}"
-    token = search.StopToken()
-
-    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
-        def stop_at_5(r):  # type: ignore[no-untyped-def]
-            if r.epoch == 5:
-                token.set("Ctrl-C")
-            return report(r)
-        return train_job(data, settings, job, stop_at_5)
-
-    with pytest.raises(search.Interrupted):
-        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, stop=token)
+    first = _ctrl_c_at_epoch_5(url)
     art = fast_dir / "off-later.db.artifacts"
-    (first,) = [t for t in trials(url, "ckpt") if t.state.name == "FAIL"]
     assert os.listdir(art) == [first.user_attrs["checkpoint"]]
     seen: list[TrialJob] = []
     run_study({**SPEC, "checkpoint": {}}, storage=url, backend=LocalBackend(1), refit=False,
