@@ -171,14 +171,21 @@ def test_in_a_real_process_no_traceback(tmp_path: Path) -> None:
     assert_one_line_error(res.stderr, "cannot reach PostgreSQL at 127.0.0.1:1")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args", [["show", "demo"], ["export", "demo", "-f", "json"]])
-def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path, args: list[str]) -> None:
-    """``hpsearch show demo | head -1``: the reader stops after one line; no traceback, no error line."""
+@pytest.fixture(scope="module")
+def big_study(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A study with more output than a pipe buffers (64 KiB), built once for the commands that read it."""
     from .studies import build_study
 
-    url = f"sqlite:///{tmp_path}/s.db"
-    build_study(url, "demo", n_complete=400)  # more output than a pipe buffers (64 KiB)
+    url = f"sqlite:///{tmp_path_factory.mktemp('pipe')}/s.db"
+    build_study(url, "demo", n_complete=400)
+    return url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["show", "demo"], ["export", "demo", "-f", "json"]])
+def test_output_into_a_closed_pipe_stops_quietly(big_study: str, args: list[str]) -> None:
+    """``hpsearch show demo | head -1``: the reader stops after one line; no traceback, no error line."""
+    url = big_study
     proc = subprocess.Popen([HPSEARCH, *args, "--storage", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()
