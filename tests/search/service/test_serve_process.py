@@ -96,10 +96,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_the_studies_run_in_a_process_of_their_own_that_a_cancel_reaches_and_a_sigkill_ends(url: str) -> None:
+def test_the_studies_run_in_a_process_of_their_own_that_a_cancel_reaches_and_a_sigkill_ends(sqlite_url: str) -> None:
     """``serve`` forks the process that runs the studies (search.service._runner): a cancel written by
     the API's process stops the run there, a resubmit resumes it, and a SIGKILL of the API's process
-    ends the runner too (no orphan keeps running the studies)."""
+    ends the runner too (no orphan keeps running the studies). On SQLite only: the processes are
+    under test here, and the SIGKILL test above runs the same queue on PostgreSQL."""
+    url = sqlite_url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = StudyProc([url, str(port), "1"], env={"FAKE_EPOCH_S": "0.3"}, module="tests.search.service.server_proc")
@@ -126,9 +128,11 @@ def test_the_studies_run_in_a_process_of_their_own_that_a_cancel_reaches_and_a_s
 
 
 @pytest.mark.slow
-def test_a_runner_that_dies_stops_the_api_with_exit_3_and_a_restart_resumes(url: str) -> None:
+def test_a_runner_that_dies_stops_the_api_with_exit_3_and_a_restart_resumes(sqlite_url: str) -> None:
     """The studies' process killed under a running API: the API stops (no server that accepts studies
-    it cannot run), `hpsearch serve` exits 3 naming what happened, and a new server resumes the study."""
+    it cannot run), `hpsearch serve` exits 3 naming what happened, and a new server resumes the study
+    (SQLite only, as above)."""
+    url = sqlite_url
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"FAKE_EPOCH_S": "0.2"}
