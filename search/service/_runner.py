@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
@@ -63,6 +64,7 @@ class RunnerLink:
         self.slots = 0
         self.on_death: Callable[[], None] | None = None
         self.exit_code: int | None = None
+        self.died = False  # it ended before close(): the API stops, and serve raises RunnerDied
         self._send_lock = threading.Lock()
         self._replies: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._next_id = 0
@@ -135,6 +137,7 @@ class RunnerLink:
             box.append(RunnerDied(None))
             event.set()
         if not self._closing:
+            self.died = True
             self.exit_code = self._reap()
             _log.error("%s", RunnerDied(self.exit_code))
             if self.on_death is not None:
@@ -153,8 +156,6 @@ class RunnerLink:
         self.conn.close()
 
     def _reap(self, timeout: float = 10.0, kill: bool = False) -> int | None:
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             try:

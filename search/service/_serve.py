@@ -78,11 +78,11 @@ def serve(
     try:
         app = create_app(server, require_token=require)
         freeze_startup_heap()
-        if runner is None:
-            server.start()
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         userver = uvicorn.Server(config)
-        if runner is not None:
+        if runner is None:
+            server.start()
+        else:
             runner.on_death = lambda: setattr(userver, "should_exit", True)
         if on_ready is not None:
             shown = f"[{host}]" if ":" in host else host
@@ -91,7 +91,7 @@ def serve(
         # it lands here as a stop request (no exception), and the studies are stopped cleanly below
         with stop_on_signals(StopToken()):
             userver.run()
-        if runner is not None and runner.exit_code is not None and not runner._closing:
+        if runner is not None and runner.died:
             raise RunnerDied(runner.exit_code)
     finally:
         if runner is not None:

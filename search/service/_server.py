@@ -266,10 +266,7 @@ class Server:
             raise Conflict(f"study {spec.name!r} is {row.state} already; cancel it first "
                            f"(`hpsearch cancel {spec.name}`) or wait for it to finish")
         check_data(spec.data, spec.task, spec.metric, spec.cv, spec.seed)
-        if self._runner is not None:
-            self._runner.check_resources(spec)
-        else:
-            self._check_resources(spec)
+        self._check_resources(spec)
         self._create(spec)
         # the notify section is never stored with the study (a webhook URL is often a secret): the
         # server keeps it in its own table, so that a restarted server still notifies
@@ -283,6 +280,9 @@ class Server:
         return row
 
     def _check_resources(self, spec: StudySpec) -> None:
+        if self._runner is not None:  # the studies run in another process: asked on its Ray
+            self._runner.check_resources(spec)
+            return
         backend = self._backend_for(spec)
         backend.check_resources()
 
