@@ -167,7 +167,10 @@ def load_fold_models(name: str, *, storage: str | None = None, artifacts: str | 
         n_layers = len(state["best_state"]) // 2
         weights, biases = state["best_state"][:n_layers], state["best_state"][n_layers:]
         n_classes = int(weights[-1].shape[-1])
+        slot = kept.get("slot")  # the file is a stack's: the trial's members are those of its group
         for m, fold in enumerate(ens["folds"]):
+            if slot is not None and int(ens.get("groups", [0] * len(ens["folds"]))[m]) != int(slot[0]):
+                continue
             net = build_module(hp, [int(x) for x in ens["input_shape"]], n_classes)
             sd = {}
             for i, (w, b) in enumerate(zip(weights, biases)):  # as trials._export.member_state_dict

@@ -164,6 +164,7 @@ class FeatureSource:
     ) -> None:
         u = mean.shape[0]
         rows = list(range(u)) if scaling is None else [int(i) for i in scaling]
+        self.member_rows = rows  # each member's row of mean/scale
         self._target_all: tuple[Tensor, Tensor] | None = None
         if target is not None:
             t = torch.tensor(rows, device=mean.device)
@@ -784,15 +785,19 @@ def fit_stack(
             if len(keep) < len(live):  # compact: stopped members leave the stack
                 compact(keep)
 
+        def per_member(stats: Tensor) -> Tensor:  # the row of each member's training split (shared in a stack)
+            return stats.detach().index_select(0, torch.tensor(source.member_rows, device=stats.device)).cpu()
+
         if checkpoint is not None and checkpoint.plan.final and last_epoch > checkpoint.saved_epoch:
             # checkpoint.keep_best: the trial's end, every fold's best weights, kept if it is the best trial;
-            # with each distinct training split's feature scaling (one per fold for one trial's stack)
+            # with each member's feature scaling and its group (the trial it belongs to, in a stack of several)
             checkpoint.save(last_epoch, fingerprint, lambda: {**capture_stack_state(
                 live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                 records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
                 dropout_gens=all_gens, device=device), "ensemble": {
-                    "folds": [int(s.fold) for s in splits], "input_shape": [int(x) for x in X.shape[1:]],
-                    "mean": mean.detach().to("cpu", copy=True), "scale": scale.detach().to("cpu", copy=True)}})
+                    "folds": [int(s.fold) for s in splits], "groups": [int(g) for g in group_of],
+                    "input_shape": [int(x) for x in X.shape[1:]],
+                    "mean": per_member(mean), "scale": per_member(scale)}})
         model.load_state_tensors(best_state, all_gens)
         source.reset()  # all members again, for evaluating the restored stack
         folds = [r.result(s.fold) for r, s in zip(records, splits)]
