@@ -8,6 +8,7 @@ counters kept here are derived from it at start and updated as this process writ
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shlex
 import statistics
@@ -35,6 +36,7 @@ from trials import (
     CheckpointPlan,
     TestResult,
     TrialResult,
+    checkpoint_files,
     remove_checkpoints,
     resolve_hyperparams,
     stack_key,
@@ -113,6 +115,9 @@ class _Running:
     last_step: int = 0
     pruned: bool = False
     leftover: str | None = None  # the checkpoint id an earlier run recorded while checkpoints are now off
+    slot: tuple[int, int] | None = None  # (i, n): member i of the n trials whose stack's checkpoint it shares
+    resumable: bool = False  # a re-run whose checkpoint has files: it goes on from them (in its stack, if slot)
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # to record when it is submitted (_plan)
 
 
 class Orchestrator:
@@ -145,7 +150,9 @@ class Orchestrator:
         (a re-run of the trial keeps it, and goes on from it) and deletes the checkpoint once the
         trial is finished; workers only write the files. With ``checkpoint`` off, a trial that holds
         a checkpoint from an earlier run (the spec changed) still has it deleted there when it is
-        finished for good.
+        finished for good. A stack of trials (``stack_trials``) writes one checkpoint, whose id each
+        member records with its place in the stack (``checkpoint_slot``); their re-runs go on from it
+        as that same stack again, and a member re-run in any other group starts from epoch 1.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class Orchestrator:
         self._artifacts = checkpoints  # where earlier runs' checkpoints are, with checkpoints on or off
         self._unstarted: list[int] = []  # ids of RUNNING trials a stopped run created but never started
         self._store_failure: str | None = None  # a checkpoint the artifact store refused: the run stops (exit 3)
+        self._kept: str | None = None  # the id of the checkpoint kept as the best trial's (checkpoint.keep_best)
 
     def _db(self, fn: Callable[[], T]) -> T:
         """Every storage call of the loop (retried, lease checked: the ``db`` wrapper)."""
@@ -201,6 +209,8 @@ class Orchestrator:
         budget = self.spec.budget
         try:
             trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+            kept = self._db(lambda: self.study.user_attrs).get(StudyAttr.KEPT_CHECKPOINT) or {}
+            self._kept = kept.get("checkpoint")
             self._recover(trials)
             trials = self._db(lambda: self.study.get_trials(deepcopy=False))
             self._done = count_done(trials)
@@ -243,14 +253,20 @@ class Orchestrator:
         """Start one task: ask trials until the pool of ready ones is full, then submit the largest
         group of them that can share a stack (one trial when ``stack_trials`` is 1)."""
         pool = 1 if self.stack_trials == 1 else self.stack_trials * self.backend.capacity
-        while len(self._ready) < pool and self._can_ask():
+        # ... and a few more while the re-runs of an interrupted stack are not all in it (they go on together)
+        while (len(self._ready) < pool + min(self._missing_members(), self.stack_trials)) and self._can_ask():
             self._ready.append(self._prepare(self._ask()))
         group = self._pick()
+        self._plan(group)
         self._tasks += 1
         for run in group:
             self._ready.remove(run)
             run.task, run.stacked = self._tasks, len(group) > 1
             self._running[run.job.key] = run
+        for run in group:  # recorded before the trials run: a worker writes only where the database says
+            if run.attrs:
+                self._db(lambda run=run: set_trial_user_attrs(self._store, trial_id_of(run.trial), run.attrs))
+                run.attrs = {}
         if len(group) == 1:
             self.backend.submit(group[0].job)
         else:
@@ -262,17 +278,15 @@ class Orchestrator:
         attrs = self._db(lambda: trial.user_attrs)
         seed = int(attrs.get(TrialAttr.SEED, trial_seed(self.spec.seed, trial.number)))
         new: dict[str, Any] = {} if TrialAttr.SEED in attrs else {TrialAttr.SEED: seed}
-        plan = None
-        if self.checkpoints is not None:
-            # a re-run keeps the checkpoint id of the run it continues (set by _enqueue_retry)
-            ckpt = attrs.get(TrialAttr.CHECKPOINT)
-            if ckpt is None:
-                ckpt = new[TrialAttr.CHECKPOINT] = f"checkpoint-{uuid.uuid4().hex}"
-            c = self.spec.checkpoint
-            plan = CheckpointPlan(self.checkpoints, ckpt, every_epochs=c.every_epochs, every_s=c.every_s,
-                                  rerun=TrialAttr.RETRY_OF in attrs, final=c.keep_best)
-        if new:  # recorded before the trial runs: a worker writes only where the database says
+        if new:  # recorded before the trial runs
             self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), new))
+        plan, resumable = None, False
+        ckpt, slot = attrs.get(TrialAttr.CHECKPOINT), attrs.get(TrialAttr.CHECKPOINT_SLOT)
+        if self.checkpoints is not None and ckpt is not None:
+            # a re-run keeps the checkpoint id of the run it continues (set by _enqueue_retry); a new
+            # trial's is chosen when it is submitted (_plan), once its stack is known
+            plan = self._checkpoint_plan(ckpt, rerun=TrialAttr.RETRY_OF in attrs)
+            resumable = plan.rerun and bool(checkpoint_files(self.checkpoints, ckpt))
         r = self.spec.resources
         job = TrialJob(
             key=f"{trial.number}.{attrs.get(TrialAttr.ATTEMPT, 0)}",
@@ -283,17 +297,91 @@ class Orchestrator:
             gpu_fraction=r.gpus_per_trial if 0 < r.gpus_per_trial < 1 else None,
             checkpoint=plan,
         )
-        leftover = attrs.get(TrialAttr.CHECKPOINT) if plan is None else None
+        leftover = ckpt if self.checkpoints is None else None
         return _Running(trial, job, alone=bool(attrs.get(TrialAttr.ALONE, False)), failures=_failures(attrs),
-                        leftover=leftover)
+                        leftover=leftover, slot=None if slot is None else (int(slot[0]), int(slot[1])),
+                        resumable=resumable)
+
+    def _checkpoint_plan(self, ckpt: str, *, rerun: bool) -> CheckpointPlan:
+        assert self.checkpoints is not None
+        c = self.spec.checkpoint
+        return CheckpointPlan(self.checkpoints, ckpt, every_epochs=c.every_epochs, every_s=c.every_s,
+                              rerun=rerun, final=c.keep_best)
+
+    def _resumed_stacks(self) -> dict[str, list[_Running]]:
+        """The ready re-runs of interrupted stacks that go on from their checkpoint, by checkpoint id."""
+        out: dict[str, list[_Running]] = {}
+        for run in self._ready:
+            if run.resumable and run.slot is not None and not run.alone and self.stack_trials > 1:
+                assert run.job.checkpoint is not None
+                out.setdefault(run.job.checkpoint.artifact_id, []).append(run)
+        return out
+
+    @staticmethod
+    def _complete(members: list[_Running]) -> bool:
+        """Whether ``members`` are every member of their stack, once each."""
+        n = members[0].slot[1] if members[0].slot else 0
+        return sorted(r.slot[0] for r in members if r.slot and r.slot[1] == n) == list(range(n))
+
+    def _missing_members(self) -> int:
+        """Members of interrupted stacks (re-runs that go on from its checkpoint) not yet asked."""
+        return sum(max(0, g[0].slot[1] - len(g)) for g in self._resumed_stacks().values()  # type: ignore[index]
+                   if not self._complete(g))
+
+    def _plan(self, group: list[_Running]) -> None:
+        """Set the checkpoint ``group`` (one task) writes, and note the attributes that record it.
+
+        The re-runs of a whole interrupted stack, in its order, go on from its checkpoint; any other
+        group of several trials gets a new one, each member recording its slot; a single trial keeps
+        its own (a new one for a new trial, or for a stack's member that now runs alone). A stack's
+        checkpoint that no trial goes on from is deleted."""
+        if self.checkpoints is None:
+            return
+        ids = {r.job.checkpoint.artifact_id for r in group if r.job.checkpoint is not None}
+        if len(group) > 1 and len(ids) == 1 and all(r.resumable for r in group) and self._complete(group):
+            return  # an interrupted stack, again: its members' plans are its checkpoint's already
+        if len(group) == 1 and group[0].slot is None and group[0].job.checkpoint is not None:
+            return  # a trial's own checkpoint
+        ckpt = f"checkpoint-{uuid.uuid4().hex}"
+        for i, run in enumerate(group):
+            if run.resumable:
+                self.callbacks.on_message(
+                    f"trial {run.job.number} starts from epoch 1: its checkpoint holds the stack of trials it ran "
+                    "in, which does not run again as one")
+            run.attrs[TrialAttr.CHECKPOINT] = ckpt
+            if len(group) > 1 or run.slot is not None:  # (a stack's member re-run alone: no slot now)
+                run.attrs[TrialAttr.CHECKPOINT_SLOT] = [i, len(group)] if len(group) > 1 else None
+            run.slot = (i, len(group)) if len(group) > 1 else None
+            run.resumable = False
+            run.job = dataclasses.replace(run.job, checkpoint=self._checkpoint_plan(ckpt, rerun=False))
+        for old in ids:
+            self._release(old)
+
+    def _release(self, ckpt: str) -> None:
+        """Delete checkpoint ``ckpt``'s files unless a trial of this run writes it, or it is the kept one."""
+        if self._artifacts is None or ckpt == self._kept:
+            return
+        if any(self._checkpoint_of(r) == ckpt for r in (*self._running.values(), *self._ready)):
+            return
+        remove_checkpoints(self._artifacts, ckpt)
 
     def _pick(self) -> list[_Running]:
-        """The largest group of ready trials with one stack key (at most ``stack_trials``; the
-        earliest asked wins a tie), unless the earliest asked trial was already passed over
-        ``_MAX_PASSED`` times: then its group, so no trial waits for ever."""
+        """The re-runs of an interrupted stack, all of them, in its order (they go on from its
+        checkpoint); else the largest group of ready trials with one stack key (at most
+        ``stack_trials``; the earliest asked wins a tie), unless the earliest asked trial was already
+        passed over ``_MAX_PASSED`` times: then its group, so no trial waits for ever."""
+        complete = {ckpt for ckpt, g in self._resumed_stacks().items() if self._complete(g)}
         groups: dict[Any, list[_Running]] = {}
         for run in self._ready:
-            groups.setdefault(self._stack_key(run), []).append(run)
+            ckpt = run.job.checkpoint.artifact_id if run.job.checkpoint is not None else None
+            groups.setdefault(("resumed", ckpt) if ckpt in complete else self._stack_key(run), []).append(run)
+        for key, g in groups.items():
+            if key[0] == "resumed":
+                group = sorted(g, key=lambda r: r.slot)  # type: ignore[arg-type, return-value]
+                for run in self._ready:
+                    if run not in group:
+                        run.passed += 1
+                return group
         oldest = self._ready[0]
         if oldest.passed >= _MAX_PASSED:
             best = groups[self._stack_key(oldest)]
@@ -306,8 +394,8 @@ class Orchestrator:
         return group
 
     def _stack_key(self, run: _Running) -> Any:
-        if self.stack_trials == 1 or run.alone:
-            return ("alone", run.job.key)
+        if self.stack_trials == 1 or run.alone or (run.resumable and run.slot is None):
+            return ("alone", run.job.key)  # (a re-run that goes on from its own checkpoint)
         try:
             hp = resolve_hyperparams(self.spec.settings, run.job.params)
         except ValueError:  # invalid params: it runs (and fails with the reason) alone
@@ -520,38 +608,46 @@ class Orchestrator:
             if alone:  # counts the same failures and queues it alone too
                 attrs[TrialAttr.RERUN_ALONE] = True
             self._enqueue_retry(trial.number, run.job.params, run.job.seed, run.job.attempt,
-                                failures=failures, alone=alone, checkpoint=self._checkpoint_of(run))
+                                failures=failures, alone=alone, checkpoint=self._checkpoint_of(run), slot=run.slot)
         self._db(lambda: set_trial_user_attrs(self._store, trial_id_of(trial), attrs))
         self._tell(trial.number, state, value)
         self._running.pop(run.job.key, None)
         if not retry:
             self._done += 1
             ckpt = self._checkpoint_of(run)
-            kept = state == TrialState.COMPLETE and ckpt is not None and self._keep_if_best(run, ckpt)
-            if ckpt is not None and self._artifacts is not None and not kept:  # finished for good: of no more use
-                remove_checkpoints(self._artifacts, ckpt)
+            if ckpt is not None and state == TrialState.COMPLETE:
+                self._keep_if_best(run, ckpt)
+            if ckpt is not None:  # finished for good: of no more use (unless kept, or its stack's still recording)
+                self._release(ckpt)
         if notify:
             frozen = self._db(lambda: self._store.get_trial(trial_id_of(trial)))
             self.callbacks.on_trial_end(frozen, self._done, self.spec.budget)
 
-    def _keep_if_best(self, run: _Running, ckpt: str) -> bool:
-        """``checkpoint.keep_best``: whether ``run``'s checkpoint is kept, as the study's best trial's. Its
-        place is recorded on the study (``hpsearch_kept_checkpoint``) first, then the previous best's
-        files are deleted: at most one trial's checkpoint is kept besides those of the trials in flight."""
+    def _keep_if_best(self, run: _Running, ckpt: str) -> None:
+        """``checkpoint.keep_best``: keep ``run``'s checkpoint if it is the study's best trial. Its place
+        is recorded on the study (``hpsearch_kept_checkpoint``; with the trial's slot when the file is
+        its stack's) first, then the previous best's files are deleted: at most one trial's (or
+        stack's) checkpoint is kept besides those of the trials in flight."""
         if self.checkpoints is None or not self.spec.checkpoint.keep_best or run.job.checkpoint is None:
-            return False
+            return
         try:
             best = self._db(lambda: self.study.best_trial)
         except ValueError:
-            return False
+            return
         if best.number != run.trial.number:
-            return False
+            return
         previous = self._db(lambda: self.study.user_attrs).get(StudyAttr.KEPT_CHECKPOINT)
-        kept = {"trial": run.trial.number, "checkpoint": ckpt, "directory": self.checkpoints}
+        kept: dict[str, Any] = {"trial": run.trial.number, "checkpoint": ckpt, "directory": self.checkpoints}
+        if run.slot is not None:
+            kept["slot"] = list(run.slot)
         self._db(lambda: self.study.set_user_attr(StudyAttr.KEPT_CHECKPOINT, kept))
+        self._kept = ckpt
         if previous and previous.get("checkpoint") != ckpt:
-            remove_checkpoints(str(previous.get("directory") or self.checkpoints), str(previous["checkpoint"]))
-        return True
+            directory = str(previous.get("directory") or self.checkpoints)
+            if directory == self._artifacts:
+                self._release(str(previous["checkpoint"]))  # (a stack's whose other member still records)
+            else:
+                remove_checkpoints(directory, str(previous["checkpoint"]))
 
     def _checkpoint_of(self, run: _Running) -> str | None:
         """The id of the checkpoint ``run`` writes, or holds from an earlier run (checkpoints now off)."""
@@ -569,12 +665,12 @@ class Orchestrator:
 
     def _enqueue_retry(
         self, number: int, params: dict[str, Any], seed: int, attempt: int, *, failures: int, alone: bool = False,
-        checkpoint: str | None = None,
+        checkpoint: str | None = None, slot: Any = None,
     ) -> None:
         """Queue the one re-run of trial ``number`` (``attempt`` + 1; ``failures``: its own failures
         so far; ``alone``: never in a stack with other trials; ``checkpoint``: the id of the checkpoint
-        it goes on from); a no-op if it is already queued (a repeated storage call, or a second Ctrl-C
-        in the middle of recording the trial)."""
+        it goes on from, ``slot``: its place in the stack that checkpoint holds); a no-op if it is
+        already queued (a repeated storage call, or a second Ctrl-C in the middle of recording the trial)."""
 
         def enqueue() -> None:
             waiting = self._store.get_all_trials(
@@ -587,6 +683,8 @@ class Orchestrator:
                 user_attrs[TrialAttr.ALONE] = True
             if checkpoint is not None:
                 user_attrs[TrialAttr.CHECKPOINT] = checkpoint
+                if slot is not None:
+                    user_attrs[TrialAttr.CHECKPOINT_SLOT] = [int(slot[0]), int(slot[1])]
             self.study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
         self._db(enqueue)
@@ -608,7 +706,7 @@ class Orchestrator:
             params = self._full_params(t)
             alone = bool(t.user_attrs.get(TrialAttr.ALONE) or t.user_attrs.get(TrialAttr.RERUN_ALONE))
             attempt = int(t.user_attrs.get(TrialAttr.ATTEMPT, 0))
-            ckpt = t.user_attrs.get(TrialAttr.CHECKPOINT)
+            ckpt, slot = t.user_attrs.get(TrialAttr.CHECKPOINT), t.user_attrs.get(TrialAttr.CHECKPOINT_SLOT)
             if t.state == TrialState.RUNNING and params is None:
                 self._unstarted.append(trial_id_of(t))
                 self.callbacks.on_message(f"trial {t.number} was being created when a run stopped; running it now")
@@ -616,7 +714,7 @@ class Orchestrator:
                 reason = "the orchestrator stopped while this trial ran (process killed or machine lost)"
                 if needs_retry:  # the orchestrator's end is not the trial's failure
                     self._enqueue_retry(t.number, params, seed, attempt, failures=_failures(t.user_attrs),
-                                        alone=alone, checkpoint=ckpt)
+                                        alone=alone, checkpoint=ckpt, slot=slot)
                 # its training time is unknown: the span until this recovery would count the downtime
                 attrs = {TrialAttr.FAIL_REASON: reason, TrialAttr.WILL_RETRY: True, TrialAttr.DURATION_S: None}
                 self._db(lambda t=t, attrs=attrs: set_trial_user_attrs(self._store, trial_id_of(t), attrs))
@@ -625,7 +723,8 @@ class Orchestrator:
             elif t.state == TrialState.FAIL and t.user_attrs.get(TrialAttr.WILL_RETRY) and needs_retry and params:
                 # failed and marked for retry, but the process died before enqueueing the re-run
                 failures = int(t.user_attrs.get(TrialAttr.RERUN_FAILURES, _failures(t.user_attrs) + 1))
-                self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone, checkpoint=ckpt)
+                self._enqueue_retry(t.number, params, seed, attempt, failures=failures, alone=alone, checkpoint=ckpt,
+                                    slot=slot)
 
     def _full_params(self, t: FrozenTrial) -> dict[str, Any] | None:
         """The trial's params if every parameter is set (it may have run), else None (it never ran;

@@ -38,6 +38,10 @@ class TrialAttr:
     SEED = "seed"
     CHECKPOINT = "checkpoint"
     """The artifact id of the trial's checkpoint (kept by its re-runs, which go on from it)."""
+    CHECKPOINT_SLOT = "checkpoint_slot"
+    """``[i, n]``: the trial is member ``i`` of the ``n`` trials of one stack (``resources.stack_trials``),
+    whose one checkpoint (``checkpoint``, the same id on each) holds them all; absent or None: the
+    checkpoint is the trial's own."""
     RESUMED_FROM_EPOCH = "resumed_from_epoch"
     """The epoch of the checkpoint the trial went on from; None when it started at epoch 1."""
 
@@ -53,6 +57,7 @@ class StudyAttr:
     CLASSES = "hpsearch_classes"
     """The original class labels in code order (``classes[code]``, as ``trials.decode_labels`` reads them)."""
     KEPT_CHECKPOINT = "hpsearch_kept_checkpoint"
-    """``checkpoint.keep_best``: ``{"trial", "checkpoint", "directory"}`` of the best trial's checkpoint, kept."""
+    """``checkpoint.keep_best``: ``{"trial", "checkpoint", "directory"}`` of the best trial's checkpoint, kept;
+    with ``"slot": [i, n]`` when that checkpoint is a stack's (the trial is its member ``i``)."""
     SCALING = "hpsearch_scaling"
     """How the study's trials scale features (``data.scaling`` resolved for its samples: ``trials.Dataset.scaling``)."""

@@ -72,10 +72,15 @@ def train_stack(
 ) -> list[TrialResult]:
     """The default stack function: :func:`trials.run_trials` (k folds x m configurations).
 
-    A stack of several trials saves no checkpoint: its re-runs may be stacked with other trials.
+    The jobs of one stack carry one checkpoint plan (the orchestrator gives them the same): the
+    checkpoint holds the whole stack, and its re-run goes on from it as the same stack again.
     """
     from trials import run_trials
 
+    plans = {j.checkpoint for j in jobs}
+    if len(plans) > 1:
+        raise ValueError(f"the jobs of one stack must share one checkpoint plan, got {len(plans)}: "
+                         f"{', '.join(sorted(str(p.artifact_id) if p else 'None' for p in plans))}")
     return run_trials(
         data,
         [j.params for j in jobs],
@@ -84,6 +89,7 @@ def train_stack(
         report=lambda i, r: report(jobs[i].key, r),
         gpu_fraction=jobs[0].gpu_fraction,
         folds=jobs[0].folds,
+        checkpoint=jobs[0].checkpoint,
     )
 
 
