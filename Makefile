@@ -8,6 +8,9 @@ PY          := $(VENV)/bin/python
 # The CPU build of torch; never let pip pick a multi-GB CUDA build on a CPU-only machine.
 TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?=
+# test processes for make test (pytest-xdist; a module's tests stay in one process: --dist loadfile).
+# The slow tests mostly wait on processes starting (Python, torch, Ray): two overlap them. 0: one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo examples test test-fast lint bench-smoke clean
 
@@ -38,7 +41,7 @@ examples: setup
 	$(VENV)/bin/hpsearch best digits-cnn --storage sqlite:///examples.db
 
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow" -q $(PYTEST_ARGS)
