@@ -10,6 +10,7 @@ TORCH_SPEC  ?= torch==2.13.0
 PYTEST_ARGS ?=
 # test processes for make test (pytest-xdist; a module's tests stay in one process: --dist loadfile).
 # The slow tests mostly wait on processes starting (Python, torch, Ray): two overlap them. 0: one process.
+# Tests marked serial (a PostgreSQL restart) run after them, alone.
 TEST_WORKERS ?= 2
 
 .PHONY: setup demo examples test test-fast lint bench-smoke clean
@@ -41,7 +42,8 @@ examples: setup
 	$(VENV)/bin/hpsearch best digits-cnn --storage sqlite:///examples.db
 
 test: setup
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS)
 
 test-fast: setup
 	$(VENV)/bin/pytest -m "not slow" -q $(PYTEST_ARGS)

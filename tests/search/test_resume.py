@@ -657,6 +657,7 @@ def _pg_start_time(url: str) -> Any:
 
 
 @pytest.mark.postgres
+@pytest.mark.serial  # it restarts the server every PostgreSQL test uses: never beside another test
 def test_postgres_restart_mid_study_loses_nothing(postgres_url, tmp_path, ray_here) -> None:
     version = _pg_version()
     if version is None or os.geteuid() != 0:
