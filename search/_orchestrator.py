@@ -117,7 +117,6 @@ class _Running:
     leftover: str | None = None  # the checkpoint id an earlier run recorded while checkpoints are now off
     slot: tuple[int, int] | None = None  # (i, n): member i of the n trials whose stack's checkpoint it shares
     resumable: bool = False  # a re-run whose checkpoint has files: it goes on from them (in its stack, if slot)
-    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)  # to record when it is submitted (_plan)
 
 
 class Orchestrator:
@@ -263,10 +262,6 @@ class Orchestrator:
             self._ready.remove(run)
             run.task, run.stacked = self._tasks, len(group) > 1
             self._running[run.job.key] = run
-        for run in group:  # recorded before the trials run: a worker writes only where the database says
-            if run.attrs:
-                self._db(lambda run=run: set_trial_user_attrs(self._store, trial_id_of(run.trial), run.attrs))
-                run.attrs = {}
         if len(group) == 1:
             self.backend.submit(group[0].job)
         else:
@@ -320,8 +315,11 @@ class Orchestrator:
     @staticmethod
     def _complete(members: list[_Running]) -> bool:
         """Whether ``members`` are every member of their stack, once each."""
-        n = members[0].slot[1] if members[0].slot else 0
-        return sorted(r.slot[0] for r in members if r.slot and r.slot[1] == n) == list(range(n))
+        slots = [r.slot for r in members]
+        if None in slots:
+            return False
+        n = slots[0][1]  # type: ignore[index]
+        return sorted(slots) == [(i, n) for i in range(n)]  # type: ignore[type-var]
 
     def _missing_members(self) -> int:
         """Members of interrupted stacks (re-runs that go on from its checkpoint) not yet asked."""
@@ -329,7 +327,8 @@ class Orchestrator:
                    if not self._complete(g))
 
     def _plan(self, group: list[_Running]) -> None:
-        """Set the checkpoint ``group`` (one task) writes, and note the attributes that record it.
+        """Set the checkpoint ``group`` (one task) writes, and record it on its trials before they run
+        (a worker writes only where the database says).
 
         The re-runs of a whole interrupted stack, in its order, go on from its checkpoint; any other
         group of several trials gets a new one, each member recording its slot; a single trial keeps
@@ -348,9 +347,10 @@ class Orchestrator:
                 self.callbacks.on_message(
                     f"trial {run.job.number} starts from epoch 1: its checkpoint holds the stack of trials it ran "
                     "in, which does not run again as one")
-            run.attrs[TrialAttr.CHECKPOINT] = ckpt
+            attrs: dict[str, Any] = {TrialAttr.CHECKPOINT: ckpt}
             if len(group) > 1 or run.slot is not None:  # (a stack's member re-run alone: no slot now)
-                run.attrs[TrialAttr.CHECKPOINT_SLOT] = [i, len(group)] if len(group) > 1 else None
+                attrs[TrialAttr.CHECKPOINT_SLOT] = [i, len(group)] if len(group) > 1 else None
+            self._db(lambda run=run, attrs=attrs: set_trial_user_attrs(self._store, trial_id_of(run.trial), attrs))
             run.slot = (i, len(group)) if len(group) > 1 else None
             run.resumable = False
             run.job = dataclasses.replace(run.job, checkpoint=self._checkpoint_plan(ckpt, rerun=False))
