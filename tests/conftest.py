@@ -82,3 +82,35 @@ def postgres_admin(_postgres_admin: tuple[str, dict[str, object]]) -> object:
 def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     """URL of a not-yet-existing SQLite file in the test's tmp dir."""
     return f"sqlite:///{os.path.join(tmp_path, 'hpsearch.db')}"
+
+
+@pytest.fixture(scope="session")
+def _moto_server() -> Iterator[object]:
+    """A real S3 endpoint over HTTP on 127.0.0.1 (moto's server), for the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(_moto_server: object, monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> str:
+    """A new, empty bucket on the session's S3 endpoint; boto3 (in this process and in the processes it
+    starts) reaches it through the standard AWS settings, which this test's environment holds."""
+    import uuid
+
+    import boto3
+
+    host, port = _moto_server.get_host_and_port()  # type: ignore[attr-defined]
+    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_MAX_ATTEMPTS": "2", "AWS_CONFIG_FILE": os.path.join(tmp_path, "no-aws-config"),
+                       "AWS_SHARED_CREDENTIALS_FILE": os.path.join(tmp_path, "no-aws-credentials")}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"hpsearch-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket

@@ -43,7 +43,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import CheckpointPlan, CheckpointWriteError, checkpoint_files, remove_checkpoints
+from ._checkpoint import CheckpointPlan, CheckpointWriteError, checkpoint_files, checkpoint_sizes, remove_checkpoints
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
@@ -73,12 +73,14 @@ from ._metrics import (
 )
 from ._results import EpochReport, FoldResult, MemberReport, TestResult, TrialResult
 from ._seeding import trial_seed
+from ._store import ArtifactLocation, is_object_store, open_location
 
 __all__ = [
     "LOSSES",
     "METRICS",
     "TASKS",
     "TUNABLE_PARAMS",
+    "ArtifactLocation",
     "CVSpec",
     "CheckpointPlan",
     "CheckpointWriteError",
@@ -106,14 +108,17 @@ __all__ = [
     "check_task_settings",
     "check_trainable",
     "checkpoint_files",
+    "checkpoint_sizes",
     "decode_labels",
     "default_loss",
     "encode_labels",
     "factory_name",
     "group_source_error",
+    "is_object_store",
     "load_dataset",
     "metric_direction",
     "metric_mode",
+    "open_location",
     "refit_and_test",
     "remove_checkpoints",
     "resolve_hyperparams",

@@ -7,8 +7,9 @@ would have had (on CPU, bit-equal): the checkpoint holds every member's weights 
 the optimizer's state and learning rates, the plateau schedule, the early-stopping records, the
 curves and per-epoch reports so far, and every random generator's state.
 
-A checkpoint is one file of an Optuna :class:`~optuna.artifacts.FileSystemArtifactStore`, written
-by the worker (it needs the directory, never the database), replaced atomically at each save, in a
+A checkpoint is one file of the run's artifact store (a directory or an S3 bucket:
+:mod:`trials._store`), written by the worker (it needs the store, never the database), replaced
+atomically at each save, in a
 background thread (the state is copied first; training goes on while it is written). The file is a
 line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint, the sizes and
 CRC-32 checksum of the rest), the state as JSON with each tensor replaced by its index, dtype and shape, and
@@ -21,18 +22,18 @@ This module imports torch only when it saves or loads, so ``trials.CheckpointPla
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
-import os
 import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ._store import open_location
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -41,6 +42,7 @@ __all__ = [
     "CheckpointWriteError",
     "Checkpointer",
     "checkpoint_files",
+    "checkpoint_sizes",
     "read_checkpoint",
     "remove_checkpoints",
     "stack_fingerprint",
@@ -62,7 +64,8 @@ class CheckpointPlan:
     Attributes
     ----------
     directory
-        The artifact directory (an Optuna ``FileSystemArtifactStore``; shared by all nodes on a cluster).
+        The artifact store: a directory (shared by all nodes on a cluster) or ``s3://BUCKET/PREFIX/``
+        (:func:`trials._store.open_location`).
     artifact_id
         The checkpoint's artifact id, chosen by the orchestrator and kept by every re-run of the trial.
     every_epochs, every_s
@@ -109,15 +112,9 @@ class CheckpointWriteError(Exception):
     """
 
     def __init__(self, directory: str, artifact_id: str, reason: str, attempts: int) -> None:
-        super().__init__(f"cannot write the checkpoint {os.path.join(directory, artifact_id)} ({reason}) "
+        super().__init__(f"cannot write the checkpoint {open_location(directory).where(artifact_id)} ({reason}) "
                          f"after {attempts} attempts")
         self.directory, self.artifact_id, self.reason = directory, artifact_id, reason
-
-
-def _store(directory: str) -> Any:
-    from optuna.artifacts import FileSystemArtifactStore
-
-    return FileSystemArtifactStore(directory)
 
 
 def _flatten(value: Any, tensors: list[Any]) -> Any:
@@ -155,15 +152,15 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     """Save ``state`` (CPU tensors and plain values) as checkpoint ``artifact_id`` of epoch ``epoch``,
     atomically; returns its size in bytes.
 
-    The file is first written under a temporary name and then renamed over the old one, so a kill in
-    the middle of a save leaves the previous checkpoint whole. The tensors' bytes are hashed and
-    written straight from their memory (no pickling, no copy; the GIL is released for both, so
-    training in the other thread goes on).
+    The store replaces the file atomically (a directory's: a temporary file renamed over the old one;
+    S3's: a PUT), so a kill in the middle of a save leaves the previous checkpoint whole. The tensors'
+    bytes are hashed and written straight from their memory (no pickling, no copy; the GIL is released
+    for both, so training in the other thread goes on).
 
     Raises
     ------
     OSError
-        When the directory cannot be written.
+        When the store cannot be written.
     """
     tensors: list[Any] = []
     layout = json.dumps(_flatten(dict(state), tensors)).encode()
@@ -174,21 +171,7 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     meta = {"epoch": int(epoch), "fingerprint": fingerprint, "crc32": crc, "layout_bytes": len(layout),
             "tensor_bytes": [len(r) for r in raws], "saved_at": time.time()}
     header = _MAGIC + json.dumps(meta).encode() + b"\n"
-    os.makedirs(directory, exist_ok=True)
-    # the store's own layout (FileSystemArtifactStore: <directory>/<artifact id>), written part by part
-    # rather than through its write(), which would need the whole file as one more copy
-    tmp = os.path.join(directory, f".{artifact_id}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(layout)
-            for r in raws:
-                f.write(r)
-        os.replace(tmp, os.path.join(directory, artifact_id))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    open_location(directory).write_parts(artifact_id, [header, layout, *raws])
     return len(header) + len(layout) + sum(len(r) for r in raws)
 
 
@@ -202,13 +185,12 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str | None, d
         Missing, unreadable, failing its checksum, of another format, or made for another stack.
     """
     import torch
-    from optuna.artifacts.exceptions import ArtifactNotFound
 
-    where = os.path.join(directory, artifact_id)
+    loc = open_location(directory)
+    where = loc.where(artifact_id)
     try:
-        with _store(directory).open_reader(artifact_id) as f:
-            data = f.read()
-    except (ArtifactNotFound, FileNotFoundError):
+        data = loc.read(artifact_id)
+    except FileNotFoundError:
         raise CheckpointUnusable(f"no checkpoint at {where}") from None
     except OSError as e:
         raise CheckpointUnusable(f"cannot read the checkpoint {where} ({e.strerror or e})") from None
@@ -254,23 +236,30 @@ def _flatten_specs(value: Any, out: list[Any]) -> None:
 
 
 def checkpoint_files(directory: str, artifact_id: str) -> list[str]:
-    """The files of checkpoint ``artifact_id`` in ``directory``: its own, its fold parts', leftover temporaries."""
+    """The files of checkpoint ``artifact_id`` in the store ``directory``: its own, its fold parts', leftover
+    temporaries; in name order (:func:`checkpoint_sizes` with their sizes)."""
+    return list(checkpoint_sizes(directory, artifact_id))
+
+
+def checkpoint_sizes(directory: str, artifact_id: str) -> dict[str, int]:
+    """``{name: bytes}`` of :func:`checkpoint_files`; empty when there are none (or the store cannot be listed)."""
     try:
-        names = os.listdir(directory)
+        found = open_location(directory).list(artifact_id)
     except OSError:
-        return []
-    return sorted(n for n in names if n == artifact_id or n.startswith((f"{artifact_id}-folds-", f".{artifact_id}")))
+        return {}
+    return {n: found[n] for n in sorted(found)
+            if n == artifact_id or n.startswith((f"{artifact_id}-folds-", f".{artifact_id}"))}
 
 
 def remove_checkpoints(directory: str, artifact_id: str) -> int:
     """Delete every file of checkpoint ``artifact_id`` (:func:`checkpoint_files`); returns the bytes freed."""
     freed = 0
-    store = _store(directory)
-    for name in checkpoint_files(directory, artifact_id):
+    loc = open_location(directory)
+    for name, size in checkpoint_sizes(directory, artifact_id).items():
         try:
-            freed += os.path.getsize(os.path.join(directory, name))
-            store.remove(name)
-        except (OSError, Exception):  # gone already (a repeated call), or not ours to delete: nothing lost
+            loc.remove(name)
+            freed += size
+        except OSError:  # not ours to delete, or the store blinked: nothing lost, a later call tries again
             continue
     return freed
 

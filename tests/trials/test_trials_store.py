@@ -1,0 +1,121 @@
+"""Artifact locations: a directory and an S3 bucket (a real S3 endpoint: moto's server) keep one contract."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import boto3
+import optuna
+import pytest
+import torch
+
+from trials import CheckpointPlan, checkpoint_files, checkpoint_sizes, open_location, remove_checkpoints
+from trials._checkpoint import Checkpointer, CheckpointUnusable, read_checkpoint, write_checkpoint
+from trials._store import DirectoryLocation, S3Location
+
+
+@pytest.fixture(params=["directory", "s3"])
+def where(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "directory":
+        return str(tmp_path / "arts")
+    bucket = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/runs/a/"
+
+
+def test_parts_written_read_listed_and_removed_alike(where: str) -> None:
+    loc = open_location(where)
+    assert loc.list("ck") == {}  # nothing yet (a directory not made yet included)
+    loc.write_parts("ck-1", [b"head\n", memoryview(b"body"), b"", bytearray(b"!")])
+    loc.write_parts("ck-1-folds-0", [b"x" * 70_000])
+    loc.write_parts("other", [b"y"])
+    assert loc.read("ck-1") == b"head\nbody!"
+    assert loc.list("ck-1") == {"ck-1": 10, "ck-1-folds-0": 70_000}
+    loc.write_parts("ck-1", [b"new"])  # replaced whole
+    assert loc.read("ck-1") == b"new"
+    loc.remove("ck-1")
+    loc.remove("ck-1")  # gone already: nothing happens
+    with pytest.raises(FileNotFoundError):
+        loc.read("ck-1")
+    assert sorted(loc.list("")) == ["ck-1-folds-0", "other"]
+
+
+def test_an_s3_prefix_holds_its_own_files(s3_bucket: str) -> None:
+    a, b = open_location(f"s3://{s3_bucket}/team/a/"), open_location(f"s3://{s3_bucket}/team/b/")
+    a.write_parts("model", [b"a"])
+    assert b.list("") == {} and a.list("") == {"model": 1}
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert keys == ["team/a/model"]
+    assert a.where("model") == f"s3://{s3_bucket}/team/a/model"
+    whole = open_location(f"s3://{s3_bucket}/")  # the bucket's root
+    assert whole.list("team/") == {"team/a/model": 1}
+
+
+def test_s3_failures_are_os_errors_that_name_the_object(s3_bucket: str, monkeypatch) -> None:
+    with pytest.raises(OSError) as e:
+        open_location("s3://no-such-bucket-here/x/").write_parts("m", [b"1"])
+    assert "NoSuchBucket" in e.value.strerror and e.value.filename == "s3://no-such-bucket-here/x/m"
+    with pytest.raises(OSError, match="NoSuchBucket"):
+        open_location("s3://no-such-bucket-here/x/").probe()
+    with socket.socket() as s:  # a port nothing listens on: the endpoint is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    down = open_location(f"s3://{s3_bucket}/x/")
+    for call in (lambda: down.read("m"), lambda: down.write_parts("m", [b"1"]), lambda: down.list("")):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EIO and "Could not connect to the endpoint" in e.value.strerror
+    assert checkpoint_files(f"s3://{s3_bucket}/x/", "m") == []  # listing a store that is down: none found
+
+
+def test_a_location_is_an_optuna_artifact_store(where: str, tmp_path) -> None:
+    """upload_artifact / download_artifact (and so optuna-dashboard) take it as one."""
+    from optuna.artifacts import download_artifact, upload_artifact
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}")
+    trial = study.ask()
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights")
+    loc = open_location(where)
+    artifact_id = upload_artifact(artifact_store=loc, file_path=str(src), study_or_trial=trial)
+    assert loc.read(artifact_id) == b"weights"
+    download_artifact(artifact_store=loc, artifact_id=artifact_id, file_path=str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == b"weights"
+    with pytest.raises(optuna.artifacts.exceptions.ArtifactNotFound):
+        loc.open_reader("missing")
+
+
+def test_a_checkpoint_round_trips_and_a_damaged_one_is_refused(where: str) -> None:
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "epoch_note": [1, "a"], "none": None}
+    size = write_checkpoint(where, "ck", 4, "fp", state)
+    epoch, back = read_checkpoint(where, "ck", "fp")
+    assert epoch == 4 and torch.equal(back["w"], state["w"]) and back["epoch_note"] == [1, "a"]
+    assert checkpoint_sizes(where, "ck") == {"ck": size}
+    with pytest.raises(CheckpointUnusable, match="another stack"):
+        read_checkpoint(where, "ck", "other-fp")
+    loc = open_location(where)
+    data = bytearray(loc.read("ck"))
+    data[-1] ^= 0xFF
+    loc.write_parts("ck", [data])
+    with pytest.raises(CheckpointUnusable, match="CRC-32"):
+        read_checkpoint(where, "ck", "fp")
+    assert remove_checkpoints(where, "ck") == size and checkpoint_files(where, "ck") == []
+    with pytest.raises(CheckpointUnusable, match=f"no checkpoint at {loc.where('ck')}"):
+        read_checkpoint(where, "ck", "fp")
+
+
+def test_a_checkpointer_saves_in_the_background_to_either_store(where: str) -> None:
+    ck = Checkpointer(CheckpointPlan(where, "bg", every_epochs=1))
+    ck.save(1, "fp", lambda: {"w": torch.ones(3)})
+    ck.wait()
+    ck.check()
+    assert ck.saved == 1 and read_checkpoint(where, "bg", "fp")[0] == 1
+
+
+def test_the_location_kind_follows_the_uri(tmp_path) -> None:
+    assert isinstance(open_location(str(tmp_path)), DirectoryLocation)
+    s3 = open_location("s3://bucket-x/a/b")
+    assert isinstance(s3, S3Location) and (s3.bucket, s3.prefix) == ("bucket-x", "a/b/")
+    assert open_location("s3://bucket-x/a/b") is s3  # one client per process and endpoint

@@ -1,0 +1,262 @@
+"""Where artifacts (saved models, checkpoints) live: a directory or an S3 bucket, behind one contract.
+
+An :class:`ArtifactLocation` is an Optuna artifact store (it has ``open_reader``, ``write`` and
+``remove``, so :func:`optuna.artifacts.upload_artifact` and optuna-dashboard take it as one) with
+the few things hpsearch needs besides: writing a file from its parts without joining them
+(:meth:`~ArtifactLocation.write_parts`), listing the files of an id (:meth:`~ArtifactLocation.list`)
+and a probe that the store can be written (:meth:`~ArtifactLocation.probe`).
+
+- :class:`DirectoryLocation`: :class:`optuna.artifacts.FileSystemArtifactStore`'s layout
+  (``<directory>/<artifact id>``); a write goes to a temporary file renamed over the old one.
+- :class:`S3Location` (``s3://BUCKET[/PREFIX]``): :class:`optuna.artifacts.Boto3ArtifactStore`,
+  each artifact at key ``PREFIX/<artifact id>``; a PUT replaces an object whole, so a write is
+  atomic as well. The client is boto3's own: credentials, region and endpoint come from the usual
+  AWS settings (``AWS_ACCESS_KEY_ID``, ``~/.aws``, an instance role; ``AWS_ENDPOINT_URL_S3`` for
+  MinIO or another S3-compatible server), never from hpsearch's files or the database.
+
+Every failure is an :class:`OSError` (a missing artifact: :class:`FileNotFoundError`), whatever the
+store: the callers' retries and messages are the same for a full disk and an unreachable endpoint.
+The location is a plain string (a path or the URI) so that it travels to the workers as one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
+
+__all__ = ["ArtifactLocation", "DirectoryLocation", "S3Location", "is_object_store", "open_location"]
+
+S3_SCHEME = "s3://"
+
+
+def is_object_store(uri: str) -> bool:
+    """Whether ``uri`` names an object store (``s3://...``) rather than a directory."""
+    return uri.startswith(S3_SCHEME)
+
+
+class ArtifactLocation(ABC):
+    """An artifact store hpsearch writes models and checkpoints to.
+
+    Attributes
+    ----------
+    uri
+        The location as the user names it and the database records it: an absolute directory, or
+        ``s3://BUCKET/PREFIX/``.
+    """
+
+    uri: str
+
+    @abstractmethod
+    def write_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        """Store the concatenation of ``parts`` as ``artifact_id``, atomically: a reader sees the old file
+        or the new one, whole, also after a kill in the middle of the write."""
+
+    @abstractmethod
+    def read(self, artifact_id: str) -> bytes:
+        """The bytes of ``artifact_id``. Raises :class:`FileNotFoundError` when there is none."""
+
+    @abstractmethod
+    def remove(self, artifact_id: str) -> None:
+        """Delete ``artifact_id``; nothing happens when it is gone already."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> dict[str, int]:
+        """``{artifact id: size in bytes}`` of the files whose id starts with ``prefix`` (a directory's
+        leftover temporaries of such a file, ``.<prefix>...``, included); empty when there is no store yet."""
+
+    def where(self, artifact_id: str) -> str:
+        """The file's place, for messages."""
+        return f"{self.uri.rstrip('/')}/{artifact_id}"
+
+    def probe(self) -> None:
+        """Write and remove a small file: an :class:`OSError` says why this store cannot be written."""
+        name = f".hpsearch-probe-{uuid.uuid4().hex}"
+        self.write_parts(name, [b""])
+        self.remove(name)
+
+    # Optuna's ArtifactStore protocol (upload_artifact, optuna-dashboard)
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            return io.BytesIO(self.read(artifact_id))
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"no artifact {artifact_id} in {self.uri}") from None
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        self.write_parts(artifact_id, [content_body.read()])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
+
+
+class DirectoryLocation(ArtifactLocation):
+    """A directory (local, or shared by the nodes of a cluster: NFS, a mounted bucket)."""
+
+    def __init__(self, path: str) -> None:
+        self.uri = self.path = path
+
+    def write_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        # FileSystemArtifactStore's layout, written part by part rather than through its write(), which
+        # would need the whole file as one more copy
+        os.makedirs(self.path, exist_ok=True)
+        tmp = os.path.join(self.path, f".{artifact_id}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            with open(tmp, "wb") as f:
+                for p in parts:
+                    f.write(p)
+            os.replace(tmp, os.path.join(self.path, artifact_id))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def read(self, artifact_id: str) -> bytes:
+        from optuna.artifacts import FileSystemArtifactStore
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            with FileSystemArtifactStore(self.path).open_reader(artifact_id) as f:
+                return f.read()
+        except ArtifactNotFound:
+            raise FileNotFoundError(errno.ENOENT, "No such file", self.where(artifact_id)) from None
+
+    def remove(self, artifact_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.path, artifact_id))
+
+    def list(self, prefix: str) -> dict[str, int]:
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return {}
+        out = {}
+        for n in names:
+            if n.startswith((prefix, f".{prefix}")):
+                with contextlib.suppress(OSError):  # deleted in between
+                    out[n] = os.path.getsize(os.path.join(self.path, n))
+        return out
+
+    def where(self, artifact_id: str) -> str:
+        return os.path.join(self.path, artifact_id)
+
+
+class S3Location(ArtifactLocation):
+    """An S3 bucket, or a prefix in one (``s3://BUCKET/PREFIX/``), through boto3."""
+
+    def __init__(self, uri: str, client: Any = None) -> None:
+        bucket, _, prefix = uri[len(S3_SCHEME):].partition("/")
+        self.uri, self.bucket = uri, bucket
+        self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # no retry settings here: AWS_MAX_ATTEMPTS / AWS_RETRY_MODE (or ~/.aws/config) decide
+            self._client = boto3.client("s3", config=Config(connect_timeout=10, read_timeout=60))
+        return self._client
+
+    def _store(self) -> Any:
+        from optuna.artifacts import Boto3ArtifactStore
+
+        # avoid_buf_copy: the parts are read as one stream, not copied into one more buffer first
+        return Boto3ArtifactStore(self.bucket, client=self.client, avoid_buf_copy=True)
+
+    def write_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        with _os_errors(self.where(artifact_id)):
+            self._store().write(self.prefix + artifact_id, _Concat(parts))
+
+    def read(self, artifact_id: str) -> bytes:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        where = self.where(artifact_id)
+        with _os_errors(where):
+            try:
+                with contextlib.closing(self._store().open_reader(self.prefix + artifact_id)) as body:
+                    return body.read()
+            except ArtifactNotFound:
+                raise FileNotFoundError(errno.ENOENT, "No such object", where) from None
+
+    def remove(self, artifact_id: str) -> None:
+        with _os_errors(self.where(artifact_id)):
+            self._store().remove(self.prefix + artifact_id)  # S3's DELETE of a missing key succeeds
+
+    def list(self, prefix: str) -> dict[str, int]:
+        out = {}
+        with _os_errors(self.where(prefix + "*")):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self.prefix + prefix)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    out[obj["Key"][len(self.prefix):]] = int(obj["Size"])
+        return out
+
+
+class _Concat(io.RawIOBase):
+    """A read-only stream over ``parts`` in turn, without joining them (boto3 uploads it in chunks)."""
+
+    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
+        self._parts = [memoryview(p).cast("B") for p in parts if len(p)]
+        self._i = self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        out = memoryview(buf).cast("B")
+        n = 0
+        while n < len(out) and self._i < len(self._parts):
+            part = self._parts[self._i]
+            k = min(len(out) - n, len(part) - self._at)
+            out[n:n + k] = part[self._at:self._at + k]
+            n += k
+            self._at += k
+            if self._at == len(part):
+                self._i, self._at = self._i + 1, 0
+        return n
+
+
+@contextlib.contextmanager
+def _os_errors(where: str) -> Iterator[None]:
+    """botocore's errors as :class:`OSError` (``strerror``: the service's code and words), naming ``where``."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        code = err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        raise OSError(errno.EIO, f"{code}: {err.get('Message') or e}", where) from None
+    except BotoCoreError as e:  # no endpoint, no credentials, a timeout
+        raise OSError(errno.EIO, str(e), where) from None
+
+
+_clients: dict[tuple[str, ...], ArtifactLocation] = {}
+_clients_lock = threading.Lock()
+
+
+def open_location(uri: str) -> ArtifactLocation:
+    """The :class:`ArtifactLocation` of ``uri``: ``s3://BUCKET[/PREFIX]``, else a directory path.
+
+    An S3 location is made once per process and endpoint (its boto3 client is thread-safe, and
+    slow to make).
+    """
+    if not is_object_store(uri):
+        return DirectoryLocation(uri)
+    key = (uri, os.environ.get("AWS_ENDPOINT_URL_S3", ""), os.environ.get("AWS_ENDPOINT_URL", ""))
+    with _clients_lock:
+        loc = _clients.get(key)
+        if loc is None:
+            loc = _clients[key] = S3Location(uri)
+        return loc
