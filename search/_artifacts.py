@@ -1,9 +1,10 @@
 """Where the best model is saved: an Optuna artifact store, and the model file's format.
 
-The store is a directory (:class:`optuna.artifacts.FileSystemArtifactStore`): ``--artifacts DIR``
-(or ``file://DIR``), else ``$HPSEARCH_ARTIFACTS``, else, for a SQLite storage, ``<db file>.artifacts/``
-beside the database. A PostgreSQL storage has no file to stand beside: without ``--artifacts`` the
-model is not saved, and the run says what to pass. Only the orchestrator writes the store's records
+The store (:mod:`trials._store`) is a directory (:class:`optuna.artifacts.FileSystemArtifactStore`'s
+layout) or an S3 bucket (:class:`optuna.artifacts.Boto3ArtifactStore`): ``--artifacts DIR`` (or
+``file://DIR``, or ``s3://BUCKET[/PREFIX]``), else ``$HPSEARCH_ARTIFACTS``, else, for a SQLite storage,
+``<db file>.artifacts/`` beside the database. A PostgreSQL storage has no file to stand beside: without
+``--artifacts`` the model is not saved, and the run says what to pass. Only the orchestrator writes the store's records
 in the database (the artifact's id as a trial system attribute, as
 :func:`optuna.artifacts.upload_artifact` writes it, so that optuna-dashboard lists it); workers send
 the trained weights back through Ray.
@@ -16,16 +17,18 @@ This module needs neither torch nor the data: the driver writes the archive from
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
-import tempfile
+import re
 import time
 import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 from storage import StorageError
+from trials import is_object_store, open_location
 
 from ._errors import UsageError
 
@@ -46,8 +49,9 @@ MODEL_FORMAT = "hpsearch-model/1"
 _META = "hpsearch-model.json"
 _WEIGHTS = "state_dict.pt"
 ENV = "HPSEARCH_ARTIFACTS"
-# how often a failed write to the store is tried in all (a network file system that blinks)
+# how often a failed write to the store is tried in all (a network file system or an endpoint that blinks)
 _WRITE_ATTEMPTS = 3
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class ArtifactStoreError(StorageError):
@@ -64,26 +68,43 @@ def _sqlite_file(url: str) -> str | None:
 
 
 def resolve_artifacts(url: str, artifacts: str | None = None) -> str | None:
-    """The artifact directory of a run on storage ``url``: ``artifacts``, ``$HPSEARCH_ARTIFACTS``, or
+    """The artifact store of a run on storage ``url``: ``artifacts``, ``$HPSEARCH_ARTIFACTS``, or
     ``<sqlite file>.artifacts``; None for a storage without a file (PostgreSQL) and nothing given.
+    A directory comes back absolute, an S3 location as ``s3://BUCKET/PREFIX/`` (or ``s3://BUCKET/``).
 
     Raises
     ------
     UsageError
-        For a URI other than a path or ``file://`` path (object stores are not supported yet).
+        For another URI scheme, an S3 URI without a bucket, or ``s3://`` without boto3 installed.
     """
     given = artifacts if artifacts is not None else os.environ.get(ENV) or None
     if given is None:
         db = _sqlite_file(url)
         return None if db is None else os.path.abspath(db) + ".artifacts"
+    if is_object_store(given):
+        return _s3_uri(given)
     if given.startswith("file://"):
         given = given[len("file://"):]
     elif "://" in given:
-        raise UsageError(f"--artifacts {given!r}: only a directory is supported (a path or file://PATH); for a "
-                         "cluster, use a directory every node and the driver share (NFS, a mounted bucket)")
+        raise UsageError(f"--artifacts {given!r}: unsupported scheme; pass a directory (a path or file://PATH) or "
+                         "an S3 bucket (s3://BUCKET[/PREFIX]); for a cluster, a directory every node and the "
+                         "driver share, or a bucket")
     if not given:
-        raise UsageError("--artifacts: empty path; pass a directory (a path or file://PATH)")
+        raise UsageError("--artifacts: empty path; pass a directory (a path or file://PATH) or s3://BUCKET[/PREFIX]")
     return os.path.abspath(os.path.expanduser(given))
+
+
+def _s3_uri(given: str) -> str:
+    """``s3://BUCKET/PREFIX/`` of an ``s3://`` URI, checked: a bucket name S3 accepts, and boto3 installed."""
+    bucket, _, prefix = given[len("s3://"):].partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise UsageError(f"--artifacts {given!r}: {bucket!r} is not an S3 bucket name (3 to 63 lowercase letters, "
+                         "digits, dots and hyphens); pass s3://BUCKET or s3://BUCKET/PREFIX")
+    if importlib.util.find_spec("boto3") is None:
+        raise UsageError(f"--artifacts {given!r}: an S3 artifact store needs boto3, which is not installed; "
+                         "pip install 'hpsearch[s3]' (on the driver and every worker)")
+    prefix = "/".join(p for p in prefix.split("/") if p)
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}"
 
 
 def not_saved_hint(url: str) -> str:
@@ -101,19 +122,22 @@ def checkpoint_needs_dir(url: str) -> str:
 
 
 def check_writable(path: str, what: str = "the best model is") -> None:
-    """Create ``path`` if needed and write (then remove) a probe file in it; ``what`` says what is saved there.
+    """Write (then remove) a probe file in the artifact store ``path`` (a directory is created if
+    needed); ``what`` says what is saved there.
 
     Raises
     ------
     UsageError
-        Naming the directory, the reason and the fix (the CLI exits 2, before any trial runs).
+        Naming the store, the reason and the fix (the CLI exits 2, before any trial runs).
     """
     try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".hpsearch-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        open_location(path).probe()
     except OSError as e:
+        if is_object_store(path):
+            raise UsageError(f"the artifact store {path!r} cannot be written ({e.strerror or e}); {what} saved "
+                             "there. Check that the bucket exists and that this user's AWS credentials may write "
+                             "it (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws; AWS_ENDPOINT_URL_S3 for an "
+                             f"S3-compatible server), or pass --artifacts (or set ${ENV}) with another store") from None
         raise UsageError(f"the artifact directory {path!r} is not writable ({e.strerror or e}); {what} "
                          f"saved there. Fix its permissions, or pass --artifacts DIR (or set ${ENV}) with a "
                          "directory this user can write") from None
@@ -156,7 +180,8 @@ class ModelStore:
     Parameters
     ----------
     path
-        The artifact directory (checked writable at start: :func:`check_writable`).
+        The artifact store: a directory or ``s3://BUCKET/PREFIX/`` (checked writable at start:
+        :func:`check_writable`).
     model_info
         Facts about the model that the orchestrator does not know (from the data set):
         ``n_features``, ``n_classes``, ``classes``, ``input_shape``.
@@ -166,47 +191,40 @@ class ModelStore:
     model_info: dict[str, Any]
 
     def write(self, artifact_id: str, data: bytes) -> None:
-        """Write ``data`` as artifact ``artifact_id`` (:class:`~optuna.artifacts.FileSystemArtifactStore`),
-        trying again on ``OSError`` (a network file system that blinks).
+        """Write ``data`` as artifact ``artifact_id`` (:func:`trials.open_location`), trying again on
+        ``OSError`` (a network file system or an endpoint that blinks).
 
         Raises
         ------
         ArtifactStoreError
             When every attempt failed.
         """
-        from optuna.artifacts import FileSystemArtifactStore
-
-        store = FileSystemArtifactStore(self.path)
+        loc = open_location(self.path)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                os.makedirs(self.path, exist_ok=True)
-                store.write(artifact_id, io.BytesIO(data))
+                loc.write_parts(artifact_id, [data])
                 return
             except OSError as e:
                 if attempt == _WRITE_ATTEMPTS:
                     raise ArtifactStoreError(
-                        f"cannot write the best model to the artifact directory {self.path!r} "
+                        f"cannot write the best model to the artifact store {self.path!r} "
                         f"({e.strerror or e}) after {attempt} attempts") from None
                 time.sleep(0.2 * attempt)
 
 
 def read_artifact(path: str, artifact_id: str) -> bytes:
-    """The bytes of artifact ``artifact_id`` in the artifact directory ``path``.
+    """The bytes of artifact ``artifact_id`` in the artifact store ``path``.
 
     Raises
     ------
     UsageError
-        When the directory holds no such artifact (another directory was given, or it was deleted).
+        When the store holds no such artifact (another store was given, or it was deleted).
     """
-    from optuna.artifacts import FileSystemArtifactStore
-    from optuna.artifacts.exceptions import ArtifactNotFound
-
     try:
-        with FileSystemArtifactStore(path).open_reader(artifact_id) as f:
-            return f.read()
-    except (ArtifactNotFound, FileNotFoundError):
-        raise UsageError(f"the model artifact {artifact_id} is not in the artifact directory {path!r}; pass the "
-                         f"directory the study saved it to with --artifacts DIR (or ${ENV})") from None
+        return open_location(path).read(artifact_id)
+    except FileNotFoundError:
+        raise UsageError(f"the model artifact {artifact_id} is not in the artifact store {path!r}; pass the "
+                         f"store the study saved it to with --artifacts DIR|s3://BUCKET/PREFIX (or ${ENV})") from None
     except OSError as e:
         raise ArtifactStoreError(f"cannot read the model artifact {artifact_id} in {path!r}: "
                                  f"{e.strerror or e}") from None

@@ -127,7 +127,7 @@ def load_fold_models(name: str, *, storage: str | None = None, artifacts: str | 
         No such study, no kept checkpoint (``checkpoint.keep_best`` off, no trial completed), a file
         that is gone or unreadable, or a study this loader cannot rebuild.
     """
-    from trials import resolve_hyperparams
+    from trials import open_location, resolve_hyperparams
     from trials._checkpoint import CheckpointUnusable, checkpoint_files, read_checkpoint
     from trials._export import ScaledModel, build_module
 
@@ -162,8 +162,9 @@ def load_fold_models(name: str, *, storage: str | None = None, artifacts: str | 
             raise UsageError(f"study {name!r}: {e}") from None
         ens = state.get("ensemble")
         if ens is None:
-            raise UsageError(f"the kept checkpoint {os.path.join(directory, part)} was saved before its trial ended "
-                             "(an hpsearch without the final save of checkpoint.keep_best); it holds no fold models")
+            raise UsageError(f"the kept checkpoint {open_location(directory).where(part)} was saved before its trial "
+                             "ended (an hpsearch without the final save of checkpoint.keep_best); it holds no fold "
+                             "models")
         n_layers = len(state["best_state"]) // 2
         weights, biases = state["best_state"][:n_layers], state["best_state"][n_layers:]
         n_classes = int(weights[-1].shape[-1])

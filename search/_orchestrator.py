@@ -37,6 +37,7 @@ from trials import (
     TestResult,
     TrialResult,
     checkpoint_files,
+    is_object_store,
     remove_checkpoints,
     resolve_hyperparams,
     stack_key,
@@ -227,9 +228,9 @@ class Orchestrator:
             if self._store_failure is not None:
                 raise ArtifactStoreError(
                     f"{self._store_failure}; the study stopped, and its trials in flight run again on resume, "
-                    f"each from its last checkpoint. Fix the artifact directory {self.checkpoints!r} (its "
-                    "permissions, free space, the mount; or pass --artifacts DIR with another one, where "
-                    f"trials start from epoch 1), then `hpsearch resume {shlex.quote(self.spec.name)}`"
+                    f"each from its last checkpoint. Fix the artifact {self._store_kind()} {self.checkpoints!r} "
+                    f"({self._store_fixes()}; or pass --artifacts with another store, where trials start from "
+                    f"epoch 1), then `hpsearch resume {shlex.quote(self.spec.name)}`"
                 ) from None
             raise Interrupted(
                 f"interrupted ({e.reason}); {self._done}/{budget} trials done. "
@@ -648,6 +649,15 @@ class Orchestrator:
                 self._release(str(previous["checkpoint"]))  # (a stack's whose other member still records)
             else:
                 remove_checkpoints(directory, str(previous["checkpoint"]))
+
+    def _store_kind(self) -> str:
+        return "store" if self.checkpoints is not None and is_object_store(self.checkpoints) else "directory"
+
+    def _store_fixes(self) -> str:
+        """What to look at when the artifact store failed, by its kind."""
+        if self._store_kind() == "store":
+            return "the endpoint, the bucket, the AWS credentials"
+        return "its permissions, free space, the mount"
 
     def _checkpoint_of(self, run: _Running) -> str | None:
         """The id of the checkpoint ``run`` writes, or holds from an earlier run (checkpoints now off)."""

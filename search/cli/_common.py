@@ -18,9 +18,11 @@ STORAGE_HELP = "Database URL (else $HPSEARCH_STORAGE, else sqlite:///hpsearch.db
 OUTPUT = click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="table for people, json for programs (a stable contract).")
 STORAGE = click.option("--storage", envvar=None, default=None, metavar="URL", help=STORAGE_HELP)
-ARTIFACTS = click.option("--artifacts", default=None, metavar="DIR",
-                         help="Artifact directory of the best model (a path or file://PATH; else $HPSEARCH_ARTIFACTS, "
-                              "else <sqlite file>.artifacts beside a SQLite storage).")
+ARTIFACTS = click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET[/PREFIX]",
+                         help="Artifact store of the best model and the checkpoints: a directory (a path or "
+                              "file://PATH) or an S3 bucket (boto3's AWS settings: credentials, region, "
+                              "AWS_ENDPOINT_URL_S3); else $HPSEARCH_ARTIFACTS, else <sqlite file>.artifacts beside "
+                              "a SQLite storage.")
 
 
 def fail(message: str, code: int) -> NoReturn:

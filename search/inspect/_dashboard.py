@@ -143,14 +143,16 @@ class DashboardServer:
 
 
 def _artifact_store(url: str, artifacts: str | None) -> Any:
-    """The run's artifact directory as an Optuna artifact store (the dashboard lists and serves the saved
-    models), or None when there is none to show."""
-    from optuna.artifacts import FileSystemArtifactStore
+    """The run's artifact store as an Optuna artifact store (the dashboard lists and serves the saved
+    models: :class:`trials.ArtifactLocation`), or None when there is none to show."""
+    from trials import is_object_store, open_location
 
     from .._artifacts import resolve_artifacts
 
     path = resolve_artifacts(url, artifacts)
-    return FileSystemArtifactStore(path) if path is not None and os.path.isdir(path) else None
+    if path is None or not (is_object_store(path) or os.path.isdir(path)):
+        return None
+    return open_location(path)
 
 
 def start_dashboard(storage_url: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,

@@ -120,7 +120,7 @@ def show_study(name: str, storage: str | None = None, *, limit: int | None = Non
 
 
 def _artifact_dir(engine: Any) -> str | None:
-    """The artifact directory a run on this storage uses by default (``$HPSEARCH_ARTIFACTS`` or beside SQLite)."""
+    """The artifact store a run on this storage uses by default (``$HPSEARCH_ARTIFACTS`` or beside SQLite)."""
     from .._artifacts import resolve_artifacts
 
     url = getattr(getattr(engine, "url", None), "render_as_string", None)
@@ -128,14 +128,13 @@ def _artifact_dir(engine: Any) -> str | None:
 
 
 def checkpoint_usage(rows: Any, directory: str | None, kept: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Disk use of the checkpoints of ``rows`` in ``directory``: ``{"directory", "files", "bytes", "kept"}``;
+    """Disk use of the checkpoints of ``rows`` in the artifact store ``directory`` (a directory, or
+    ``s3://BUCKET/PREFIX/``): ``{"directory", "files", "bytes", "kept"}``;
     None when no trial has a checkpoint. A finished trial's checkpoint is deleted, so this is what the trials
     still running (or waiting to go on) hold: at most one file per trial in flight (per fold with
     ``resources.parallel_folds``), and with ``checkpoint.keep_best`` the best trial's: ``kept`` is
     ``{"trial", "checkpoint", "directory"}`` of it (the study attribute ``hpsearch_kept_checkpoint``), else None."""
-    import os
-
-    from trials import checkpoint_files
+    from trials import checkpoint_sizes
 
     ids = sorted({r.checkpoint for r in rows if getattr(r, "checkpoint", None)})
     if not ids:
@@ -143,12 +142,9 @@ def checkpoint_usage(rows: Any, directory: str | None, kept: dict[str, Any] | No
     files, size = 0, 0
     if directory is not None:
         for cid in ids:
-            for name in checkpoint_files(directory, cid):
-                try:
-                    size += os.path.getsize(os.path.join(directory, name))
-                    files += 1
-                except OSError:
-                    continue
+            sizes = checkpoint_sizes(directory, cid)
+            files += len(sizes)
+            size += sum(sizes.values())
     return {"directory": directory, "files": files, "bytes": size, "kept": kept or None}
 
 

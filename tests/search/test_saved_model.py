@@ -234,15 +234,15 @@ def test_wrong_artifact_places_and_files_are_clear_errors(studied, tmp_path) -> 
     url, _ = studied
     code, _, err = invoke("export-model", "saved", "--out", str(tmp_path / "m.pt"), "--storage", url,
                           "--artifacts", str(tmp_path / "elsewhere"))
-    assert code == 2 and "is not in the artifact directory" in err and "--artifacts DIR" in err
+    assert code == 2 and "is not in the artifact store" in err and "--artifacts DIR" in err
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(search.UsageError, match="is not an hpsearch model file"):
         load_model_file(tmp_path / "junk.pt")
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(SPEC))
     code, _, err = invoke("run", str(study), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--artifacts",
-                          "s3://bucket/models", "-q")
-    assert code == 2 and "only a directory is supported" in err
+                          "gs://bucket/models", "-q")
+    assert code == 2 and "'gs://bucket/models': unsupported scheme" in err and "s3://BUCKET[/PREFIX]" in err
 
 
 def test_a_regression_model_predicts_in_the_targets_units(tmp_path: Path) -> None:

@@ -1,0 +1,224 @@
+"""An S3 artifact store (``--artifacts s3://BUCKET/PREFIX``), against a real S3 endpoint (moto's server):
+checkpoints, the saved model, the dashboard, and the store's faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import optuna
+import pytest
+import yaml
+
+import search
+import storage as st
+from search import LocalBackend, TrialJob, load_model, load_model_file, run_study
+from search.inspect import start_dashboard
+from trials import _checkpoint
+
+from .test_checkpoints import SPEC, dies_once_at, invoke, trials
+from .test_saved_model import scores_on_the_test_split
+
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
+
+
+def keys(bucket: str, prefix: str = "") -> list[str]:
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listed.get("Contents", ()))
+
+
+@pytest.fixture
+def plain(fast_dir: Path) -> optuna.trial.FrozenTrial:
+    """The uninterrupted run of SPEC's trial (no checkpoints)."""
+    url = f"sqlite:///{fast_dir / 'plain.db'}"
+    run_study({**SPEC, "checkpoint": {}}, storage=url, backend=LocalBackend(1), refit=False)
+    return trials(url, "ckpt")[0]
+
+
+def test_a_study_on_s3_goes_on_from_its_checkpoint_and_saves_a_model_that_loads(fast_dir, s3_bucket, plain,
+                                                                                monkeypatch) -> None:
+    uri = f"s3://{s3_bucket}/team/run-1"
+    url = f"sqlite:///{fast_dir / 'ckpt.db'}"
+    seen: list[TrialJob] = []
+    messages: list[str] = []
+
+    class Say(search.Callbacks):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    res = run_study(SPEC, storage=url, backend=LocalBackend(1), worker_fn=dies_once_at(5, seen), callbacks=Say(),
+                    artifacts=uri)
+    first, rerun = trials(url, "ckpt")
+    assert seen[0].checkpoint.directory == f"{uri}/"  # the workers write to the bucket, not a directory
+    assert first.state.name == "FAIL" and rerun.user_attrs["resumed_from_epoch"] == 4
+    assert "trial 1 went on from its checkpoint at epoch 4" in messages
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.intermediate_values == plain.intermediate_values
+    # the finished trial's checkpoint is deleted; the model stays, under the prefix
+    artifact = res.test_result["model_artifact"]
+    assert keys(s3_bucket) == [f"team/run-1/{artifact}"]
+    assert f"saved the model of trial 1 to {uri}/ (artifact {artifact})" in messages
+
+    model = load_model("ckpt", storage=url, artifacts=uri)
+    acc, _ = scores_on_the_test_split(model, SPEC)
+    assert acc == pytest.approx(res.test_result["test_accuracy"], abs=1e-6)
+    out = fast_dir / "m.pt"
+    code, _, err = invoke("export-model", "ckpt", "--storage", url, "--artifacts", uri, "--out", str(out))
+    assert code == 0, err
+    assert scores_on_the_test_split(load_model_file(out), SPEC)[0] == acc
+
+    monkeypatch.setenv("HPSEARCH_ARTIFACTS", uri)  # show finds the store as the run did
+    code, shown, err = invoke("show", "ckpt", "--storage", url, "-o", "json")
+    assert code == 0, err
+    assert json.loads(shown)["checkpoints"] == {"directory": f"{uri}/", "files": 0, "bytes": 0, "kept": None}
+
+    rdb = st.create_storage(url)
+    with start_dashboard(url, port=0, artifacts=uri) as server:  # optuna-dashboard serves it from the bucket
+        import urllib.request
+
+        sid, tid = rdb.get_study_id_from_name("ckpt"), st.trial_id(rerun)
+        with urllib.request.urlopen(f"{server.url}/artifacts/{sid}/{tid}/{artifact}", timeout=30) as r:
+            assert r.read() == boto3.client("s3").get_object(Bucket=s3_bucket,
+                                                             Key=f"team/run-1/{artifact}")["Body"].read()
+
+
+def test_a_bucket_that_is_missing_or_misnamed_is_refused_before_any_trial(fast_dir, s3_bucket) -> None:
+    study = fast_dir / "study.yaml"
+    study.write_text(yaml.safe_dump(SPEC))
+    url = f"sqlite:///{fast_dir / 'x.db'}"
+    code, _, err = invoke("run", str(study), "--storage", url, "--artifacts", "s3://no-such-bucket-here/runs", "-q")
+    assert code == 2, err
+    assert "the artifact store 's3://no-such-bucket-here/runs/' cannot be written (NoSuchBucket" in err
+    assert "Check that the bucket exists" in err and "Traceback" not in err
+    assert optuna.get_all_study_names(url) == []  # nothing ran, nothing was written
+    code, _, err = invoke("run", str(study), "--storage", url, "--artifacts", "s3://My_Bucket/runs", "-q")
+    assert code == 2 and "'My_Bucket' is not an S3 bucket name" in err
+    assert keys(s3_bucket) == []
+
+
+@pytest.fixture
+def stoppable_s3(monkeypatch, tmp_path) -> Any:
+    """An S3 endpoint of this test's own, that the test can take down and bring back (its objects stay)."""
+    from moto.server import ThreadedMotoServer
+
+    class Endpoint:
+        def __init__(self) -> None:
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self.server.start()
+            self.port = self.server.get_host_and_port()[1]
+
+        def down(self) -> None:
+            self.server.stop()
+
+        def up(self) -> None:
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self.server.start()
+
+    end = Endpoint()
+    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{end.port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_MAX_ATTEMPTS": "1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="flaky-store")
+    yield end
+    end.server.stop()
+
+
+def test_an_endpoint_lost_mid_study_stops_it_resumable_and_the_resume_goes_on(fast_dir, plain, stoppable_s3,
+                                                                              monkeypatch) -> None:
+    """The endpoint goes down after epoch 5: the next save fails its attempts, the study stops (exit 3 in
+    the CLI) with the trial's re-run queued; once the endpoint is back, the resume goes on from the last
+    checkpoint that was written, to the uninterrupted run's scores."""
+    monkeypatch.setattr(_checkpoint, "_WRITE_BACKOFF_S", 0.0)
+    uri = "s3://flaky-store/ckpt"
+    url = f"sqlite:///{fast_dir / 'gone.db'}"
+
+    def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
+        def cut(r):  # type: ignore[no-untyped-def]
+            if job.attempt == 0 and r.epoch == 5:
+                stoppable_s3.down()
+            return report(r)
+
+        return search.train_job(data, settings, job, cut)
+
+    with pytest.raises(st.StorageError) as err:
+        run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, artifacts=uri)
+    text = str(err.value)
+    assert type(err.value).__name__ == "ArtifactStoreError"
+    assert f"cannot write the checkpoint {uri}/" in text and "Could not connect to the endpoint" in text
+    assert "Fix the artifact store 's3://flaky-store/ckpt/' (the endpoint, the bucket, the AWS credentials" in text
+    first, queued = trials(url, "ckpt")
+    assert first.state.name == "FAIL" and first.user_attrs["will_retry"] is True
+    assert queued.state.name == "WAITING" and queued.user_attrs["checkpoint"] == first.user_attrs["checkpoint"]
+
+    stoppable_s3.up()
+    assert keys("flaky-store") == [f"ckpt/{first.user_attrs['checkpoint']}"]  # the last whole checkpoint
+    assert search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False,
+                               artifacts=uri).done == 1
+    rerun = trials(url, "ckpt")[1]
+    # epoch 4's save may have been in flight when the endpoint went: the checkpoint is epoch 4's or 2's
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] in (2, 4)
+    assert rerun.user_attrs["fold_scores"] == plain.user_attrs["fold_scores"]
+    assert rerun.intermediate_values == plain.intermediate_values
+    assert keys("flaky-store") == []
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_on_s3_then_resume_goes_on_from_the_bucket(tmp_path, s3_bucket) -> None:
+    """Real processes: ``hpsearch run`` on its own local Ray, whose worker writes the checkpoints to the
+    bucket (boto3 in the worker, from the AWS settings it inherits), killed mid-trial; ``hpsearch resume``
+    in a new process goes on from the object and ends with the uninterrupted run's fold scores."""
+    import torch
+
+    from search import parse_spec
+    from trials import load_dataset, run_trial, trial_seed
+
+    from .resume_checks import StudyProc
+    from .test_checkpoint_resume import SPEC as KILL_SPEC
+    from .test_checkpoint_resume import epochs_reported
+    from .test_resume import PROC_ENV, write_spec
+
+    uri = f"s3://{s3_bucket}/kill"
+    url = f"sqlite:///{tmp_path}/study.db"
+    study_file = write_spec(tmp_path / "study.yaml", KILL_SPEC)
+    name = KILL_SPEC["name"]
+    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--artifacts", uri], env=PROC_ENV)
+    try:
+        proc.wait_for(lambda: epochs_reported(url, name) >= 7, timeout=120, what="7 epochs of the trial")
+        proc.proc.kill()
+        proc.proc.wait()
+    finally:
+        proc.cleanup()
+    (trial,) = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert trial.state.name == "RUNNING", "killed mid-trial"
+    (key,) = keys(s3_bucket)
+    assert key == f"kill/{trial.user_attrs['checkpoint']}"
+    body = boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"]
+    assert body.readline() == b"hpsearch-checkpoint/1\n"
+    saved_epoch = json.loads(body.readline())["epoch"]
+    assert saved_epoch >= 6 and saved_epoch % 2 == 0
+
+    resume = StudyProc(["resume", name, "--storage", url, "-q", "--artifacts", uri],
+                       env={**PROC_ENV, "HPSEARCH_LEASE_STALE_S": "600"})  # its pid is gone: taken over
+    try:
+        code, _, err = resume.finish(timeout=180)
+    finally:
+        resume.cleanup()
+    assert code == 0, err
+    assert f"went on from its checkpoint at epoch {saved_epoch}" in err
+    _, rerun = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] == saved_epoch
+    spec = parse_spec(KILL_SPEC)
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as on the worker
+    try:
+        plain = run_trial(data, {"lr": 0.05}, spec.settings, seed=trial_seed(spec.seed, 0))
+    finally:
+        torch.set_num_threads(threads)
+    assert rerun.user_attrs["fold_scores"] == plain.scores(spec.metric)
+    model = optuna.load_study(study_name=name, storage=url).user_attrs["test_result"]["model_artifact"]
+    assert keys(s3_bucket) == [f"kill/{model}"]  # the checkpoint is deleted, the refit's model saved
