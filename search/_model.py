@@ -29,7 +29,8 @@ __all__ = ["Predictions", "export_model", "load_fold_models", "load_model", "loa
 
 
 def model_bytes(name: str, *, storage: str | None = None, artifacts: str | None = None) -> bytes:
-    """The model file of study ``name``'s best trial, as saved by its final refit.
+    """The model file of study ``name``'s best trial, as saved by its final refit (``artifacts``: as
+    :func:`load_model` finds the store).
 
     Raises
     ------
@@ -55,7 +56,9 @@ def model_bytes(name: str, *, storage: str | None = None, artifacts: str | None 
                    "--artifacts) or before hpsearch saved models; a finished refit is not redone: run the study "
                    "file again under a new name (--study NAME) with --artifacts DIR")
         raise UsageError(f"study {name!r} has no saved model: {why}")
-    path = resolve_artifacts(url, artifacts)
+    # the store given, else the one the refit saved the model to, else the default one
+    path = resolve_artifacts(url, artifacts) if artifacts is not None else test.get("model_store")
+    path = path if path is not None else resolve_artifacts(url, None)
     if path is None:
         raise UsageError(f"study {name!r} saved its model to an artifact directory, and the storage is not a SQLite "
                          f"file beside which it would be: pass --artifacts DIR (or set ${ENV}) with the directory "
@@ -108,7 +111,8 @@ def load_model(name: str, *, storage: str | None = None, artifacts: str | None =
     storage
         Database URL (else ``HPSEARCH_STORAGE``, else ``sqlite:///hpsearch.db``).
     artifacts
-        The artifact directory the run saved to (else ``HPSEARCH_ARTIFACTS``, else beside the SQLite file).
+        The artifact store to read it from: a directory or ``s3://BUCKET/PREFIX``. Else the store the refit
+        saved it to (``test_result.model_store``), else ``HPSEARCH_ARTIFACTS``, else beside the SQLite file.
     """
     return _build(model_bytes(name, storage=storage, artifacts=artifacts), f"the model of study {name!r}")
 

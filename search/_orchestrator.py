@@ -209,8 +209,11 @@ class Orchestrator:
         budget = self.spec.budget
         try:
             trials = self._db(lambda: self.study.get_trials(deepcopy=False))
-            kept = self._db(lambda: self.study.user_attrs).get(StudyAttr.KEPT_CHECKPOINT) or {}
+            attrs = self._db(lambda: self.study.user_attrs)
+            kept = attrs.get(StudyAttr.KEPT_CHECKPOINT) or {}
             self._kept = kept.get("checkpoint")
+            if self.checkpoints is not None and attrs.get(StudyAttr.ARTIFACT_STORE) != self.checkpoints:
+                self._db(lambda: self.study.set_user_attr(StudyAttr.ARTIFACT_STORE, self.checkpoints))
             self._recover(trials)
             trials = self._db(lambda: self.study.get_trials(deepcopy=False))
             self._done = count_done(trials)
@@ -841,6 +844,7 @@ class Orchestrator:
                 }
                 if self.models is not None and res.state_dict:
                     out["model_artifact"] = self._save_model(best, res, out)
+                    out["model_store"] = self.models.path
                 self._db(lambda out=out: self.study.set_user_attr(StudyAttr.TEST_RESULT, out))
                 return out
 

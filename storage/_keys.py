@@ -59,5 +59,8 @@ class StudyAttr:
     KEPT_CHECKPOINT = "hpsearch_kept_checkpoint"
     """``checkpoint.keep_best``: ``{"trial", "checkpoint", "directory"}`` of the best trial's checkpoint, kept;
     with ``"slot": [i, n]`` when that checkpoint is a stack's (the trial is its member ``i``)."""
+    ARTIFACT_STORE = "hpsearch_artifact_store"
+    """The artifact store (a directory or ``s3://BUCKET/PREFIX/``) that the latest run with checkpoints wrote
+    them to: where ``hpsearch show`` counts them. No credentials: boto3 reads those on each machine."""
     SCALING = "hpsearch_scaling"
     """How the study's trials scale features (``data.scaling`` resolved for its samples: ``trials.Dataset.scaling``)."""

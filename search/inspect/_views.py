@@ -115,7 +115,8 @@ def show_study(name: str, storage: str | None = None, *, limit: int | None = Non
         "strategy": spec.get("strategy"),
         "test_result": attrs.get(StudyAttr.TEST_RESULT) or None,
         "trials": [_trial_dict(r) for r in rows],
-        "checkpoints": checkpoint_usage(rows, _artifact_dir(engine), attrs.get(StudyAttr.KEPT_CHECKPOINT)),
+        "checkpoints": checkpoint_usage(rows, attrs.get(StudyAttr.ARTIFACT_STORE) or _artifact_dir(engine),
+                                        attrs.get(StudyAttr.KEPT_CHECKPOINT)),
     }
 
 

@@ -61,15 +61,18 @@ def test_a_study_on_s3_goes_on_from_its_checkpoint_and_saves_a_model_that_loads(
     assert keys(s3_bucket) == [f"team/run-1/{artifact}"]
     assert f"saved the model of trial 1 to {uri}/ (artifact {artifact})" in messages
 
-    model = load_model("ckpt", storage=url, artifacts=uri)
+    assert res.test_result["model_store"] == f"{uri}/"  # the database records where the model is
+    model = load_model("ckpt", storage=url)  # so no --artifacts is needed to read it
     acc, _ = scores_on_the_test_split(model, SPEC)
+    assert scores_on_the_test_split(load_model("ckpt", storage=url, artifacts=uri), SPEC)[0] == acc
     assert acc == pytest.approx(res.test_result["test_accuracy"], abs=1e-6)
     out = fast_dir / "m.pt"
     code, _, err = invoke("export-model", "ckpt", "--storage", url, "--artifacts", uri, "--out", str(out))
     assert code == 0, err
     assert scores_on_the_test_split(load_model_file(out), SPEC)[0] == acc
 
-    monkeypatch.setenv("HPSEARCH_ARTIFACTS", uri)  # show finds the store as the run did
+    monkeypatch.delenv("HPSEARCH_ARTIFACTS", raising=False)
+    assert optuna.load_study(study_name="ckpt", storage=url).user_attrs["hpsearch_artifact_store"] == f"{uri}/"
     code, shown, err = invoke("show", "ckpt", "--storage", url, "-o", "json")
     assert code == 0, err
     assert json.loads(shown)["checkpoints"] == {"directory": f"{uri}/", "files": 0, "bytes": 0, "kept": None}
@@ -96,6 +99,18 @@ def test_a_bucket_that_is_missing_or_misnamed_is_refused_before_any_trial(fast_d
     code, _, err = invoke("run", str(study), "--storage", url, "--artifacts", "s3://My_Bucket/runs", "-q")
     assert code == 2 and "'My_Bucket' is not an S3 bucket name" in err
     assert keys(s3_bucket) == []
+
+
+def test_s3_without_boto3_names_the_extra_to_install(monkeypatch) -> None:
+    import importlib.util
+
+    from search._artifacts import resolve_artifacts
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a))
+    with pytest.raises(search.UsageError, match=r"needs boto3, which is not installed; pip install 'hpsearch\[s3\]'"):
+        resolve_artifacts("sqlite:///x.db", "s3://bucket-x/p")
+    assert resolve_artifacts("sqlite:///x.db", "/tmp/x") == "/tmp/x"  # a directory needs no boto3
 
 
 @pytest.fixture

@@ -189,7 +189,8 @@ def test_read_only_dir_as_root_without_dac_override() -> None:
 
 
 def test_on_postgresql_the_model_needs_an_artifact_directory(postgres_url, tmp_path, monkeypatch) -> None:
-    """No file to stand beside: without --artifacts the run says what to pass; with it, the model loads."""
+    """No file to stand beside: without --artifacts the run says what to pass; with it, the model loads
+    from the store the refit recorded."""
     monkeypatch.delenv("HPSEARCH_ARTIFACTS", raising=False)
     res = run_study(SPEC, storage=postgres_url, backend=SimulatedBackend(1))
     assert "model_artifact" not in res.test_result
@@ -198,11 +199,13 @@ def test_on_postgresql_the_model_needs_an_artifact_directory(postgres_url, tmp_p
         load_model("saved", storage=postgres_url)
     spec = {**SPEC, "name": "saved-pg"}
     res = run_study(spec, storage=postgres_url, backend=SimulatedBackend(1), artifacts=str(tmp_path / "models"))
-    with pytest.raises(search.UsageError, match="pass --artifacts DIR"):
-        load_model("saved-pg", storage=postgres_url)
-    monkeypatch.setenv("HPSEARCH_ARTIFACTS", f"file://{tmp_path / 'models'}")
+    assert res.test_result["model_store"] == str(tmp_path / "models")  # the database records where it is
     acc, _ = scores_on_the_test_split(load_model("saved-pg", storage=postgres_url), spec)
     assert acc == pytest.approx(res.test_result["test_score"], abs=1e-6)
+    monkeypatch.setenv("HPSEARCH_ARTIFACTS", str(tmp_path / "elsewhere"))  # the recorded store wins over it
+    assert scores_on_the_test_split(load_model("saved-pg", storage=postgres_url), spec)[0] == acc
+    with pytest.raises(search.UsageError, match="pass the store the study saved it to"):  # an explicit one does not
+        load_model("saved-pg", storage=postgres_url, artifacts=str(tmp_path / "elsewhere"))
 
 
 def test_a_store_that_fails_at_save_time_stops_the_run_and_the_resume_saves(tmp_path) -> None:
