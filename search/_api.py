@@ -26,7 +26,7 @@ from ._artifacts import ModelStore, check_writable, checkpoint_needs_dir, not_sa
 from ._errors import NoTrialCompleted, UsageError
 from ._notify import Notifier
 from ._open import check_data, check_scaling, drop_if_empty, nothing_to_do, open_study, spec_diff
-from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done
+from ._orchestrator import Callbacks, Interrupted, Orchestrator, count_done, sweep_checkpoints
 from ._session import Session, leased
 from ._settings import db_retry_attempts, lease_stale_after, notify_backoff_s
 from ._spec import NotifySpec, SpecError, StudySpec, load_spec, parse_spec
@@ -192,6 +192,18 @@ def _execute(
             notifier.close()
 
 
+def _sweep_finished(study: optuna.Study, store: str | None, call: Any, messages: list[str]) -> None:
+    """A finished study's leftover checkpoints (a run killed after its last trial was recorded, before
+    its file was deleted): :func:`~search._orchestrator.sweep_checkpoints`, as a run does at its start."""
+    if store is None:
+        return
+    trials = call(lambda: study.get_trials(deepcopy=False))
+    kept = (call(lambda: study.user_attrs).get(StudyAttr.KEPT_CHECKPOINT) or {}).get("checkpoint")
+    swept = sweep_checkpoints(trials, store, kept)
+    if swept:
+        messages.append(swept)
+
+
 def _leftover_dir(url: str, artifacts: str | None) -> str | None:
     """The artifact directory of a run that writes none (no checkpoints, no refit), where checkpoints of
     an earlier run may be left; None when there is none, or it is not a directory hpsearch can use."""
@@ -262,6 +274,7 @@ def _execute_leased(
         study, messages, created = call(lambda: open_study(rdb, spec, must_exist=must_exist))
         token.check()
         if call(lambda: nothing_to_do(study, spec, refit)):  # a finished study: no Ray, no data
+            _sweep_finished(study, art_dir or leftovers, call, messages)
             return _finished(call(lambda: _summarize(study, spec, url, messages)))
         try:
             # a missing file or column, or labels that do not fit the task, are said before Ray starts (seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import shlex
 import statistics
 import time
@@ -38,6 +39,7 @@ from trials import (
     TrialResult,
     checkpoint_files,
     is_object_store,
+    open_location,
     remove_checkpoints,
     resolve_hyperparams,
     stack_key,
@@ -61,6 +63,36 @@ _MIN_REFIT_TIMEOUT_S = 600.0
 
 # A ready trial passed over this many times is submitted next (with whatever group it has).
 _MAX_PASSED = 2
+# a file of checkpoint id ``checkpoint-<uuid hex>`` (_plan): its own, a fold part's, a directory's temporary
+_CHECKPOINT_FILE = re.compile(r"\.?(checkpoint-[0-9a-f]{32})")
+
+
+def sweep_checkpoints(trials: list[FrozenTrial], store: str | None, kept: str | None) -> str | None:
+    """Delete the checkpoints a stopped run left behind for trials finished for good; returns what was
+    deleted, to say (None: nothing). Called with the study's lease held, before any trial runs.
+
+    A run killed between recording a trial finished and deleting its checkpoint (or between recording
+    a new kept checkpoint and deleting the previous best's) leaves a file; so disk use stays bounded
+    whatever the kill. Only the ids of this study's trials are touched (``kept`` excepted; the store
+    may be shared), found by one listing of the store.
+    """
+    if store is None:
+        return None
+    held = {t.user_attrs.get(TrialAttr.CHECKPOINT) for t in trials if not t.state.is_finished()}
+    done = {t.user_attrs.get(TrialAttr.CHECKPOINT) for t in trials if t.state.is_finished()}
+    ids = done - held - {kept, None}
+    if not ids:
+        return None
+    try:
+        names = open_location(store).list("checkpoint-")
+    except OSError:  # the store cannot be listed now: the next run tries again
+        return None
+    left = sorted(ids & {m.group(1) for n in names if (m := _CHECKPOINT_FILE.match(n))})
+    if not left:
+        return None
+    freed = sum(remove_checkpoints(store, ckpt) for ckpt in left)
+    return (f"deleted the checkpoints of {len(left)} finished trial(s) that a stopped run left in {store} "
+            f"({freed / 1e6:.1f} MB)")
 
 
 class Interrupted(Exception):
@@ -216,6 +248,9 @@ class Orchestrator:
                 self._db(lambda: self.study.set_user_attr(StudyAttr.ARTIFACT_STORE, self.checkpoints))
             self._recover(trials)
             trials = self._db(lambda: self.study.get_trials(deepcopy=False))
+            swept = sweep_checkpoints(trials, self._artifacts, self._kept)
+            if swept:
+                self.callbacks.on_message(swept)
             self._done = count_done(trials)
             self.callbacks.on_start(self.study, self._done, budget, self.backend.describe())
             while True:

@@ -443,3 +443,47 @@ def test_keep_best_keeps_the_best_trials_checkpoint_at_its_end_and_only_that_one
               backend=LocalBackend(1), refit=False)
     with pytest.raises(search.UsageError, match=r"keeps no fold models: set checkpoint\.keep_best"):
         search.load_fold_models("ckpt", storage=other)
+
+
+def test_checkpoints_a_stopped_run_left_for_finished_trials_are_deleted_on_resume(fast_dir) -> None:
+    """A kill between recording a trial finished and deleting its checkpoint (or between recording a new
+    kept checkpoint and deleting the previous best's) leaves a file; the next run of the study deletes it,
+    keeps the kept one, and leaves alone a file that is no trial's of this study (a store may be shared)."""
+    url = f"sqlite:///{fast_dir / 'sweep.db'}"
+    art = fast_dir / "sweep.db.artifacts"
+    spec = {**SPEC, "space": {"lr": {"values": [0.0005, 0.05]}}, "training": {**SPEC["training"], "max_epochs": 3},
+            "checkpoint": {"every_epochs": 2, "keep_best": True}}
+    run_study(spec, storage=url, backend=LocalBackend(1), refit=False)
+    study = optuna.load_study(study_name="ckpt", storage=url)
+    kept = study.user_attrs["hpsearch_kept_checkpoint"]["checkpoint"]
+    (other,) = [t.user_attrs["checkpoint"] for t in study.trials if t.user_attrs["checkpoint"] != kept]
+    assert os.listdir(art) == [kept]
+    foreign = "checkpoint-" + "0" * 32  # another study's, in the same store
+    for name in (other, f"{other}-folds-1", f".{other}.tmp-1-2", foreign):  # what the kills left
+        (art / name).write_bytes(b"left")
+    res = search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)  # finished: no trial runs
+    assert sorted(os.listdir(art)) == sorted([kept, foreign])
+    assert f"deleted the checkpoints of 1 finished trial(s) that a stopped run left in {art} (0.0 MB)" in res.messages
+    res = search.resume_study("ckpt", storage=url, backend=LocalBackend(1), refit=False)
+    assert not any("deleted the checkpoints" in m for m in res.messages)  # nothing left to delete: no message
+
+
+def test_the_sweep_spares_the_checkpoints_of_trials_still_to_run(tmp_path) -> None:
+    """What a run deletes at its start: finished trials' checkpoints only; not a checkpoint that a trial
+    still running or waiting (a queued re-run) holds, even when a finished member of its stack shares it."""
+    from optuna.trial import TrialState, create_trial
+
+    from search._orchestrator import sweep_checkpoints
+
+    ids = [f"checkpoint-{i:032x}" for i in range(4)]
+    for cid in ids:
+        (tmp_path / cid).write_bytes(b"12345")
+    made = [create_trial(state=state, value=1.0 if state == TrialState.COMPLETE else None,
+                         user_attrs={"checkpoint": cid})
+            for state, cid in [(TrialState.COMPLETE, ids[0]), (TrialState.FAIL, ids[1]), (TrialState.WAITING, ids[1]),
+                               (TrialState.COMPLETE, ids[2]), (TrialState.RUNNING, ids[2]),
+                               (TrialState.COMPLETE, ids[3])]]
+    said = sweep_checkpoints(made, str(tmp_path), kept=ids[3])
+    assert said == f"deleted the checkpoints of 1 finished trial(s) that a stopped run left in {tmp_path} (0.0 MB)"
+    assert sorted(os.listdir(tmp_path)) == ids[1:]
+    assert sweep_checkpoints(made, None, None) is None
