@@ -159,13 +159,15 @@ class S3Location(ArtifactLocation):
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        with _lock:  # a client is thread-safe once made; boto3's making of one is not
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
 
-            # no retry settings here: AWS_MAX_ATTEMPTS / AWS_RETRY_MODE (or ~/.aws/config) decide
-            self._client = boto3.client("s3", config=Config(connect_timeout=10, read_timeout=60))
-        return self._client
+                # no retry settings here: AWS_MAX_ATTEMPTS / AWS_RETRY_MODE (or ~/.aws/config) decide
+                self._client = boto3.session.Session().client(
+                    "s3", config=Config(connect_timeout=10, read_timeout=60))
+            return self._client
 
     def _store(self) -> Any:
         from optuna.artifacts import Boto3ArtifactStore
@@ -242,8 +244,8 @@ def _os_errors(where: str) -> Iterator[None]:
         raise OSError(errno.EIO, str(e), where) from None
 
 
-_clients: dict[tuple[str, ...], ArtifactLocation] = {}
-_clients_lock = threading.Lock()
+_locations: dict[tuple[str, ...], ArtifactLocation] = {}
+_lock = threading.RLock()
 
 
 def open_location(uri: str) -> ArtifactLocation:
@@ -255,8 +257,8 @@ def open_location(uri: str) -> ArtifactLocation:
     if not is_object_store(uri):
         return DirectoryLocation(uri)
     key = (uri, os.environ.get("AWS_ENDPOINT_URL_S3", ""), os.environ.get("AWS_ENDPOINT_URL", ""))
-    with _clients_lock:
-        loc = _clients.get(key)
+    with _lock:
+        loc = _locations.get(key)
         if loc is None:
-            loc = _clients[key] = S3Location(uri)
+            loc = _locations[key] = S3Location(uri)
         return loc

@@ -40,6 +40,16 @@ def test_parts_written_read_listed_and_removed_alike(where: str) -> None:
     assert sorted(loc.list("")) == ["ck-1-folds-0", "other"]
 
 
+def test_an_s3_write_over_the_multipart_threshold_is_whole(s3_bucket: str) -> None:
+    """boto3 uploads a stream over 8 MB in parts: the object is still the parts' concatenation, whole."""
+    import numpy as np
+
+    loc = open_location(f"s3://{s3_bucket}/big/")
+    parts = [np.random.default_rng(0).bytes(9 << 20), memoryview(b"tail" * 1000)]
+    loc.write_parts("ck", parts)
+    assert loc.read("ck") == parts[0] + bytes(parts[1]) and loc.list("ck") == {"ck": (9 << 20) + 4000}
+
+
 def test_an_s3_prefix_holds_its_own_files(s3_bucket: str) -> None:
     a, b = open_location(f"s3://{s3_bucket}/team/a/"), open_location(f"s3://{s3_bucket}/team/b/")
     a.write_parts("model", [b"a"])
