@@ -5,7 +5,8 @@ trial while it runs.
 
 This is ``search.cli.main`` itself (same code path as the installed ``hpsearch`` script); only the
 default worker function of ``run_study`` / ``resume_study`` is replaced by :func:`slow_train_job`:
-the real training (:func:`search.train_job`) with a pause before each epoch report. Ray workers
+the real training (:func:`search.train_job`; a stack: :func:`search.train_stack`) with a pause
+before each epoch report. Ray workers
 inherit the environment of this process (it starts the local Ray), so these variables reach them:
 
 ``STUDY_PROC_EPOCH_S``
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from search import TrialJob, train_job
+from search import TrialJob, train_job, train_stack
 from trials import Dataset, EpochReport, TestResult, TrialResult, TrialSettings
 
 
@@ -40,6 +41,25 @@ def slow_train_job(
         return report(r)
 
     return train_job(data, settings, job, slow_report)
+
+
+def slow_train_stack(
+    data: Dataset, settings: TrialSettings, jobs: Sequence[TrialJob], report: Callable[[str, EpochReport], bool]
+) -> list[TrialResult]:
+    """:func:`search.train_stack` (``resources.stack_trials``) with the same pause before each epoch's reports."""
+    delay = float(os.environ.get("STUDY_PROC_EPOCH_S", "0") or 0)
+    last = [0]
+
+    def slow_report(key: str, r: EpochReport) -> bool:
+        if delay and r.epoch != last[0]:  # once per epoch of the stack, not per member
+            last[0] = r.epoch
+            time.sleep(delay)
+        return report(key, r)
+
+    return train_stack(data, settings, jobs, slow_report)
+
+
+slow_train_job.stack = slow_train_stack  # type: ignore[attr-defined]
 
 
 def main() -> None:

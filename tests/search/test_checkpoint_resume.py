@@ -80,3 +80,59 @@ def test_sigkill_mid_trial_then_resume_goes_on_from_the_checkpoint(tmp_path, mon
     assert rerun.user_attrs["fold_scores"] == plain.scores(spec.metric)
     assert rerun.user_attrs["fold_epochs"] == [f.best_epoch for f in plain.folds]
     assert [k for k in os.listdir(art) if k.startswith("checkpoint-")] == []  # finished: deleted
+
+
+# two configurations trained as one stack (resources.stack_trials): they differ in lr only
+STACK_SPEC: dict[str, Any] = {**SPEC, "name": "ckpt-kill-stack", "space": {"lr": {"values": [0.05, 0.01]}},
+                              "resources": {"cpus_per_trial": 1, "max_concurrent": 2, "stack_trials": 2}}
+
+
+def test_sigkill_mid_stack_then_resume_goes_on_from_the_stacks_checkpoint(tmp_path, monkeypatch, ray_here) -> None:
+    """The orchestrator killed while a stack of two trials trains: the resume recovers both (``_recover``)
+    and runs their re-runs as that stack again, from its one checkpoint, to the uninterrupted stack's scores."""
+    from trials import run_trials
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    art = tmp_path / "study.db.artifacts"
+    name = STACK_SPEC["name"]
+    study_file = write_spec(tmp_path / "study.yaml", STACK_SPEC)
+    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite"],
+                     env=PROC_ENV)
+    try:
+        proc.wait_for(lambda: epochs_reported(url, name) >= 7, what="7 epochs of the stack")
+        proc.proc.kill()
+        proc.proc.wait()
+    finally:
+        proc.cleanup()
+    killed = optuna.load_study(study_name=name, storage=url).get_trials()
+    assert [t.state.name for t in killed] == ["RUNNING", "RUNNING"], "killed mid-stack"
+    (ckpt,) = {t.user_attrs["checkpoint"] for t in killed}  # one file for the stack
+    assert sorted(t.user_attrs["checkpoint_slot"] for t in killed) == [[0, 2], [1, 2]]
+    with open(art / ckpt, "rb") as f:
+        assert f.readline() == b"hpsearch-checkpoint/1\n"
+        saved_epoch = json.loads(f.readline())["epoch"]
+    assert saved_epoch >= 6 and saved_epoch % 2 == 0
+
+    monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "600")  # taken over by the same-host rule: its pid is gone
+    code, _, err = invoke("resume", name, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite")
+    assert code == 0, err
+    reruns = {t.params["lr"]: t for t in optuna.load_study(study_name=name, storage=url).get_trials()
+              if t.state.name == "COMPLETE"}
+    assert len(reruns) == 2 and all(t.user_attrs["stack_size"] == 2 for t in reruns.values())
+    assert {t.user_attrs["resumed_from_epoch"] for t in reruns.values()} == {saved_epoch}
+    assert {t.user_attrs["checkpoint"] for t in reruns.values()} == {ckpt}
+
+    # the uninterrupted stack, here (one thread, as on the worker)
+    spec = parse_spec(STACK_SPEC)
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    order = sorted(killed, key=lambda t: t.user_attrs["checkpoint_slot"][0])  # the stack's order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = run_trials(data, [dict(t.params) for t in order], spec.settings,
+                           seeds=[trial_seed(spec.seed, t.number) for t in order])
+    finally:
+        torch.set_num_threads(threads)
+    for t, result in zip(order, plain):
+        assert reruns[t.params["lr"]].user_attrs["fold_scores"] == result.scores(spec.metric)
+    assert not [n for n in os.listdir(art) if n.startswith("checkpoint-")]  # deleted: only the model is left
