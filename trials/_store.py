@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 __all__ = ["ArtifactLocation", "DirectoryLocation", "S3Location", "is_object_store", "open_location"]
 
 S3_SCHEME = "s3://"
+# boto3 uploads a stream of this size or more in parts (its multipart_threshold); less goes as one PUT
+_ONE_PUT = 8 * 2**20
 
 
 def is_object_store(uri: str) -> bool:
@@ -176,8 +178,12 @@ class S3Location(ArtifactLocation):
         return Boto3ArtifactStore(self.bucket, client=self.client, avoid_buf_copy=True)
 
     def write_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        key = self.prefix + artifact_id
         with _os_errors(self.where(artifact_id)):
-            self._store().write(self.prefix + artifact_id, _Concat(parts))
+            if sum(len(p) for p in parts) < _ONE_PUT:  # one PUT: no transfer manager and its threads to start
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"".join(parts))
+            else:  # uploaded in parts, from the stream
+                self._store().write(key, _Concat(parts))
 
     def read(self, artifact_id: str) -> bytes:
         from optuna.artifacts.exceptions import ArtifactNotFound
