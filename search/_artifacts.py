@@ -111,14 +111,14 @@ def not_saved_hint(url: str) -> str:
     """What to pass to save the model when :func:`resolve_artifacts` found no store."""
     return ("the best model is not saved: the storage is not a SQLite file, so there is no directory beside it "
             f"for the model; pass --artifacts DIR (or set ${ENV}) to save it there (on a cluster: a "
-            "directory the driver can write and its readers can read)")
+            "directory the driver can write and its readers can read, or s3://BUCKET/PREFIX)")
 
 
 def checkpoint_needs_dir(url: str) -> str:
     """Why checkpoints cannot be saved when :func:`resolve_artifacts` found no store, and what to pass."""
     return ("checkpoints are saved to the artifact directory, and the storage is not a SQLite file with a "
             f"directory beside it; pass --artifacts DIR (or set ${ENV}) with a directory every worker can write "
-            "(on a cluster: a shared one), or remove the checkpoint section")
+            "(on a cluster: a shared one, or s3://BUCKET/PREFIX), or remove the checkpoint section")
 
 
 def check_writable(path: str, what: str = "the best model is") -> None:

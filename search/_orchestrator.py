@@ -910,9 +910,9 @@ class Orchestrator:
         try:
             self.models.write(artifact_id, pack_model(meta, res.state_dict))
         except ArtifactStoreError as e:
-            raise ArtifactStoreError(f"{e}; the search is finished: fix the directory (or pass --artifacts DIR), "
-                                     f"then `hpsearch resume {shlex.quote(self.spec.name)}` refits and saves the "
-                                     "model") from None
+            raise ArtifactStoreError(f"{e}; the search is finished: fix the artifact store (or pass --artifacts "
+                                     f"with another), then `hpsearch resume {shlex.quote(self.spec.name)}` refits and "
+                                     "saves the model") from None
         record = {"artifact_id": artifact_id, "filename": f"model-trial-{best.number}.pt",
                   "mimetype": "application/zip", "encoding": None}
         self._db(lambda: record_trial_artifact(self._store, trial_id_of(best), artifact_id, record))
