@@ -231,8 +231,10 @@ def _runner_main(server: Any, conn: Connection, parent: int) -> int:
         return 2
     ignore_stop_signals()  # again: ray.init installs handlers of its own (a SIGTERM killed this process)
     server.on_change(lambda name: send(("changed", name)))
-    server.start()
+    # "ready" before the scheduler starts: it is the first message the API reads (its slots), and a study
+    # the scheduler resumes at once sends "changed" (read before "ready", that ended the server: int('k1'))
     send(("ready", server.slots))
+    server.start()
     try:
         while True:
             try:
