@@ -292,6 +292,11 @@ class RayBackend(Backend):
             cancelled, self._cancelled_refs = self._cancelled_refs, []
             if cancelled:
                 ray.wait(cancelled, num_returns=len(cancelled), timeout=_CANCEL_SETTLE_S)
+            # the warm-up tasks too (a stop during start-up): one still importing torch when the shutdown
+            # killed its worker printed the same line (seen in CI's SIGTERM-during-start-up test)
+            warm, self._warm_refs = getattr(self, "_warm_refs", []), []
+            if warm:
+                ray.wait(warm, num_returns=len(warm), timeout=_CANCEL_SETTLE_S)
             try:
                 ray.kill(self._control)
             except Exception:  # already gone with its node
