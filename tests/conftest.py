@@ -97,19 +97,24 @@ def _moto_server() -> Iterator[object]:
         server.stop()
 
 
+def s3_settings(server: object, max_attempts: int = 2) -> dict[str, str]:
+    """The AWS settings (environment variables) that send boto3 to moto ``server``, and nowhere else."""
+    host, port = server.get_host_and_port()  # type: ignore[attr-defined]
+    return {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_MAX_ATTEMPTS": str(max_attempts), "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
 @pytest.fixture
-def s3_bucket(_moto_server: object, monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]) -> str:
+def s3_bucket(_moto_server: object, monkeypatch: pytest.MonkeyPatch) -> str:
     """A new, empty bucket on the session's S3 endpoint; boto3 (in this process and in the processes it
     starts) reaches it through the standard AWS settings, which this test's environment holds."""
     import uuid
 
     import boto3
 
-    host, port = _moto_server.get_host_and_port()  # type: ignore[attr-defined]
-    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_MAX_ATTEMPTS": "2", "AWS_CONFIG_FILE": os.path.join(tmp_path, "no-aws-config"),
-                       "AWS_SHARED_CREDENTIALS_FILE": os.path.join(tmp_path, "no-aws-credentials")}.items():
+    for key, value in s3_settings(_moto_server).items():
         monkeypatch.setenv(key, value)
     bucket = f"hpsearch-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=bucket)

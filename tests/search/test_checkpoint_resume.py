@@ -1,5 +1,6 @@
 """A real process killed (SIGKILL) in the middle of a long trial, then resumed: the trial goes on from
-its checkpoint and scores what an uninterrupted run scores.
+its checkpoint and scores what an uninterrupted run scores (a trial alone, a stack of two, a trial
+whose checkpoints go to an S3 bucket).
 
 Slow: the study runs as ``hpsearch run`` in a subprocess (tests/search/study_proc.py: epochs slowed to
 0.25 s) on the module's local Ray, as tests/search/test_resume.py's real-process tests do.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -16,11 +18,11 @@ import pytest
 import torch
 
 from search import parse_spec
+from tests.conftest import s3_settings
 from trials import load_dataset, run_trial, trial_seed
 
 from .resume_checks import StudyProc
-from .test_resume import PROC_ENV, invoke, write_spec
-from .test_resume import ray_here as ray_here  # the module-scoped fixture: one local Ray
+from .test_resume import PROC_ENV, invoke, local_ray, write_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_optuna")]
 
@@ -32,6 +34,24 @@ SPEC: dict[str, Any] = {
     "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
     "checkpoint": {"every_epochs": 2},
 }
+
+
+@pytest.fixture(scope="module")
+def ray_here(_moto_server: object) -> Iterator[str]:
+    """One local Ray for the module (test_resume's), whose workers also inherit the AWS settings of the
+    session's S3 endpoint (moto's server), so that a trial's checkpoints can go to a bucket there."""
+    settings = s3_settings(_moto_server)
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        with local_ray() as address:
+            yield address
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def epochs_reported(url: str, name: str) -> int:
@@ -68,16 +88,8 @@ def test_sigkill_mid_trial_then_resume_goes_on_from_the_checkpoint(tmp_path, mon
     assert rerun.user_attrs["resumed_from_epoch"] == saved_epoch
     assert sorted(rerun.intermediate_values) == list(range(1, 17))
 
-    # the uninterrupted run of the same trial, here (one thread, as on the worker)
-    spec = parse_spec(SPEC)
-    data = load_dataset(spec.data, spec.cv, spec.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        plain = run_trial(data, {"lr": 0.05}, spec.settings, seed=trial_seed(spec.seed, 0))
-    finally:
-        torch.set_num_threads(threads)
-    assert rerun.user_attrs["fold_scores"] == plain.scores(spec.metric)
+    plain = _plain()  # the uninterrupted run's
+    assert rerun.user_attrs["fold_scores"] == plain.scores(parse_spec(SPEC).metric)
     assert rerun.user_attrs["fold_epochs"] == [f.best_epoch for f in plain.folds]
     assert [k for k in os.listdir(art) if k.startswith("checkpoint-")] == []  # finished: deleted
 
@@ -136,3 +148,56 @@ def test_sigkill_mid_stack_then_resume_goes_on_from_the_stacks_checkpoint(tmp_pa
     for t, result in zip(order, plain):
         assert reruns[t.params["lr"]].user_attrs["fold_scores"] == result.scores(spec.metric)
     assert not [n for n in os.listdir(art) if n.startswith("checkpoint-")]  # deleted: only the model is left
+
+
+def test_sigkill_mid_trial_on_s3_then_resume_goes_on_from_the_bucket(tmp_path, monkeypatch, ray_here,
+                                                                     s3_bucket) -> None:
+    """``hpsearch run --artifacts s3://...`` killed mid-trial: its Ray worker wrote the checkpoints to the
+    bucket (boto3 in the worker, from the AWS settings it inherits); the resume goes on from the object
+    and ends with the uninterrupted run's fold scores, then deletes it (the refit's model stays)."""
+    import boto3
+
+    uri = f"s3://{s3_bucket}/kill"
+    url = f"sqlite:///{tmp_path}/study.db"
+    study_file = write_spec(tmp_path / "study.yaml", SPEC)
+    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--artifacts", uri, "--address", ray_here,
+                      "--allow-sqlite"], env=PROC_ENV)
+    try:
+        proc.wait_for(lambda: epochs_reported(url, SPEC["name"]) >= 7, what="7 epochs of the trial")
+        proc.proc.kill()
+        proc.proc.wait()
+    finally:
+        proc.cleanup()
+    (trial,) = optuna.load_study(study_name=SPEC["name"], storage=url).get_trials()
+    assert trial.state.name == "RUNNING", "killed mid-trial"
+    s3 = boto3.client("s3")
+    key = f"kill/{trial.user_attrs['checkpoint']}"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]] == [key]
+    body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"]
+    assert body.readline() == b"hpsearch-checkpoint/1\n"
+    saved_epoch = json.loads(body.readline())["epoch"]
+    assert saved_epoch >= 6 and saved_epoch % 2 == 0
+
+    monkeypatch.setenv("HPSEARCH_LEASE_STALE_S", "600")  # taken over by the same-host rule: its pid is gone
+    code, _, err = invoke("resume", SPEC["name"], "--storage", url, "-q", "--artifacts", uri, "--address", ray_here,
+                          "--allow-sqlite")
+    assert code == 0, err
+    assert f"went on from its checkpoint at epoch {saved_epoch}" in err
+    study = optuna.load_study(study_name=SPEC["name"], storage=url)
+    rerun = study.get_trials()[1]
+    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] == saved_epoch
+    assert rerun.user_attrs["fold_scores"] == _plain().scores(parse_spec(SPEC).metric)
+    model = study.user_attrs["test_result"]["model_artifact"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]] == [f"kill/{model}"]
+
+
+def _plain() -> Any:
+    """SPEC's trial uninterrupted, here (one thread, as on the worker): its TrialResult."""
+    spec = parse_spec(SPEC)
+    data = load_dataset(spec.data, spec.cv, spec.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_trial(data, {"lr": 0.05}, spec.settings, seed=trial_seed(spec.seed, 0))
+    finally:
+        torch.set_num_threads(threads)

@@ -16,6 +16,7 @@ import search
 import storage as st
 from search import LocalBackend, TrialJob, load_model, load_model_file, run_study
 from search.inspect import start_dashboard
+from tests.conftest import s3_settings
 from trials import _checkpoint
 
 from .test_checkpoints import SPEC, dies_once_at, invoke, trials
@@ -114,7 +115,7 @@ def test_s3_without_boto3_names_the_extra_to_install(monkeypatch) -> None:
 
 
 @pytest.fixture
-def stoppable_s3(monkeypatch, tmp_path) -> Any:
+def stoppable_s3(monkeypatch) -> Any:
     """An S3 endpoint of this test's own, that the test can take down and bring back (its objects stay)."""
     from moto.server import ThreadedMotoServer
 
@@ -132,10 +133,7 @@ def stoppable_s3(monkeypatch, tmp_path) -> Any:
             self.server.start()
 
     end = Endpoint()
-    for key, value in {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{end.port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_MAX_ATTEMPTS": "1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+    for key, value in s3_settings(end.server, max_attempts=1).items():
         monkeypatch.setenv(key, value)
     boto3.client("s3").create_bucket(Bucket="flaky-store")
     yield end
@@ -180,60 +178,3 @@ def test_an_endpoint_lost_mid_study_stops_it_resumable_and_the_resume_goes_on(fa
     assert rerun.intermediate_values == plain.intermediate_values
     assert keys("flaky-store") == []
 
-
-@pytest.mark.slow
-def test_sigkill_mid_trial_on_s3_then_resume_goes_on_from_the_bucket(tmp_path, s3_bucket) -> None:
-    """Real processes: ``hpsearch run`` on its own local Ray, whose worker writes the checkpoints to the
-    bucket (boto3 in the worker, from the AWS settings it inherits), killed mid-trial; ``hpsearch resume``
-    in a new process goes on from the object and ends with the uninterrupted run's fold scores."""
-    import torch
-
-    from search import parse_spec
-    from trials import load_dataset, run_trial, trial_seed
-
-    from .resume_checks import StudyProc
-    from .test_checkpoint_resume import SPEC as KILL_SPEC
-    from .test_checkpoint_resume import epochs_reported
-    from .test_resume import PROC_ENV, write_spec
-
-    uri = f"s3://{s3_bucket}/kill"
-    url = f"sqlite:///{tmp_path}/study.db"
-    study_file = write_spec(tmp_path / "study.yaml", KILL_SPEC)
-    name = KILL_SPEC["name"]
-    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--artifacts", uri], env=PROC_ENV)
-    try:
-        proc.wait_for(lambda: epochs_reported(url, name) >= 7, timeout=120, what="7 epochs of the trial")
-        proc.proc.kill()
-        proc.proc.wait()
-    finally:
-        proc.cleanup()
-    (trial,) = optuna.load_study(study_name=name, storage=url).get_trials()
-    assert trial.state.name == "RUNNING", "killed mid-trial"
-    (key,) = keys(s3_bucket)
-    assert key == f"kill/{trial.user_attrs['checkpoint']}"
-    body = boto3.client("s3").get_object(Bucket=s3_bucket, Key=key)["Body"]
-    assert body.readline() == b"hpsearch-checkpoint/1\n"
-    saved_epoch = json.loads(body.readline())["epoch"]
-    assert saved_epoch >= 6 and saved_epoch % 2 == 0
-
-    resume = StudyProc(["resume", name, "--storage", url, "-q", "--artifacts", uri],
-                       env={**PROC_ENV, "HPSEARCH_LEASE_STALE_S": "600"})  # its pid is gone: taken over
-    try:
-        code, _, err = resume.finish(timeout=180)
-    finally:
-        resume.cleanup()
-    assert code == 0, err
-    assert f"went on from its checkpoint at epoch {saved_epoch}" in err
-    _, rerun = optuna.load_study(study_name=name, storage=url).get_trials()
-    assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] == saved_epoch
-    spec = parse_spec(KILL_SPEC)
-    data = load_dataset(spec.data, spec.cv, spec.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread, as on the worker
-    try:
-        plain = run_trial(data, {"lr": 0.05}, spec.settings, seed=trial_seed(spec.seed, 0))
-    finally:
-        torch.set_num_threads(threads)
-    assert rerun.user_attrs["fold_scores"] == plain.scores(spec.metric)
-    model = optuna.load_study(study_name=name, storage=url).user_attrs["test_result"]["model_artifact"]
-    assert keys(s3_bucket) == [f"kill/{model}"]  # the checkpoint is deleted, the refit's model saved

@@ -21,6 +21,7 @@ resumes with the installed ``hpsearch`` script in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -255,6 +256,13 @@ def ray_here() -> Iterator[str]:
     subprocess instead. Its workers inherit this environment: the slowed worker of study_proc.py
     reads ``STUDY_PROC_EPOCH_S`` and ``STUDY_PROC_PID_DIR`` there.
     """
+    with local_ray() as address:
+        yield address
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[str]:
+    """:func:`ray_here`'s local Ray, for a module fixture that sets more of its workers' environment first."""
     import ray
 
     saved = {k: os.environ.get(k) for k in ("STUDY_PROC_EPOCH_S", "STUDY_PROC_PID_DIR")}
