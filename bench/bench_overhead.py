@@ -272,7 +272,7 @@ def run_system(system: str, tmp: Path, tag: str, n: int, smoke: bool = False) ->
     if system == "optuna_sqlite":
         return run_optuna(tmp, tag, n, sqlite=True)
     if system == "tune_default":
-        return run_tune(tmp, tag, min(n, 4) if smoke else n, reuse_actors=False)
+        return run_tune(tmp, tag, min(n, 2) if smoke else n, reuse_actors=False)  # smoke: its code path, not its time
     if system == "tune_reuse":
         return run_tune(tmp, tag, n, reuse_actors=True)
     raise ValueError(system)
