@@ -142,14 +142,18 @@ def test_a_study_made_with_a_callable_trainable_resumes_from_the_same_process_on
 def test_parallel_folds_on_ray_score_each_fold_as_lockstep_does(tmp_path: Path) -> None:
     """One Ray task per fold (``resources.parallel_folds``) gives every fold score and per-epoch value
     that the folds in lockstep in one task give: each fold has its own random state either way."""
+    from .test_resume import local_ray
+
     url = f"sqlite:///{tmp_path}/s.db"
     got = {}
-    for parallel in (False, True):
-        name = f"pf-{parallel}"
-        run_study(_spec("tests.search.trainables:train", name=name, n_trials=2, cv={"folds": 3},
-                        resources={"cpus_per_trial": 2 if parallel else 1, "max_concurrent": 1,
-                                   "parallel_folds": parallel}), storage=url, refit=False)
-        got[parallel] = [(t.params, t.user_attrs["fold_scores"], t.intermediate_values) for t in trials_of(url, name)]
+    with local_ray():  # one Ray for both runs (CI's time): each run uses the one it finds connected
+        for parallel in (False, True):
+            name = f"pf-{parallel}"
+            run_study(_spec("tests.search.trainables:train", name=name, n_trials=2, cv={"folds": 3},
+                            resources={"cpus_per_trial": 2 if parallel else 1, "max_concurrent": 1,
+                                       "parallel_folds": parallel}), storage=url, refit=False)
+            got[parallel] = [(t.params, t.user_attrs["fold_scores"], t.intermediate_values)
+                             for t in trials_of(url, name)]
     assert got[True] == got[False] and len(got[True]) == 2
 
 
