@@ -53,7 +53,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench-smoke: setup
-	$(PY) -m bench --smoke --out artifacts/bench-smoke
+	$(PY) -m bench --smoke --out artifacts/bench-smoke $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo.db* examples.db* artifacts
