@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 import shlex
 import statistics
 import time
@@ -38,8 +37,8 @@ from trials import (
     TestResult,
     TrialResult,
     checkpoint_files,
+    checkpoint_sizes_of,
     is_object_store,
-    open_location,
     remove_checkpoints,
     resolve_hyperparams,
     stack_key,
@@ -63,8 +62,6 @@ _MIN_REFIT_TIMEOUT_S = 600.0
 
 # A ready trial passed over this many times is submitted next (with whatever group it has).
 _MAX_PASSED = 2
-# a file of checkpoint id ``checkpoint-<uuid hex>`` (_plan): its own, a fold part's, a directory's temporary
-_CHECKPOINT_FILE = re.compile(r"\.?(checkpoint-[0-9a-f]{32})")
 
 
 def sweep_checkpoints(trials: list[FrozenTrial], store: str | None, kept: str | None) -> str | None:
@@ -83,11 +80,7 @@ def sweep_checkpoints(trials: list[FrozenTrial], store: str | None, kept: str | 
     ids = done - held - {kept, None}
     if not ids:
         return None
-    try:
-        names = open_location(store).list("checkpoint-")
-    except OSError:  # the store cannot be listed now: the next run tries again
-        return None
-    left = sorted(ids & {m.group(1) for n in names if (m := _CHECKPOINT_FILE.match(n))})
+    left = sorted(checkpoint_sizes_of(store, ids))  # (a store that cannot be listed now: the next run tries)
     if not left:
         return None
     freed = sum(remove_checkpoints(store, ckpt) for ckpt in left)

@@ -43,7 +43,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._checkpoint import CheckpointPlan, CheckpointWriteError, checkpoint_files, checkpoint_sizes, remove_checkpoints
+from ._checkpoint import (
+    CheckpointPlan,
+    CheckpointWriteError,
+    checkpoint_files,
+    checkpoint_sizes,
+    checkpoint_sizes_of,
+    remove_checkpoints,
+)
 from ._config import (
     TUNABLE_PARAMS,
     CVSpec,
@@ -109,6 +116,7 @@ __all__ = [
     "check_trainable",
     "checkpoint_files",
     "checkpoint_sizes",
+    "checkpoint_sizes_of",
     "decode_labels",
     "default_loss",
     "encode_labels",

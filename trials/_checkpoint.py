@@ -26,10 +26,11 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "Checkpointer",
     "checkpoint_files",
     "checkpoint_sizes",
+    "checkpoint_sizes_of",
     "read_checkpoint",
     "remove_checkpoints",
     "stack_fingerprint",
@@ -243,12 +245,26 @@ def checkpoint_files(directory: str, artifact_id: str) -> list[str]:
 
 def checkpoint_sizes(directory: str, artifact_id: str) -> dict[str, int]:
     """``{name: bytes}`` of :func:`checkpoint_files`; empty when there are none (or the store cannot be listed)."""
+    return checkpoint_sizes_of(directory, [artifact_id]).get(artifact_id, {})
+
+
+def checkpoint_sizes_of(directory: str, artifact_ids: Iterable[str]) -> dict[str, dict[str, int]]:
+    """:func:`checkpoint_sizes` of many checkpoints, from one listing of the store (their ids' common
+    prefix): ``{id: {name: bytes}}`` of those that have files."""
+    ids = set(artifact_ids)
+    if not ids:
+        return {}
     try:
-        found = open_location(directory).list(artifact_id)
+        found = open_location(directory).list(os.path.commonprefix(sorted(ids)))  # noqa: RUF071 (ids, not paths)
     except OSError:
         return {}
-    return {n: found[n] for n in sorted(found)
-            if n == artifact_id or n.startswith((f"{artifact_id}-folds-", f".{artifact_id}"))}
+    out: dict[str, dict[str, int]] = {}
+    for name in sorted(found):
+        # <id>, <id>-folds-<f>..., and a directory's temporaries .<id>[-folds-...].tmp-<pid>-<thread>
+        owner = name.removeprefix(".").split("-folds-")[0].split(".tmp-")[0]
+        if owner in ids:
+            out.setdefault(owner, {})[name] = found[name]
+    return out
 
 
 def remove_checkpoints(directory: str, artifact_id: str) -> int:

@@ -135,15 +135,14 @@ def checkpoint_usage(rows: Any, directory: str | None, kept: dict[str, Any] | No
     still running (or waiting to go on) hold: at most one file per trial in flight (per fold with
     ``resources.parallel_folds``), and with ``checkpoint.keep_best`` the best trial's: ``kept`` is
     ``{"trial", "checkpoint", "directory"}`` of it (the study attribute ``hpsearch_kept_checkpoint``), else None."""
-    from trials import checkpoint_sizes
+    from trials import checkpoint_sizes_of
 
-    ids = sorted({r.checkpoint for r in rows if getattr(r, "checkpoint", None)})
+    ids = {r.checkpoint for r in rows if getattr(r, "checkpoint", None)}
     if not ids:
         return None
     files, size = 0, 0
-    if directory is not None:
-        for cid in ids:
-            sizes = checkpoint_sizes(directory, cid)
+    if directory is not None:  # one listing of the store, not one per trial (a bucket: one request)
+        for sizes in checkpoint_sizes_of(directory, ids).values():
             files += len(sizes)
             size += sum(sizes.values())
     return {"directory": directory, "files": files, "bytes": size, "kept": kept or None}
