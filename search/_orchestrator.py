@@ -259,8 +259,8 @@ class Orchestrator:
             if self._store_failure is not None:
                 raise ArtifactStoreError(
                     f"{self._store_failure}; the study stopped, and its trials in flight run again on resume, "
-                    f"each from its last checkpoint. Fix the artifact {self._store_kind()} {self.checkpoints!r} "
-                    f"({self._store_fixes()}; or pass --artifacts with another store, where trials start from "
+                    f"each from its last checkpoint. Fix the artifact {self._store_to_fix()}; or pass --artifacts "
+                    "with another store, where trials start from "
                     f"epoch 1), then `hpsearch resume {shlex.quote(self.spec.name)}`"
                 ) from None
             raise Interrupted(
@@ -681,14 +681,11 @@ class Orchestrator:
             else:
                 remove_checkpoints(directory, str(previous["checkpoint"]))
 
-    def _store_kind(self) -> str:
-        return "store" if self.checkpoints is not None and is_object_store(self.checkpoints) else "directory"
-
-    def _store_fixes(self) -> str:
-        """What to look at when the artifact store failed, by its kind."""
-        if self._store_kind() == "store":
-            return "the endpoint, the bucket, the AWS credentials"
-        return "its permissions, free space, the mount"
+    def _store_to_fix(self) -> str:
+        """The failed artifact store, and what to look at, by its kind."""
+        if self.checkpoints is not None and is_object_store(self.checkpoints):
+            return f"store {self.checkpoints!r} (the endpoint, the bucket, the AWS credentials"
+        return f"directory {self.checkpoints!r} (its permissions, free space, the mount"
 
     def _checkpoint_of(self, run: _Running) -> str | None:
         """The id of the checkpoint ``run`` writes, or holds from an earlier run (checkpoints now off)."""
