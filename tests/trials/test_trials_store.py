@@ -129,3 +129,32 @@ def test_the_location_kind_follows_the_uri(tmp_path) -> None:
     s3 = open_location("s3://bucket-x/a/b")
     assert isinstance(s3, S3Location) and (s3.bucket, s3.prefix) == ("bucket-x", "a/b/")
     assert open_location("s3://bucket-x/a/b") is s3  # one client per process and endpoint
+
+
+def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeypatch) -> None:
+    from trials import checkpoint_sizes_of
+    from trials._store import ArtifactLocation
+
+    loc = open_location(where)
+    for name, n in [("checkpoint-a1", 1), ("checkpoint-a1-folds-0", 2), ("checkpoint-a2", 4), ("checkpoint-a10", 5),
+                    ("model-x", 6)]:
+        loc.write_parts(name, [b"x" * n])
+    directory = where.startswith("/")
+    if directory:  # a directory's leftover temporaries (an S3 write is one PUT: it leaves none)
+        loc.write_parts(".checkpoint-a1.tmp-1-2", [b"x" * 3])
+        loc.write_parts(".checkpoint-a2-folds-1.tmp-3-4", [b"x" * 7])
+    calls = []
+    real = type(loc).list
+
+    def counted(self: ArtifactLocation, prefix: str) -> dict[str, int]:
+        calls.append(prefix)
+        return real(self, prefix)
+
+    monkeypatch.setattr(type(loc), "list", counted)
+    got = checkpoint_sizes_of(where, ["checkpoint-a1", "checkpoint-a2", "checkpoint-none"])
+    assert calls == ["checkpoint-"]
+    tmp = {".checkpoint-a1.tmp-1-2": 3, ".checkpoint-a2-folds-1.tmp-3-4": 7} if directory else {}
+    assert got["checkpoint-a1"] == {"checkpoint-a1": 1, "checkpoint-a1-folds-0": 2} | {
+        k: v for k, v in tmp.items() if "-a1" in k}
+    assert got["checkpoint-a2"] == {"checkpoint-a2": 4} | {k: v for k, v in tmp.items() if "-a2" in k}
+    assert set(got) == {"checkpoint-a1", "checkpoint-a2"}  # not a10's, nor model-x's
