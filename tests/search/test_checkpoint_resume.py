@@ -59,18 +59,25 @@ def epochs_reported(url: str, name: str) -> int:
     return max((len(t.intermediate_values) for t in trials), default=0)
 
 
-def test_sigkill_mid_trial_then_resume_goes_on_from_the_checkpoint(tmp_path, monkeypatch, ray_here) -> None:
+def run_until_killed(tmp_path: Any, spec: dict[str, Any], ray_here: str, *args: str) -> str:
+    """``hpsearch run`` of ``spec`` (more ``args``) on the module's Ray, SIGKILLed once 7 epochs are
+    reported; returns its storage URL."""
     url = f"sqlite:///{tmp_path}/study.db"
-    art = tmp_path / "study.db.artifacts"
-    study_file = write_spec(tmp_path / "study.yaml", SPEC)
-    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite"],
+    study_file = write_spec(tmp_path / "study.yaml", spec)
+    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite", *args],
                      env=PROC_ENV)
     try:
-        proc.wait_for(lambda: epochs_reported(url, SPEC["name"]) >= 7, what="7 epochs of the trial")
+        proc.wait_for(lambda: epochs_reported(url, spec["name"]) >= 7, what="7 epochs")
         proc.proc.kill()
         proc.proc.wait()
     finally:
         proc.cleanup()
+    return url
+
+
+def test_sigkill_mid_trial_then_resume_goes_on_from_the_checkpoint(tmp_path, monkeypatch, ray_here) -> None:
+    url = run_until_killed(tmp_path, SPEC, ray_here)
+    art = tmp_path / "study.db.artifacts"
     (trial,) = optuna.load_study(study_name=SPEC["name"], storage=url).get_trials()
     assert trial.state.name == "RUNNING" and len(trial.intermediate_values) < 16, "killed mid-trial"
     with open(art / trial.user_attrs["checkpoint"], "rb") as f:  # what the worker left on disk: its header
@@ -104,18 +111,9 @@ def test_sigkill_mid_stack_then_resume_goes_on_from_the_stacks_checkpoint(tmp_pa
     and runs their re-runs as that stack again, from its one checkpoint, to the uninterrupted stack's scores."""
     from trials import run_trials
 
-    url = f"sqlite:///{tmp_path}/study.db"
+    url = run_until_killed(tmp_path, STACK_SPEC, ray_here)
     art = tmp_path / "study.db.artifacts"
     name = STACK_SPEC["name"]
-    study_file = write_spec(tmp_path / "study.yaml", STACK_SPEC)
-    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--address", ray_here, "--allow-sqlite"],
-                     env=PROC_ENV)
-    try:
-        proc.wait_for(lambda: epochs_reported(url, name) >= 7, what="7 epochs of the stack")
-        proc.proc.kill()
-        proc.proc.wait()
-    finally:
-        proc.cleanup()
     killed = optuna.load_study(study_name=name, storage=url).get_trials()
     assert [t.state.name for t in killed] == ["RUNNING", "RUNNING"], "killed mid-stack"
     (ckpt,) = {t.user_attrs["checkpoint"] for t in killed}  # one file for the stack
@@ -158,16 +156,7 @@ def test_sigkill_mid_trial_on_s3_then_resume_goes_on_from_the_bucket(tmp_path, m
     import boto3
 
     uri = f"s3://{s3_bucket}/kill"
-    url = f"sqlite:///{tmp_path}/study.db"
-    study_file = write_spec(tmp_path / "study.yaml", SPEC)
-    proc = StudyProc(["run", study_file, "--storage", url, "-q", "--artifacts", uri, "--address", ray_here,
-                      "--allow-sqlite"], env=PROC_ENV)
-    try:
-        proc.wait_for(lambda: epochs_reported(url, SPEC["name"]) >= 7, what="7 epochs of the trial")
-        proc.proc.kill()
-        proc.proc.wait()
-    finally:
-        proc.cleanup()
+    url = run_until_killed(tmp_path, SPEC, ray_here, "--artifacts", uri)
     (trial,) = optuna.load_study(study_name=SPEC["name"], storage=url).get_trials()
     assert trial.state.name == "RUNNING", "killed mid-trial"
     s3 = boto3.client("s3")
