@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 
-from search import TrialJob
+from search import Callbacks, TrialJob
 from trials import Dataset, EpochReport, FoldResult, MemberReport, TestResult, TrialResult, TrialSettings
 
 
@@ -138,3 +138,13 @@ def refit_fails(data, settings, job, report):  # type: ignore[no-untyped-def]
     if job.kind == "refit":
         raise RuntimeError("the refit ran out of disk")
     return quadratic(data, settings, job, report)
+
+
+class MessageLog(Callbacks):
+    """Callbacks that keep what a run says (``on_message``) in :attr:`messages`."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def on_message(self, text: str) -> None:
+        self.messages.append(text)

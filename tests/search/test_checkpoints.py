@@ -16,6 +16,8 @@ import storage as st
 from search import LocalBackend, TrialJob, run_study, train_job
 from search.cli import main
 
+from .fakes import MessageLog
+
 pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
 SPEC: dict[str, Any] = {
@@ -65,14 +67,11 @@ def test_a_rerun_goes_on_from_the_checkpoint_and_scores_as_an_uninterrupted_run(
 
     url = f"sqlite:///{fast_dir / 'ckpt.db'}"
     seen: list[TrialJob] = []
-    messages: list[str] = []
-
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
+    log = MessageLog()
+    messages = log.messages
 
     run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=dies_once_at(5, seen),
-              callbacks=Say())
+              callbacks=log)
     first, rerun = trials(url, "ckpt")
     assert first.state.name == "FAIL" and "killed after epoch 5" in first.user_attrs["fail_reason"]
     assert rerun.state.name == "COMPLETE" and rerun.user_attrs["retry_of"] == 0
@@ -172,11 +171,8 @@ def test_a_corrupt_checkpoint_makes_the_rerun_start_fresh_with_a_message(fast_di
     url = f"sqlite:///{fast_dir / 'bad.db'}"
     seen: list[TrialJob] = []
     dying = dies_once_at(5, seen)
-    messages: list[str] = []
-
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
+    log = MessageLog()
+    messages = log.messages
 
     def worker(data, settings, job, report):  # type: ignore[no-untyped-def]
         if job.attempt == 1:  # the disk garbled the file between the runs
@@ -186,7 +182,7 @@ def test_a_corrupt_checkpoint_makes_the_rerun_start_fresh_with_a_message(fast_di
             open(path, "wb").write(bytes(raw))
         return dying(data, settings, job, report)
 
-    run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, callbacks=Say())
+    run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=worker, callbacks=log)
     _, rerun = trials(url, "ckpt")
     assert rerun.state.name == "COMPLETE" and rerun.user_attrs["resumed_from_epoch"] is None
     said = [m for m in messages if m.startswith("trial 1: the checkpoint")]
@@ -280,14 +276,11 @@ def test_a_rerun_of_a_trainable_goes_on_from_its_checkpoint_and_scores_as_an_uni
     plain = trials(plain_url, "tckpt")[0]
     url = f"sqlite:///{fast_dir / 'tckpt.db'}"
     seen: list[TrialJob] = []
-    messages: list[str] = []
-
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
+    log = MessageLog()
+    messages = log.messages
 
     run_study(spec, storage=url, backend=LocalBackend(1), refit=False, worker_fn=dies_once_at(5, seen),
-              callbacks=Say())
+              callbacks=log)
     first, rerun = trials(url, "tckpt")
     assert first.state.name == "FAIL" and rerun.state.name == "COMPLETE"
     assert seen[1].checkpoint.artifact_id == seen[0].checkpoint.artifact_id and seen[1].checkpoint.rerun

@@ -19,6 +19,7 @@ from search.inspect import start_dashboard
 from tests.conftest import s3_settings
 from trials import _checkpoint
 
+from .fakes import MessageLog
 from .test_checkpoints import SPEC, dies_once_at, invoke, trials
 from .test_saved_model import scores_on_the_test_split
 
@@ -43,13 +44,10 @@ def test_a_study_on_s3_goes_on_from_its_checkpoint_and_saves_a_model_that_loads(
     uri = f"s3://{s3_bucket}/team/run-1"
     url = f"sqlite:///{fast_dir / 'ckpt.db'}"
     seen: list[TrialJob] = []
-    messages: list[str] = []
+    log = MessageLog()
+    messages = log.messages
 
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
-
-    res = run_study(SPEC, storage=url, backend=LocalBackend(1), worker_fn=dies_once_at(5, seen), callbacks=Say(),
+    res = run_study(SPEC, storage=url, backend=LocalBackend(1), worker_fn=dies_once_at(5, seen), callbacks=log,
                     artifacts=uri)
     first, rerun = trials(url, "ckpt")
     assert seen[0].checkpoint.directory == f"{uri}/"  # the workers write to the bucket, not a directory

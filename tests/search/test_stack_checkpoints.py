@@ -13,6 +13,8 @@ import pytest
 import search
 from search import LocalBackend, run_study, train_job, train_stack
 
+from .fakes import MessageLog
+
 pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
 # two configurations that share a stack (they differ in lr only)
@@ -100,14 +102,11 @@ def test_an_interrupted_stack_goes_on_from_its_one_checkpoint_as_that_stack_and_
     assert os.listdir(art) == [ckpt]
 
     seen: list[list[search.TrialJob]] = []
-    messages: list[str] = []
-
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
+    log = MessageLog()
+    messages = log.messages
 
     search.resume_study("stk", storage=url, backend=LocalBackend(1), refit=False,
-                        worker_fn=stacking(lambda jobs, r: None, seen), callbacks=Say())
+                        worker_fn=stacking(lambda jobs, r: None, seen), callbacks=log)
     # the two re-runs ran as the same stack again, in its order, going on from its checkpoint
     (jobs,) = seen
     assert [j.checkpoint.artifact_id for j in jobs] == [ckpt, ckpt] and all(j.checkpoint.rerun for j in jobs)
@@ -130,18 +129,15 @@ def test_a_stack_that_failed_reruns_each_trial_alone_from_epoch_1_and_its_checkp
     url = f"sqlite:///{fast_dir / 'died.db'}"
     art = fast_dir / "died.db.artifacts"
     seen: list[list[search.TrialJob]] = []
-    messages: list[str] = []
+    log = MessageLog()
+    messages = log.messages
 
     def dies_at_5(jobs, r):  # type: ignore[no-untyped-def]
         if r.epoch == 5:
             raise Died("killed after epoch 5")
 
-    class Say(search.Callbacks):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
-
     run_study(SPEC, storage=url, backend=LocalBackend(1), refit=False, worker_fn=stacking(dies_at_5, seen),
-              callbacks=Say())
+              callbacks=log)
     assert [len(jobs) for jobs in seen] == [2, 1, 1]  # the stack, then each of its trials alone
     failed = [t for t in trials(url) if t.state.name == "FAIL"]
     done = [t for t in trials(url) if t.state.name == "COMPLETE"]
