@@ -1,7 +1,7 @@
 """What checkpoints cost, and what they save (issue 16, section 3).
 
 ``overhead``: one trial on digits (the default 64-200-200-10 MLP, 5 folds as one stack, SGD, every
-epoch run: no early stop), timed with and without ``checkpoint.every_epochs: 1`` (a save of the
+epoch run: no early stop; 30 epochs, ``--epochs``), timed with and without ``checkpoint.every_epochs: 1`` (a save of the
 whole stack at every epoch boundary, to a directory on the local disk), interleaved over rounds in
 the same process with one intra-op thread (as on a Ray worker). The goal's ratio is in CPU time,
 which the load of a shared machine does not inflate: per epoch, the CPU time of a save (the copy of
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: 3 epochs, 1 round, a 6-epoch kill")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 9; smoke 1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of each digits overhead run (default 30, the kill case's length: what a save carries "
+                        "grows with the epochs run, its curves and reports; smoke 3)")
     p.add_argument("--cases", default=None,
                    help="overhead cases, comma-separated: digits, synthetic (60000 x 784, 10 classes; 3 epochs, "
                         "3 rounds). Default both; smoke: digits")
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     result["waited_for_quiet_s"] = round(wait_for_quiet(1.5, 0 if args.smoke else 120), 1)
     result["load_average_at_start"] = os.getloadavg()[0]
     data = load_dataset(DataSpec(source="digits"), CVSpec(folds=5), seed=0)
-    epochs, rounds = (3, 1) if args.smoke else (6, args.rounds or 9)
+    epochs, rounds = (3, 1) if args.smoke else (30, args.rounds or 9)
+    epochs = args.epochs or epochs
     total, kill_at = (6, 4) if args.smoke else (30, 20)
     goals = []
     result["store"] = args.store
