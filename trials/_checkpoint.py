@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._store import open_location
+from ._store import artifact_of, open_location
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -154,7 +154,8 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     """Save ``state`` (CPU tensors and plain values) as checkpoint ``artifact_id`` of epoch ``epoch``,
     atomically; returns its size in bytes.
 
-    The store replaces the file atomically (a directory's: a temporary file renamed over the old one;
+    The store replaces the file atomically (a directory's: the new version, written into the file
+    replaced last time, is renamed over the old one, :meth:`~trials._store.DirectoryLocation.replace_parts`;
     S3's: a PUT), so a kill in the middle of a save leaves the previous checkpoint whole. The tensors'
     bytes are hashed and written straight from their memory (no pickling, no copy; the GIL is released
     for both, so training in the other thread goes on).
@@ -173,7 +174,7 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     meta = {"epoch": int(epoch), "fingerprint": fingerprint, "crc32": crc, "layout_bytes": len(layout),
             "tensor_bytes": [len(r) for r in raws], "saved_at": time.time()}
     header = _MAGIC + json.dumps(meta).encode() + b"\n"
-    open_location(directory).write_parts(artifact_id, [header, layout, *raws])
+    open_location(directory).replace_parts(artifact_id, [header, layout, *raws])
     return len(header) + len(layout) + sum(len(r) for r in raws)
 
 
@@ -260,8 +261,8 @@ def checkpoint_sizes_of(directory: str, artifact_ids: Iterable[str]) -> dict[str
         return {}
     out: dict[str, dict[str, int]] = {}
     for name in sorted(found):
-        # <id>, <id>-folds-<f>..., and a directory's temporaries .<id>[-folds-...].tmp-<pid>-<thread>
-        owner = name.removeprefix(".").split("-folds-")[0].split(".tmp-")[0]
+        # <id>, <id>-folds-<f>..., and a directory's temporaries and spares of them (artifact_of)
+        owner = artifact_of(name).split("-folds-")[0]
         if owner in ids:
             out.setdefault(owner, {})[name] = found[name]
     return out
@@ -430,6 +431,12 @@ class Checkpointer:
         if self._writer is not None:
             self._writer.join()
             self._writer = None
+
+    def finish(self) -> None:
+        """Training ended (or failed): :meth:`wait`, then drop the store's spare file for the next save
+        (:meth:`~trials._store.ArtifactLocation.release`); a retry from epoch 1 may still save."""
+        self.wait()
+        open_location(self.plan.directory).release(self.plan.artifact_id)
 
     def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
         """Try a failed write again, with backoff; after the last attempt, keep the error for :meth:`check`."""

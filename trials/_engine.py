@@ -603,12 +603,13 @@ def prepare_members(
 
 @contextlib.contextmanager
 def _written_on_exit(checkpoint: Checkpointer) -> Iterator[None]:
-    """Wait for the save in flight; after training that ended well, raise a save that failed
-    (:class:`~trials._checkpoint.CheckpointWriteError`: the re-run goes on from the last one written)."""
+    """Wait for the save in flight (:meth:`~trials._checkpoint.Checkpointer.finish`); after training that
+    ended well, raise a save that failed (:class:`~trials._checkpoint.CheckpointWriteError`: the re-run
+    goes on from the last one written)."""
     try:
         yield
     finally:
-        checkpoint.wait()
+        checkpoint.finish()
     checkpoint.check()
 
 

@@ -3,11 +3,15 @@
 An :class:`ArtifactLocation` is an Optuna artifact store (it has ``open_reader``, ``write`` and
 ``remove``, so :func:`optuna.artifacts.upload_artifact` and optuna-dashboard take it as one) with
 the few things hpsearch needs besides: writing a file from its parts without joining them
-(:meth:`~ArtifactLocation.write_parts`), listing the files of an id (:meth:`~ArtifactLocation.list`)
+(:meth:`~ArtifactLocation.write_parts`; :meth:`~ArtifactLocation.replace_parts` for a file rewritten
+at every epoch), listing the files of an id (:meth:`~ArtifactLocation.list`)
 and a probe that the store can be written (:meth:`~ArtifactLocation.probe`).
 
 - :class:`DirectoryLocation`: :class:`optuna.artifacts.FileSystemArtifactStore`'s layout
-  (``<directory>/<artifact id>``); a write goes to a temporary file renamed over the old one.
+  (``<directory>/<artifact id>``); a write goes to a temporary file renamed over the old one. A
+  checkpoint's (:meth:`~DirectoryLocation.replace_parts`) goes into the file it replaced last time,
+  kept as a spare: writing into pages the system holds already is several times cheaper than
+  writing new ones and freeing the old.
 - :class:`S3Location` (``s3://BUCKET[/PREFIX]``): :class:`optuna.artifacts.Boto3ArtifactStore`,
   each artifact at key ``PREFIX/<artifact id>``; a PUT replaces an object whole, so a write is
   atomic as well. The client is boto3's own: credentials, region and endpoint come from the usual
@@ -25,17 +29,28 @@ import contextlib
 import errno
 import io
 import os
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
-__all__ = ["ArtifactLocation", "DirectoryLocation", "S3Location", "is_object_store", "open_location"]
+__all__ = ["ArtifactLocation", "DirectoryLocation", "S3Location", "artifact_of", "is_object_store", "open_location"]
 
 S3_SCHEME = "s3://"
 # boto3 uploads a stream of this size or more in parts (its multipart_threshold); less goes as one PUT
 _ONE_PUT = 8 * 2**20
+# a directory's own files beside an artifact's: .<id>.tmp-<pid>-<thread> (a write in flight, or a kill's
+# leftover), .<id>.spare-<pid> (replace_parts' next file) and .<id>.prev-<pid> (on its way there)
+_OWN_FILE = re.compile(r"^\.(?P<id>.+)\.(?:tmp-\d+-\d+|spare-\d+|prev-\d+)$")
+
+
+def artifact_of(name: str) -> str:
+    """The artifact id a file of a store's listing belongs to: ``name`` itself, or the id a directory's
+    temporary or spare file (``.<id>.tmp-...``, ``.<id>.spare-...``) is kept for."""
+    m = _OWN_FILE.match(name)
+    return m["id"] if m else name
 
 
 def is_object_store(uri: str) -> bool:
@@ -59,6 +74,16 @@ class ArtifactLocation(ABC):
     def write_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
         """Store the concatenation of ``parts`` as ``artifact_id``, atomically: a reader sees the old file
         or the new one, whole, also after a kill in the middle of the write."""
+
+    def replace_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        """:meth:`write_parts` for a file that is replaced again and again (a checkpoint at every epoch);
+        a store may keep something of the old version to make the next write cheaper."""
+        self.write_parts(artifact_id, parts)
+
+    def release(self, artifact_id: str) -> None:
+        """Drop what :meth:`replace_parts` keeps for this process's next write of ``artifact_id`` (its
+        writer is done); nothing by default."""
+        return
 
     @abstractmethod
     def read(self, artifact_id: str) -> bytes:
@@ -120,6 +145,53 @@ class DirectoryLocation(ArtifactLocation):
                 os.unlink(tmp)
             raise
 
+    def replace_parts(self, artifact_id: str, parts: Sequence[bytes | memoryview]) -> None:
+        """:meth:`write_parts`, into the file this process replaced last time, in place.
+
+        The version replaced is kept (a hard link, then a rename) as ``.<id>.spare-<pid>``, and this
+        process's next write of ``artifact_id`` goes into it (one at a time, as a checkpoint's are).
+        Its pages are in memory already, so the write costs no new pages, and the rename no freeing of
+        the old file's (3.4 MB: 0.12 ms of CPU against 1.0 ms, docs/benchmarks.md).
+
+        The file ``artifact_id`` is replaced by a rename, as in :meth:`write_parts`: a reader sees a
+        whole version, also after a kill. (A reader that held the file open over two more writes would
+        see the second's bytes; a checkpoint's checksum tells.) The spare takes as much disk as the
+        file; :func:`artifact_of` names its owner, so deleting an artifact's files deletes it too.
+        Without hard links (some network and FUSE file systems), each write is a new file, as in
+        :meth:`write_parts`.
+        """
+        os.makedirs(self.path, exist_ok=True)
+        final = self.where(artifact_id)
+        spare, prev = self._spares(artifact_id)
+        try:
+            _write_into(spare, parts)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(prev)  # a kill's leftover
+            try:
+                os.link(final, prev)  # the version replaced stays, under the name of the next spare-to-be
+                kept = True
+            except OSError:  # the first version (FileNotFoundError), or no hard links on this file system
+                kept = False
+            os.replace(spare, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(spare)
+            raise
+        if kept:
+            with contextlib.suppress(OSError):  # the file is written; the next write starts from a new spare
+                os.replace(prev, spare)
+
+    def release(self, artifact_id: str) -> None:
+        for path in self._spares(artifact_id):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _spares(self, artifact_id: str) -> tuple[str, str]:
+        """:meth:`replace_parts`' next file for ``artifact_id`` and its name on the way there: this
+        process's (not its thread's: a checkpoint's writes are each in a thread of their own)."""
+        return (os.path.join(self.path, f".{artifact_id}.spare-{os.getpid()}"),
+                os.path.join(self.path, f".{artifact_id}.prev-{os.getpid()}"))
+
     def read(self, artifact_id: str) -> bytes:
         from optuna.artifacts import FileSystemArtifactStore
         from optuna.artifacts.exceptions import ArtifactNotFound
@@ -148,6 +220,34 @@ class DirectoryLocation(ArtifactLocation):
 
     def where(self, artifact_id: str) -> str:
         return os.path.join(self.path, artifact_id)
+
+
+def _write_into(path: str, parts: Sequence[bytes | memoryview]) -> None:
+    """Write the concatenation of ``parts`` to ``path``, into the file there, in place (:func:`_open_in_place`)."""
+    fd = _open_in_place(path)
+    try:
+        at = 0
+        for p in parts:
+            view = memoryview(p).cast("B")
+            while len(view):
+                n = os.pwrite(fd, view, at)
+                at += n
+                view = view[n:]
+        if os.fstat(fd).st_size != at:  # a longer old version's tail
+            os.ftruncate(fd, at)
+    finally:
+        os.close(fd)
+
+
+def _open_in_place(path: str) -> int:
+    """A descriptor to write ``path`` with: the file there when this is its only name, else a new file."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_WRONLY)
+        if os.fstat(fd).st_nlink == 1:
+            return fd
+        os.close(fd)
+        os.unlink(path)  # reachable by another name too: never written in place
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
 
 
 class S3Location(ArtifactLocation):

@@ -708,7 +708,7 @@ def run_trainable(
                 saver.reset(f"{e}; the trial starts from epoch 1")
                 out = _in_own_rng(device, body)
         finally:
-            saver.wait()  # a checkpoint still being written when training ends (or fails)
+            saver.finish()  # a checkpoint still being written when training ends (or fails)
         saver.check()  # ... that could not be written: the trial stops (the study too, resumable)
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import boto3
@@ -12,7 +13,7 @@ import torch
 
 from trials import CheckpointPlan, checkpoint_files, checkpoint_sizes, open_location, remove_checkpoints
 from trials._checkpoint import Checkpointer, CheckpointUnusable, read_checkpoint, write_checkpoint
-from trials._store import DirectoryLocation, S3Location
+from trials._store import DirectoryLocation, S3Location, artifact_of
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -38,6 +39,58 @@ def test_parts_written_read_listed_and_removed_alike(where: str) -> None:
     with pytest.raises(FileNotFoundError):
         loc.read("ck-1")
     assert sorted(loc.list("")) == ["ck-1-folds-0", "other"]
+
+
+def test_a_replaced_file_reads_as_its_latest_version_on_both_stores(where: str) -> None:
+    loc = open_location(where)
+    for version in (b"one" * 1000, b"two!" * 2000, b"3"):  # longer, then much shorter: no old tail left
+        loc.replace_parts("ck", [version[:5], memoryview(version[5:])])
+        assert loc.read("ck") == version
+    remove_checkpoints(where, "ck")
+    assert loc.list("") == {} and checkpoint_files(where, "ck") == []  # its spare (a directory's) went too
+
+
+def test_a_directory_writes_the_next_version_into_the_file_it_replaced(tmp_path) -> None:
+    """The spare is the replaced version's own file (its inode), written in place: no new file per write."""
+    loc = DirectoryLocation(str(tmp_path))
+    spare = tmp_path / f".ck.spare-{os.getpid()}"
+    loc.replace_parts("ck", [b"v1"])
+    assert sorted(os.listdir(tmp_path)) == ["ck"]  # the first version: nothing replaced, no spare
+    first = (tmp_path / "ck").stat().st_ino
+    loc.replace_parts("ck", [b"v2"])
+    assert spare.stat().st_ino == first and spare.read_bytes() == b"v1"
+    second = (tmp_path / "ck").stat().st_ino
+    loc.replace_parts("ck", [b"v3"])
+    assert (tmp_path / "ck").stat().st_ino == first and (tmp_path / "ck").read_bytes() == b"v3"  # v1's file, rewritten
+    assert spare.stat().st_ino == second and sorted(os.listdir(tmp_path)) == [spare.name, "ck"]
+    assert artifact_of(spare.name) == "ck" and artifact_of(f".ck.prev-{os.getpid()}") == "ck"
+
+
+def test_a_spare_with_another_name_or_a_kills_leftovers_is_never_written_in_place(tmp_path) -> None:
+    loc = DirectoryLocation(str(tmp_path))
+    spare, prev = tmp_path / f".ck.spare-{os.getpid()}", tmp_path / f".ck.prev-{os.getpid()}"
+    keep = tmp_path / "someone-elses"
+    keep.write_bytes(b"theirs")
+    os.link(keep, spare)  # the spare's file is reachable by another name too
+    prev.write_bytes(b"a kill between link and rename left this")
+    loc.replace_parts("ck", [b"v1"])
+    loc.replace_parts("ck", [b"v2"])
+    assert keep.read_bytes() == b"theirs" and (tmp_path / "ck").read_bytes() == b"v2"
+    assert spare.read_bytes() == b"v1" and not prev.exists()
+
+
+def test_a_failed_replace_leaves_the_last_version_whole(tmp_path, monkeypatch) -> None:
+    loc = DirectoryLocation(str(tmp_path))
+    loc.replace_parts("ck", [b"v1"])
+    loc.replace_parts("ck", [b"v2"])
+
+    def full(fd: int, data: object, at: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        loc.replace_parts("ck", [b"v3"])
+    assert loc.read("ck") == b"v2" and os.listdir(tmp_path) == ["ck"]  # the half-written spare is gone
 
 
 def test_an_s3_write_over_the_multipart_threshold_is_whole(s3_bucket: str) -> None:
@@ -143,6 +196,7 @@ def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeyp
     if directory:  # a directory's leftover temporaries (an S3 write is one PUT: it leaves none)
         loc.write_parts(".checkpoint-a1.tmp-1-2", [b"x" * 3])
         loc.write_parts(".checkpoint-a2-folds-1.tmp-3-4", [b"x" * 7])
+        loc.write_parts(".checkpoint-a1.spare-5", [b"x" * 8])  # a killed writer's spare (replace_parts)
     calls = []
     real = type(loc).list
 
@@ -153,7 +207,8 @@ def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeyp
     monkeypatch.setattr(type(loc), "list", counted)
     got = checkpoint_sizes_of(where, ["checkpoint-a1", "checkpoint-a2", "checkpoint-none"])
     assert calls == ["checkpoint-"]
-    tmp = {".checkpoint-a1.tmp-1-2": 3, ".checkpoint-a2-folds-1.tmp-3-4": 7} if directory else {}
+    tmp = ({".checkpoint-a1.tmp-1-2": 3, ".checkpoint-a2-folds-1.tmp-3-4": 7, ".checkpoint-a1.spare-5": 8}
+           if directory else {})
     assert got["checkpoint-a1"] == {"checkpoint-a1": 1, "checkpoint-a1-folds-0": 2} | {
         k: v for k, v in tmp.items() if "-a1" in k}
     assert got["checkpoint-a2"] == {"checkpoint-a2": 4} | {k: v for k, v in tmp.items() if "-a2" in k}
