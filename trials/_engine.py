@@ -20,10 +20,12 @@ from torch import Tensor
 
 from ._checkpoint import (
     Checkpointer,
+    ReportHistory,
     capture_stack_state,
-    report_from_state,
+    float_list,
     restore_stack_state,
     stack_fingerprint,
+    unpack_reports,
 )
 from ._config import Hyperparams, stack_key
 from ._data import Dataset
@@ -692,7 +694,7 @@ def fit_stack(
         names = ("train_loss", *task_metrics(hp0.task, n_classes if hp0.task == "classification" else None))
         curves: dict[str, list[list[float]]] = {k: [[] for _ in splits] for k in names}
         halted: set[int] = set()  # groups stopped by their report
-        sent: list[tuple[int, EpochReport]] = []  # every report so far (a checkpoint sends them again)
+        sent = ReportHistory()  # every report so far (a checkpoint sends them again)
 
         def compact(keep: list[int]) -> None:
             """Keep only the members at stack positions ``keep``: stopped members leave the stack."""
@@ -706,7 +708,7 @@ def fit_stack(
 
         def send(g: int, r: EpochReport) -> None:
             if checkpoint is not None:
-                sent.append((g, r))
+                sent.append(g, r)
             if report is not None and report(g, r):
                 halted.add(g)
 
@@ -725,10 +727,10 @@ def fit_stack(
                     compact([int(m) for m in state["live"]])
                 restore_stack_state(state, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                                     records=records, order_gens=order_gens, dropout_gens=all_gens, device=device)
-                curves = {k: [list(c) for c in v] for k, v in state["curves"].items()}
+                curves = {k: [float_list(c) for c in v] for k, v in state["curves"].items()}
                 halted = {int(g) for g in state["halted"]}
-                for g, r in state["reports"]:  # the reports of the epochs not trained again, in order
-                    send(int(g), report_from_state(r))
+                for g, r in unpack_reports(state["reports"]):  # the reports of the epochs not trained again
+                    send(g, r)
                 first_epoch = done + 1
                 last_epoch = done
                 keep = still_training()
@@ -744,7 +746,7 @@ def fit_stack(
                 checkpoint.save(epoch - 1, fingerprint, lambda: capture_stack_state(
                     live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                     records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
-                    dropout_gens=all_gens, device=device))
+                    dropout_gens=all_gens, device=device, copy_tensors=checkpoint.background))
             last_epoch = epoch
             if hp0.lr_schedule == "step":
                 optimizer.set_lr(base_lr[live] * step_schedule_factor(epoch, hp0.step_size, hp0.gamma))
@@ -795,7 +797,7 @@ def fit_stack(
             checkpoint.save(last_epoch, fingerprint, lambda: {**capture_stack_state(
                 live=live, model=model, best_state=best_state, optimizer=optimizer, plateau=plateau,
                 records=records, curves=curves, halted=halted, reports=sent, order_gens=order_gens,
-                dropout_gens=all_gens, device=device), "ensemble": {
+                dropout_gens=all_gens, device=device, copy_tensors=checkpoint.background), "ensemble": {
                     "folds": [int(s.fold) for s in splits], "groups": [int(g) for g in group_of],
                     "input_shape": [int(x) for x in X.shape[1:]],
                     "mean": per_member(mean), "scale": per_member(scale)}})

@@ -687,7 +687,8 @@ def run_trainable(
     fold_ids = list(range(len(data.folds))) if folds is None else [int(f) for f in folds]
     max_epochs = settings.training.max_epochs
     splits = [(f, data.folds[f][0], data.folds[f][1]) for f in fold_ids]
-    saver = None if checkpoint is None else Checkpointer(checkpoint)
+    # the folds' states are copies already (encode_state); written in the background on a GPU, as fit_stack's
+    saver = None if checkpoint is None else Checkpointer(checkpoint, background=_device_is_cuda(device))
     fingerprint = "" if saver is None else trainable_fingerprint(
         name, params, settings, seed=seed, splits=splits, input_shape=data.X.shape[1:], n_outputs=int(data.n_classes))
     run = _Run(fn, name, settings, refit=False, max_epochs=max_epochs, report=report)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checkpoint import Checkpointer, CheckpointUnusable, _digest, _report_state, report_from_state
+from ._checkpoint import Checkpointer, CheckpointUnusable, _digest, float_list, floats, pack_reports, unpack_reports
 from ._config import TrialSettings
 from ._results import EpochReport
 
@@ -160,7 +160,7 @@ class TrainableCheckpoints:
         if self.due_epoch is None or f.reported != self.due_epoch or f.i in self.copies:
             return
         self.copies[f.i] = {"done": False, "reported": int(f.reported), "record": copy.deepcopy(f.record.state()),
-                            "curves": {k: list(v) for k, v in f.curves.items()}, "loaders": int(ctx._loaders),
+                            "curves": {k: floats(v) for k, v in f.curves.items()}, "loaders": int(ctx._loaders),
                             "rng": capture_rng(self.cuda), "user": encode_state(state)}
 
     def due(self, epoch: int) -> None:
@@ -181,12 +181,12 @@ class TrainableCheckpoints:
                 entries.append(self.copies[f.i])
             elif f.done and ended_by.get(f.i, e + 1) <= e:
                 entries.append({"done": True, "reported": int(f.reported), "record": copy.deepcopy(f.record.state()),
-                                "curves": {k: list(v) for k, v in f.curves.items()}, "loaders": 0, "rng": None,
+                                "curves": {k: floats(v) for k, v in f.curves.items()}, "loaders": 0, "rng": None,
                                 "user": None})
             else:  # a live fold that did not save this epoch: no state where every fold is consistent
                 self.copies = {}
                 return
-        state = {"kind": "trainable", "folds": entries, "reports": [_report_state(r) for r in self.sent]}
+        state = {"kind": "trainable", "folds": entries, "reports": pack_reports([(0, r) for r in self.sent])}
         self.copies = {}
         self.checkpointer.save(e, self.fingerprint, lambda: state)
 
@@ -210,14 +210,14 @@ class TrainableCheckpoints:
             raise CheckpointUnusable("the checkpoint's folds do not fit this trial")
         for f, s in zip(folds, entries):
             f.record.load_state(s["record"])
-            f.curves = {k: list(v) for k, v in s["curves"].items()}
+            f.curves = {k: float_list(v) for k, v in s["curves"].items()}
             f.reported = int(s["reported"])
             if s["done"]:
                 f.done = True
             else:
                 self.resumed[f.i] = s
         self.epoch = int(epoch)
-        self.sent = [report_from_state(r) for r in state["reports"]]
+        self.sent = [r for _, r in unpack_reports(state["reports"], grouped=False)]
         return list(self.sent)
 
     def load(self, f: Any, ctx: Any, first: bool) -> Any:

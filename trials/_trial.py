@@ -300,7 +300,8 @@ def run_trials(
             member_hps.append(hp)
             groups.append(i)
 
-    saver = None if checkpoint is None else Checkpointer(checkpoint.for_folds(folds))
+    # on a GPU, saves are written in the background while training goes on (on the CPU: no core to spare)
+    saver = None if checkpoint is None else Checkpointer(checkpoint.for_folds(folds), background=dev.type == "cuda")
 
     def fit() -> FitOutcome | StreamedFit:
         if data.stream is not None:  # a Dataset too large to preload: read in batches, one member at a time

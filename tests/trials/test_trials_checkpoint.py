@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -183,3 +184,86 @@ def test_checkpoint_files_are_one_per_trial_and_removed_whole(small, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["r", "r-folds-1"]
     assert remove_checkpoints(str(tmp_path), "r") > 0
     assert os.listdir(tmp_path) == []
+
+
+def test_the_reports_so_far_are_packed_as_tensors_and_come_back_exactly(tmp_path):
+    """A save carries every report so far; packed, they cost no JSON number printing, and lose nothing."""
+    import math
+
+    from trials import EpochReport, MemberReport
+    from trials._checkpoint import pack_reports, unpack_reports, write_checkpoint
+
+    a = MemberReport(0, 0.1 + 0.2, 1 / 3, 0.75, False, {"val_loss": 1 / 3, "val_f1_macro": 0.7})
+    b = MemberReport(3, 2.5e-300, 7.0, math.nan, True, {"val_loss": 7.0, "val_mse": 49.0})  # other metrics
+    c = MemberReport(1, 0.5, 0.25, 0.5, False, {})
+    reports = [(0, EpochReport(1, (a, b))), (2, EpochReport(1, (c,))), (0, EpochReport(2, (b, a)))]
+    write_checkpoint(str(tmp_path), "p", 2, "fp", {"reports": pack_reports(reports), "none": pack_reports([])})
+    _, state = read_checkpoint(str(tmp_path), "p", "fp")
+    back = unpack_reports(state["reports"])
+    assert [(g, r.epoch) for g, r in back] == [(0, 1), (2, 1), (0, 2)]
+    flat = [m for _, r in back for m in r.members]
+    assert flat[0] == a and flat[2] == c and flat[4] == a  # bit-equal floats; only the metrics each had
+    assert flat[1].metrics == b.metrics and flat[1].train_loss == 2.5e-300 and math.isnan(flat[1].val_accuracy)
+    assert flat[1].stopped and flat[1].fold == 3
+    assert unpack_reports(state["none"]) == []
+
+    def layout_bytes(n_epochs: int) -> int:
+        write_checkpoint(str(tmp_path), "n", 1, "fp", {"reports": pack_reports(
+            [(0, EpochReport(e, (a, b, c))) for e in range(1, n_epochs + 1)])})
+        return json.loads((tmp_path / "n").read_bytes().split(b"\n")[1])["layout_bytes"]
+
+    assert layout_bytes(30) - layout_bytes(1) < 10  # no report's number is in the JSON: it does not grow
+
+
+def test_a_checkpoint_that_kept_its_history_as_json_lists_still_resumes(small, tmp_path):
+    """One saved before the packing (curves and reports as lists) goes on as before, bit-equal."""
+    from trials._checkpoint import unpack_reports, write_checkpoint
+
+    settings = CASES["sgd-step"]
+    plain = run_trial(small, {}, settings, seed=7)
+    plan = CheckpointPlan(str(tmp_path), "old", every_epochs=3)
+    interrupted(small, settings, plan, at=8)
+    fp = _fingerprint_of(small, settings, plan)
+    epoch, state = read_checkpoint(str(tmp_path), "old", fp)
+    state["curves"] = {k: [c.tolist() for c in v] for k, v in state["curves"].items()}
+    state["reports"] = [[g, [r.epoch, [[m.fold, m.train_loss, m.val_loss, m.val_accuracy, m.stopped, dict(m.metrics)]
+                                       for m in r.members]]] for g, r in unpack_reports(state["reports"])]
+    write_checkpoint(str(tmp_path), "old", epoch, fp, state)
+    seen = []
+    resumed = run_trial(small, {}, settings, seed=7, report=lambda r: seen.append(r) or False,
+                        checkpoint=CheckpointPlan(str(tmp_path), "old", every_epochs=3, rerun=True))
+    assert resumed.resumed_from_epoch == 6 and not resumed.messages
+    assert resumed.folds == plain.folds and resumed.curves == plain.curves
+    assert [r.epoch for r in seen] == list(range(1, resumed.epochs_run + 1))
+
+
+def test_a_stack_saved_in_the_background_from_copies_resumes_bit_equal(small, tmp_path):
+    """A GPU's way (the state copied, written while training goes on), run on the CPU: the same checkpoint."""
+    import torch
+
+    from trials import resolve_hyperparams
+    from trials._checkpoint import Checkpointer
+    from trials._engine import MemberSplit, fit_stack
+    from trials._seeding import member_seeds
+
+    settings = CASES["adam-plateau"]
+    hp = resolve_hyperparams(settings, {})
+    splits = [MemberSplit(f, tr, va, member_seeds(7, f)) for f, (tr, va) in enumerate(small.folds)]
+
+    def fit(checkpoint=None, report=None):
+        return fit_stack(small.X, small.y, splits, hp, n_classes=small.n_classes, device=torch.device("cpu"), seed=7,
+                         checkpoint=checkpoint, report=report)
+
+    def dies(g, r):
+        if r.epoch == 8:
+            raise Killed
+        return False
+
+    plain = fit()
+    plan = CheckpointPlan(str(tmp_path), "bg", every_epochs=1)
+    with pytest.raises(Killed):
+        fit(Checkpointer(plan, background=True), dies)
+    again = Checkpointer(plan, background=True)
+    resumed = fit(again)
+    assert again.resumed_from_epoch == 7 and again.saved > 0  # the save of epoch 7 was whole when it died
+    assert resumed.folds == plain.folds and resumed.curves == plain.curves

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
 
 import boto3
 import optuna
@@ -169,12 +170,24 @@ def test_a_checkpoint_round_trips_and_a_damaged_one_is_refused(where: str) -> No
         read_checkpoint(where, "ck", "fp")
 
 
-def test_a_checkpointer_saves_in_the_background_to_either_store(where: str) -> None:
-    ck = Checkpointer(CheckpointPlan(where, "bg", every_epochs=1))
+@pytest.mark.parametrize("background", [False, True])
+def test_a_checkpointer_saves_to_either_store_in_the_training_thread_or_its_own(where: str, background: bool,
+                                                                                 monkeypatch) -> None:
+    from trials import _checkpoint
+
+    threads, real = [], _checkpoint.write_checkpoint
+
+    def recorded(*args: object) -> int:
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", recorded)
+    ck = Checkpointer(CheckpointPlan(where, "bg", every_epochs=1), background=background)
     ck.save(1, "fp", lambda: {"w": torch.ones(3)})
     ck.wait()
     ck.check()
     assert ck.saved == 1 and read_checkpoint(where, "bg", "fp")[0] == 1
+    assert (threads == [threading.current_thread()]) is not background
 
 
 def test_the_location_kind_follows_the_uri(tmp_path) -> None:
