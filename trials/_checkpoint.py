@@ -12,12 +12,14 @@ A checkpoint is one file of the run's artifact store (a directory or an S3 bucke
 atomically at each save. On a GPU the state is copied to the host and written in a background
 thread while training goes on; on the CPU it is written in the training thread, straight from the
 live tensors (no copy: a worker has no core to spare, and a second thread only contends for its
-own, docs/benchmarks.md). The file is a
-line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint, the sizes and
-CRC-32 checksum of the rest), the state as JSON with each tensor replaced by its index, dtype and shape, and
-the tensors' raw bytes (no pickle: reading a checkpoint runs no code). A file that is missing,
-unreadable, fails its checksum, or was made for another stack (other params, another model shape,
-other folds or seeds: the fingerprint) is not used: the trial starts fresh, and says why.
+own, docs/benchmarks.md).
+
+The file is a line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint,
+the sizes and xxh3-64 checksum of the rest; CRC-32 in files written before 2026-12-06, still read),
+the state as JSON with each tensor replaced by its index, dtype and shape, and the tensors' raw
+bytes (no pickle: reading a checkpoint runs no code). A file that is missing, unreadable, fails its
+checksum, or was made for another stack (other params, another model shape, other folds or seeds:
+the fingerprint) is not used: the trial starts fresh, and says why.
 
 This module imports torch only when it saves or loads, so ``trials.CheckpointPlan`` stays cheap.
 """
@@ -35,6 +37,8 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import xxhash
 
 from ._store import artifact_of, open_location
 
@@ -172,10 +176,10 @@ def write_checkpoint(directory: str, artifact_id: str, epoch: int, fingerprint: 
     tensors: list[Any] = []
     layout = json.dumps(_flatten(dict(state), tensors)).encode()
     raws = [_raw(t) for t in tensors]
-    crc = zlib.crc32(layout)  # a checksum against a damaged or cut file (1.5 GB/s: SHA-256 costs 2.5x more)
+    digest = xxhash.xxh3_64(layout)  # a checksum against a damaged or cut file (xxh3: 13x faster than CRC-32 here)
     for r in raws:
-        crc = zlib.crc32(r, crc)
-    meta = {"epoch": int(epoch), "fingerprint": fingerprint, "crc32": crc, "layout_bytes": len(layout),
+        digest.update(r)
+    meta = {"epoch": int(epoch), "fingerprint": fingerprint, "xxh3_64": digest.intdigest(), "layout_bytes": len(layout),
             "tensor_bytes": [len(r) for r in raws], "saved_at": time.time()}
     header = _MAGIC + json.dumps(meta).encode() + b"\n"
     open_location(directory).replace_parts(artifact_id, [header, layout, *raws])
@@ -211,8 +215,8 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str | None, d
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
         raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its header does not parse)") from None
     body = memoryview(data)[end + 1:]
-    if len(body) != n_layout + sum(sizes) or zlib.crc32(body) != meta.get("crc32"):
-        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its CRC-32 checksum does not match)")
+    if len(body) != n_layout + sum(sizes) or not _checksum_matches(body, meta):
+        raise CheckpointUnusable(f"the checkpoint {where} is corrupt (its checksum does not match)")
     if fingerprint is not None and meta.get("fingerprint") != fingerprint:
         raise CheckpointUnusable(f"the checkpoint {where} was made for another stack (other params, model shape, "
                                  "folds or seeds); it is ignored")
@@ -226,6 +230,13 @@ def read_checkpoint(directory: str, artifact_id: str, fingerprint: str | None, d
         tensors.append(t.reshape(shape).to(device))
         at += size
     return int(meta["epoch"]), _unflatten(layout, tensors)
+
+
+def _checksum_matches(body: memoryview, meta: Mapping[str, Any]) -> bool:
+    """Whether ``body`` has the checksum its header names (xxh3-64; CRC-32 in older files)."""
+    if "xxh3_64" in meta:
+        return xxhash.xxh3_64_intdigest(body) == meta["xxh3_64"]
+    return "crc32" in meta and zlib.crc32(body) == meta["crc32"]
 
 
 def _flatten_specs(value: Any, out: list[Any]) -> None:

@@ -101,7 +101,7 @@ def test_a_corrupt_checkpoint_is_detected_and_the_trial_starts_fresh(small, tmp_
     path.write_bytes(bytes(raw))
     out = run_trial(small, {}, settings, seed=7, checkpoint=plan)
     assert out.resumed_from_epoch is None
-    assert len(out.messages) == 1 and "corrupt" in out.messages[0] and "CRC-32" in out.messages[0]
+    assert len(out.messages) == 1 and "corrupt" in out.messages[0] and "checksum" in out.messages[0]
     assert "starts from epoch 1" in out.messages[0]
     assert out.folds == plain.folds
     path.write_bytes(bytes(raw[: len(raw) // 2]))  # a truncated file
@@ -267,3 +267,24 @@ def test_a_stack_saved_in_the_background_from_copies_resumes_bit_equal(small, tm
     resumed = fit(again)
     assert again.resumed_from_epoch == 7 and again.saved > 0  # the save of epoch 7 was whole when it died
     assert resumed.folds == plain.folds and resumed.curves == plain.curves
+
+
+def test_a_checkpoint_checksummed_with_crc32_as_before_is_still_read_and_checked(tmp_path):
+    import zlib
+
+    import torch
+
+    from trials._checkpoint import CheckpointUnusable, write_checkpoint
+
+    write_checkpoint(str(tmp_path), "c", 3, "fp", {"w": torch.arange(6.0)})
+    magic, header, body = (tmp_path / "c").read_bytes().split(b"\n", 2)
+    meta = json.loads(header)
+    assert "xxh3_64" in meta
+    del meta["xxh3_64"]
+    meta["crc32"] = zlib.crc32(body)  # as files written before 2026-12-06 are
+    (tmp_path / "c").write_bytes(b"\n".join([magic, json.dumps(meta).encode(), body]))
+    epoch, state = read_checkpoint(str(tmp_path), "c", "fp")
+    assert epoch == 3 and torch.equal(state["w"], torch.arange(6.0))
+    (tmp_path / "c").write_bytes(b"\n".join([magic, json.dumps(meta).encode(), body[:-1] + b"\x01"]))
+    with pytest.raises(CheckpointUnusable, match="checksum does not match"):
+        read_checkpoint(str(tmp_path), "c", "fp")
