@@ -12,7 +12,8 @@ A checkpoint is one file of the run's artifact store (a directory or an S3 bucke
 atomically at each save. On a GPU the state is copied to the host and written in a background
 thread while training goes on; on the CPU it is written in the training thread, straight from the
 live tensors (no copy: a worker has no core to spare, and a second thread only contends for its
-own, docs/benchmarks.md).
+own, docs/benchmarks.md), unless the store makes writes wait (an object store, a network file
+system: :attr:`Checkpointer.background`).
 
 The file is a line ``hpsearch-checkpoint/1``, a line of JSON (the epoch, the stack's fingerprint,
 the sizes and xxh3-64 checksum of the rest; CRC-32 in files written before 2026-12-06, still read),
@@ -63,6 +64,9 @@ _MAGIC = CHECKPOINT_FORMAT.encode() + b"\n"
 # wait before the second try (doubled before each next one: a network file system that blinks gets 1.5 s)
 _WRITE_ATTEMPTS = 3
 _WRITE_BACKOFF_S = 0.5
+# a write in the training thread that waited this long for its store (beyond its own CPU time) moves the
+# next ones to a background thread (Checkpointer.background)
+_WAITING_WRITE_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -352,8 +356,11 @@ class Checkpointer:
     resumed_from_epoch
         The epoch of the checkpoint the trial went on from; None when it started fresh.
     background
-        Write in a background thread (training on a GPU: its state is copied to the host first),
-        rather than in the training thread, from the live state (on the CPU).
+        Write in a background thread, from a copy of the state, rather than in the training thread
+        from the live state. On a GPU from the start (the caller's choice); on the CPU from the
+        first write that waited for its store longer than it computed, and over 2 ms (an object
+        store, a network file system): a local disk's writes do not wait, and the thread would only
+        contend for the worker's core.
     saved, bytes
         Checkpoints written by this run, and the size of the last one.
     blocking_s, waiting_s, writing_s
@@ -443,7 +450,11 @@ class Checkpointer:
                                             name="hpsearch-checkpoint", daemon=True)
             self._writer.start()
         else:
+            w0, c0 = time.perf_counter(), time.thread_time()
             self._write(epoch, fingerprint, state)
+            waited = (time.perf_counter() - w0) - (time.thread_time() - c0)
+            if self.error is None and waited > max(_WAITING_WRITE_S, time.thread_time() - c0):
+                self.background = True  # the store keeps writes waiting: training goes on while they wait
         self.blocking_s += time.perf_counter() - t1
 
     def wait(self) -> None:

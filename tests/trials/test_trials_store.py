@@ -226,3 +226,28 @@ def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeyp
         k: v for k, v in tmp.items() if "-a1" in k}
     assert got["checkpoint-a2"] == {"checkpoint-a2": 4} | {k: v for k, v in tmp.items() if "-a2" in k}
     assert set(got) == {"checkpoint-a1", "checkpoint-a2"}  # not a10's, nor model-x's
+
+
+def test_writes_that_wait_for_their_store_move_to_a_background_thread(tmp_path, monkeypatch) -> None:
+    """A network store's round trips (here a sleep: waiting, not computing) would hold training up."""
+    import time
+
+    from trials import _checkpoint
+
+    threads, real = [], _checkpoint.write_checkpoint
+
+    def slow(*args: object) -> int:
+        threads.append(threading.current_thread())
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", slow)
+    ck = Checkpointer(CheckpointPlan(str(tmp_path), "slow", every_epochs=1))
+    w = torch.ones(3)
+    ck.save(1, "fp", lambda: {"w": w})
+    assert ck.background  # the first write waited 50 ms: the next ones go to a thread of their own
+    ck.save(2, "fp", lambda: {"w": w})
+    ck.finish()
+    ck.check()
+    assert threads[0] is threading.current_thread() and threads[1] is not threading.current_thread()
+    assert read_checkpoint(str(tmp_path), "slow", "fp")[0] == 2 and ck.saved == 2
