@@ -64,9 +64,10 @@ _MAGIC = CHECKPOINT_FORMAT.encode() + b"\n"
 # wait before the second try (doubled before each next one: a network file system that blinks gets 1.5 s)
 _WRITE_ATTEMPTS = 3
 _WRITE_BACKOFF_S = 0.5
-# a write in the training thread that waited this long for its store (beyond its own CPU time) moves the
-# next ones to a background thread (Checkpointer.background)
+# writes in the training thread that waited this long for their store (and longer than their own CPU time),
+# this many in a row, move the next ones to a background thread (Checkpointer.background)
 _WAITING_WRITE_S = 0.002
+_WAITING_WRITES = 2
 
 
 @dataclass(frozen=True)
@@ -357,8 +358,8 @@ class Checkpointer:
         The epoch of the checkpoint the trial went on from; None when it started fresh.
     background
         Write in a background thread, from a copy of the state, rather than in the training thread
-        from the live state. On a GPU from the start (the caller's choice); on the CPU from the
-        first write that waited for its store longer than it computed, and over 2 ms (an object
+        from the live state. On a GPU from the start (the caller's choice); on the CPU once two
+        writes in a row waited for their store longer than they computed, and over 2 ms (an object
         store, a network file system): a local disk's writes do not wait, and the thread would only
         contend for the worker's core.
     saved, bytes
@@ -378,6 +379,8 @@ class Checkpointer:
         self._last_epoch = 0
         self._skip_load = False
         self._writer: threading.Thread | None = None
+        self._waits = 0  # writes in a row that waited for their store
+        self._first_write = True
         self.messages: list[str] = []
         self.error: CheckpointWriteError | None = None
         self.resumed_from_epoch: int | None = None
@@ -451,9 +454,12 @@ class Checkpointer:
             self._writer.start()
         else:
             w0, c0 = time.perf_counter(), time.thread_time()
-            self._write(epoch, fingerprint, state)
-            waited = (time.perf_counter() - w0) - (time.thread_time() - c0)
-            if self.error is None and waited > max(_WAITING_WRITE_S, time.thread_time() - c0):
+            first_try = self._write(epoch, fingerprint, state)
+            spent = time.thread_time() - c0
+            waited = time.perf_counter() - w0 - spent
+            # a write that waited for its store (not for a retry's backoff), twice in a row: not a preempted one
+            self._waits = self._waits + 1 if first_try and waited > max(_WAITING_WRITE_S, spent) else 0
+            if self._waits >= _WAITING_WRITES:
                 self.background = True  # the store keeps writes waiting: training goes on while they wait
         self.blocking_s += time.perf_counter() - t1
 
@@ -469,22 +475,28 @@ class Checkpointer:
         self.wait()
         open_location(self.plan.directory).release(self.plan.artifact_id)
 
-    def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> None:
-        """Try a failed write again, with backoff; after the last attempt, keep the error for :meth:`check`."""
+    def _write(self, epoch: int, fingerprint: str, state: Mapping[str, Any]) -> bool:
+        """Try a failed write again, with backoff; after the last attempt, keep the error for :meth:`check`.
+        Whether the first attempt succeeded."""
         t0, cpu = time.perf_counter(), time.thread_time()
+        loc = open_location(self.plan.directory)
+        if self._first_write:  # a (re-)run's first save: the spares of the runs before it are not theirs any more
+            self._first_write = False
+            loc.release(self.plan.artifact_id, every_writer=True)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 self.bytes = write_checkpoint(self.plan.directory, self.plan.artifact_id, epoch, fingerprint, state)
                 self.saved += 1
                 self.writing_s += time.perf_counter() - t0
                 self.writing_cpu_s += time.thread_time() - cpu
-                return
+                return attempt == 1
             except OSError as e:
                 if attempt == _WRITE_ATTEMPTS:
                     self.error = CheckpointWriteError(self.plan.directory, self.plan.artifact_id,
                                                       str(e.strerror or e), attempt)
-                    return
+                    return False
                 time.sleep(_WRITE_BACKOFF_S * 2 ** (attempt - 1))
+        return False
 
 
 # ------------------------------------------------------------------------------ the stack's state

@@ -14,7 +14,7 @@ import torch
 
 from trials import CheckpointPlan, checkpoint_files, checkpoint_sizes, open_location, remove_checkpoints
 from trials._checkpoint import Checkpointer, CheckpointUnusable, read_checkpoint, write_checkpoint
-from trials._store import DirectoryLocation, S3Location, artifact_of
+from trials._store import DirectoryLocation, S3Location, _writer_tag, artifact_of
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -52,24 +52,44 @@ def test_a_replaced_file_reads_as_its_latest_version_on_both_stores(where: str) 
 
 
 def test_a_directory_writes_the_next_version_into_the_file_it_replaced(tmp_path) -> None:
-    """The spare is the replaced version's own file (its inode), written in place: no new file per write."""
+    """The spare is the replaced version's own file, written in place: no new file per write."""
     loc = DirectoryLocation(str(tmp_path))
-    spare = tmp_path / f".ck.spare-{os.getpid()}"
+    spare = tmp_path / f".ck.spare-{_writer_tag()}"
     loc.replace_parts("ck", [b"v1"])
     assert sorted(os.listdir(tmp_path)) == ["ck"]  # the first version: nothing replaced, no spare
-    first = (tmp_path / "ck").stat().st_ino
-    loc.replace_parts("ck", [b"v2"])
-    assert spare.stat().st_ino == first and spare.read_bytes() == b"v1"
-    second = (tmp_path / "ck").stat().st_ino
-    loc.replace_parts("ck", [b"v3"])
-    assert (tmp_path / "ck").stat().st_ino == first and (tmp_path / "ck").read_bytes() == b"v3"  # v1's file, rewritten
-    assert spare.stat().st_ino == second and sorted(os.listdir(tmp_path)) == [spare.name, "ck"]
-    assert artifact_of(spare.name) == "ck" and artifact_of(f".ck.prev-{os.getpid()}") == "ck"
+    fd = os.open(tmp_path / "ck", os.O_RDONLY)  # held open: v1's file stays, its inode number not reused
+    try:
+        loc.replace_parts("ck", [b"v2"])
+        assert os.path.samestat(spare.stat(), os.fstat(fd)) and spare.read_bytes() == b"v1"
+        loc.replace_parts("ck", [b"v3!"])
+        assert os.path.samestat((tmp_path / "ck").stat(), os.fstat(fd))  # v1's own file, rewritten
+        assert os.pread(fd, 10, 0) == b"v3!"
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == [spare.name, "ck"] and spare.read_bytes() == b"v2"
+    assert artifact_of(spare.name) == "ck" and artifact_of(f".ck.prev-{_writer_tag()}") == "ck"
+
+
+def test_a_reruns_first_save_drops_the_spares_of_the_runs_before_it(tmp_path) -> None:
+    """Killed runs of a trial (other processes) each left a spare; the re-run's first save removes them."""
+    import uuid
+
+    for pid in (11, 12):  # two killed runs' spares and one half-moved one, and another checkpoint's
+        (tmp_path / f".ck.spare-{pid}-{uuid.uuid4().hex[:12]}").write_bytes(b"old" * 100)
+    (tmp_path / f".ck.prev-13-{uuid.uuid4().hex[:12]}").write_bytes(b"old")
+    theirs = tmp_path / f".ck-folds-1.spare-11-{uuid.uuid4().hex[:12]}"
+    theirs.write_bytes(b"a fold part's")
+    ck = Checkpointer(CheckpointPlan(str(tmp_path), "ck", every_epochs=1))
+    for epoch in (1, 2):
+        ck.save(epoch, "fp", lambda: {"w": torch.ones(3)})
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck", theirs.name, f".ck.spare-{_writer_tag()}"])
+    ck.finish()
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck", theirs.name])
 
 
 def test_a_spare_with_another_name_or_a_kills_leftovers_is_never_written_in_place(tmp_path) -> None:
     loc = DirectoryLocation(str(tmp_path))
-    spare, prev = tmp_path / f".ck.spare-{os.getpid()}", tmp_path / f".ck.prev-{os.getpid()}"
+    spare, prev = tmp_path / f".ck.spare-{_writer_tag()}", tmp_path / f".ck.prev-{_writer_tag()}"
     keep = tmp_path / "someone-elses"
     keep.write_bytes(b"theirs")
     os.link(keep, spare)  # the spare's file is reachable by another name too
@@ -209,7 +229,7 @@ def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeyp
     if directory:  # a directory's leftover temporaries (an S3 write is one PUT: it leaves none)
         loc.write_parts(".checkpoint-a1.tmp-1-2", [b"x" * 3])
         loc.write_parts(".checkpoint-a2-folds-1.tmp-3-4", [b"x" * 7])
-        loc.write_parts(".checkpoint-a1.spare-5", [b"x" * 8])  # a killed writer's spare (replace_parts)
+        loc.write_parts(".checkpoint-a1.spare-5-0a1b", [b"x" * 8])  # a killed writer's spare (replace_parts)
     calls = []
     real = type(loc).list
 
@@ -220,7 +240,7 @@ def test_the_files_of_many_checkpoints_come_from_one_listing(where: str, monkeyp
     monkeypatch.setattr(type(loc), "list", counted)
     got = checkpoint_sizes_of(where, ["checkpoint-a1", "checkpoint-a2", "checkpoint-none"])
     assert calls == ["checkpoint-"]
-    tmp = ({".checkpoint-a1.tmp-1-2": 3, ".checkpoint-a2-folds-1.tmp-3-4": 7, ".checkpoint-a1.spare-5": 8}
+    tmp = ({".checkpoint-a1.tmp-1-2": 3, ".checkpoint-a2-folds-1.tmp-3-4": 7, ".checkpoint-a1.spare-5-0a1b": 8}
            if directory else {})
     assert got["checkpoint-a1"] == {"checkpoint-a1": 1, "checkpoint-a1-folds-0": 2} | {
         k: v for k, v in tmp.items() if "-a1" in k}
@@ -245,9 +265,33 @@ def test_writes_that_wait_for_their_store_move_to_a_background_thread(tmp_path, 
     ck = Checkpointer(CheckpointPlan(str(tmp_path), "slow", every_epochs=1))
     w = torch.ones(3)
     ck.save(1, "fp", lambda: {"w": w})
-    assert ck.background  # the first write waited 50 ms: the next ones go to a thread of their own
+    assert not ck.background  # one write that waited: it may have been preempted
     ck.save(2, "fp", lambda: {"w": w})
+    assert ck.background  # two in a row waited 50 ms each: the next ones go to a thread of their own
+    ck.save(3, "fp", lambda: {"w": w})
     ck.finish()
     ck.check()
-    assert threads[0] is threading.current_thread() and threads[1] is not threading.current_thread()
-    assert read_checkpoint(str(tmp_path), "slow", "fp")[0] == 2 and ck.saved == 2
+    here = threading.current_thread()
+    assert threads[0] is here and threads[1] is here and threads[2] is not here
+    assert read_checkpoint(str(tmp_path), "slow", "fp")[0] == 3 and ck.saved == 3
+
+
+def test_a_write_that_waited_for_a_retry_does_not_move_writes_to_the_background(tmp_path, monkeypatch) -> None:
+    """The backoff after a failed attempt is not the store's latency."""
+    from trials import _checkpoint
+
+    real, calls = _checkpoint.write_checkpoint, []
+
+    def blinks(*args: object) -> int:  # every save's first attempt fails at once
+        calls.append(1)
+        if len(calls) % 2:
+            raise OSError(errno.EIO, "blink")
+        return real(*args)
+
+    monkeypatch.setattr(_checkpoint, "write_checkpoint", blinks)
+    monkeypatch.setattr(_checkpoint, "_WRITE_BACKOFF_S", 0.01)
+    ck = Checkpointer(CheckpointPlan(str(tmp_path), "r", every_epochs=1))
+    for epoch in (1, 2, 3):
+        ck.save(epoch, "fp", lambda: {"w": torch.ones(3)})
+    ck.check()
+    assert ck.saved == 3 and not ck.background
