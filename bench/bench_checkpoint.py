@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         o = result.get(key)
         if o is None:
             continue
-        goals += [{"goal": f"a checkpoint every epoch costs at most 5 % of epoch time ({what}; CPU time of the copy "
-                           "and the write against a plain epoch's)", "value": o["cpu_overhead"],
+        goals += [{"goal": f"a checkpoint every epoch costs at most 5 % of epoch time ({what}; CPU time of "
+                           "capturing the state and writing it, against a plain epoch's)", "value": o["cpu_overhead"],
                    "met": o["cpu_overhead"] <= 0.05},
                   {"goal": f"... and in wall time ({what}; fastest runs; a shared machine's load makes it noisy)",
                    "value": o["wall_overhead"], "met": o["wall_overhead"] <= 0.05}]
