@@ -479,10 +479,9 @@ class Checkpointer:
         """Try a failed write again, with backoff; after the last attempt, keep the error for :meth:`check`.
         Whether the first attempt succeeded."""
         t0, cpu = time.perf_counter(), time.thread_time()
-        loc = open_location(self.plan.directory)
         if self._first_write:  # a (re-)run's first save: the spares of the runs before it are not theirs any more
             self._first_write = False
-            loc.release(self.plan.artifact_id, every_writer=True)
+            open_location(self.plan.directory).release(self.plan.artifact_id, every_writer=True)
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 self.bytes = write_checkpoint(self.plan.directory, self.plan.artifact_id, epoch, fingerprint, state)
@@ -566,14 +565,6 @@ class ReportHistory:
                 "present": torch.tensor(self._present, dtype=torch.bool).reshape(rows, k)}
 
 
-def pack_reports(reports: Iterable[tuple[int, Any]]) -> dict[str, Any]:
-    """``(group, EpochReport)`` pairs as :meth:`ReportHistory.packed` packs them."""
-    history = ReportHistory()
-    for g, r in reports:
-        history.append(g, r)
-    return history.packed()
-
-
 def unpack_reports(packed: Any, *, grouped: bool = True) -> list[tuple[int, Any]]:
     """The ``(group, EpochReport)`` pairs :class:`ReportHistory` packed, in order.
 
@@ -598,7 +589,7 @@ def unpack_reports(packed: Any, *, grouped: bool = True) -> list[tuple[int, Any]
 
 
 def _legacy_report(state: Sequence[Any]) -> Any:
-    """An :class:`~trials.EpochReport` as a checkpoint kept it before :func:`pack_reports`."""
+    """An :class:`~trials.EpochReport` as a checkpoint kept it before :class:`ReportHistory`."""
     from ._results import EpochReport, MemberReport
 
     epoch, members = state

@@ -581,7 +581,7 @@ class _Run:
                 members = tuple(g.record.report(g.fold or 0) for g in self.folds if g.reported)
                 sent = EpochReport(epoch=epoch, members=members)
                 if ck is not None:
-                    ck.sent.append(sent)
+                    ck.sent.append(0, sent)
                 if self.report is not None and self.report(sent):
                     self.halted = True
             for f, _, rng in list(live):

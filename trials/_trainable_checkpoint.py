@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checkpoint import Checkpointer, CheckpointUnusable, _digest, float_list, floats, pack_reports, unpack_reports
+from ._checkpoint import Checkpointer, CheckpointUnusable, ReportHistory, _digest, float_list, floats, unpack_reports
 from ._config import TrialSettings
 from ._results import EpochReport
 
@@ -149,7 +149,7 @@ class TrainableCheckpoints:
         self.checkpointer, self.fingerprint, self.cuda = checkpointer, fingerprint, cuda
         self.due_epoch: int | None = None
         self.copies: dict[int, dict[str, Any]] = {}  # fold index -> its state at due_epoch
-        self.sent: list[EpochReport] = []  # every epoch report so far (a re-run sends them again)
+        self.sent = ReportHistory()  # every epoch report so far, packed as sent (a re-run sends them again)
         self.resumed: dict[int, dict[str, Any]] = {}  # fold index -> its saved state (a re-run's live folds)
         self.epoch = 0  # the epoch the trial went on from (0: from the start)
 
@@ -186,7 +186,7 @@ class TrainableCheckpoints:
             else:  # a live fold that did not save this epoch: no state where every fold is consistent
                 self.copies = {}
                 return
-        state = {"kind": "trainable", "folds": entries, "reports": pack_reports([(0, r) for r in self.sent])}
+        state = {"kind": "trainable", "folds": entries, "reports": self.sent.packed()}
         self.copies = {}
         self.checkpointer.save(e, self.fingerprint, lambda: state)
 
@@ -217,8 +217,11 @@ class TrainableCheckpoints:
             else:
                 self.resumed[f.i] = s
         self.epoch = int(epoch)
-        self.sent = [r for _, r in unpack_reports(state["reports"], grouped=False)]
-        return list(self.sent)
+        reports = [r for _, r in unpack_reports(state["reports"], grouped=False)]
+        self.sent = ReportHistory()
+        for r in reports:
+            self.sent.append(0, r)
+        return reports
 
     def load(self, f: Any, ctx: Any, first: bool) -> Any:
         """``ctx.load_checkpoint()`` of fold ``f``: its saved state or None; the first call puts its

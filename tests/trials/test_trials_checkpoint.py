@@ -191,7 +191,13 @@ def test_the_reports_so_far_are_packed_as_tensors_and_come_back_exactly(tmp_path
     import math
 
     from trials import EpochReport, MemberReport
-    from trials._checkpoint import pack_reports, unpack_reports, write_checkpoint
+    from trials._checkpoint import ReportHistory, unpack_reports, write_checkpoint
+
+    def pack_reports(reports):
+        history = ReportHistory()
+        for g, r in reports:
+            history.append(g, r)
+        return history.packed()
 
     a = MemberReport(0, 0.1 + 0.2, 1 / 3, 0.75, False, {"val_loss": 1 / 3, "val_f1_macro": 0.7})
     b = MemberReport(3, 2.5e-300, 7.0, math.nan, True, {"val_loss": 7.0, "val_mse": 49.0})  # other metrics
